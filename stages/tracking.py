@@ -1,0 +1,131 @@
+"""MLflow setup shared by the train and evaluate stages.
+
+By default runs go to a SQLite store, `mlflow.db` at the project root, with artifacts in
+`mlartifacts/` beside it. The root is `$DVC_ROOT` when DVC sets it: `dvc exp run --temp`
+and `--queue` run stages in a temporary copy of the repo but point `DVC_ROOT` at the
+original, so their runs land in the same store. `MLFLOW_TRACKING_URI` overrides all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import requests
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+
+from stages.common import PipelineError
+
+STORE_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+HEALTH_TIMEOUT_SECONDS = 5
+
+log = logging.getLogger(__name__)
+
+
+class TrackingError(PipelineError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+def project_root() -> Path:
+    """The project root that holds the default store: `$DVC_ROOT` or the working directory."""
+    return Path(os.environ.get("DVC_ROOT", ".")).resolve()
+
+
+def tracking_uri() -> str:
+    """`$MLFLOW_TRACKING_URI`, or the SQLite store at the project root as an absolute URI."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / STORE_FILE}"
+
+
+def check_tracking_server(uri: str) -> None:
+    """Fail fast, before any training, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    hint = (
+        "start the server, point MLFLOW_TRACKING_URI at a running one, "
+        f"or unset it to log to the local store {STORE_FILE}"
+    )
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_SECONDS)
+    except requests.RequestException as exc:
+        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({exc}); {hint}") from None
+    if response.status_code != 200:
+        raise TrackingError(
+            f"MLflow tracking server {uri} answered HTTP {response.status_code} on /health; {hint}"
+        )
+
+
+def connect() -> str:
+    """Point MLflow at the tracking store, checked reachable; return its URI."""
+    uri = tracking_uri()
+    check_tracking_server(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def setup_experiment(name: str) -> str:
+    """Point MLflow at the tracking store and return the id of experiment ``name``
+    (or `$MLFLOW_EXPERIMENT_NAME`), creating it (artifacts beside a local store) if needed."""
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or name
+    uri = connect()
+    client = mlflow.MlflowClient()
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (project_root() / ARTIFACTS_DIR).as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            # Another stage (`dvc queue start -j 2`) created it first.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow tracking store {uri}: {exc.message}") from None
+
+
+def git_commit() -> str | None:
+    """The commit checked out in the working directory, or None outside git."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip()
+
+
+def run_tags(stage: str) -> dict[str, str]:
+    """Tags that tie a run to its DVC stage, git commit and DVC experiment."""
+    tags = {"dvc.stage": os.environ.get("DVC_STAGE", stage)}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if exp_name := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.experiment"] = exp_name
+    return tags
+
+
+@contextlib.contextmanager
+def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """Start an MLflow run; end it FINISHED, KILLED on Ctrl-C, or FAILED on any error."""
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))

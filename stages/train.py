@@ -1,0 +1,294 @@
+"""Stage `train@<optimizer>`: train the CNN with one optimizer, log the run to MLflow.
+
+`<optimizer>` is a key of `optimizers` in params.yaml. Its value holds the constructor
+arguments of a Keras optimizer; the class is the key itself (`adam` -> `keras.optimizers.Adam`)
+unless the entry names it with `class:`. Writes models/<name>.keras, a per-epoch history
+(metrics/history/<name>.csv) and metrics/train/<name>.json, which holds the MLflow run id.
+
+    python -m stages.train adam      # what `dvc repro train@adam` runs
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+from importlib import metadata
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+from mlflow.models import infer_signature
+
+from stages import tracking
+from stages.common import (
+    HISTORY_DIR,
+    MODELS_DIR,
+    PROCESSED_DIR,
+    TRAIN_METRICS_DIR,
+    ModelConfig,
+    ParamsError,
+    TrainConfig,
+    atomic_path,
+    load_params,
+    read_json,
+    run_stage,
+    validate_mlflow,
+    validate_model,
+    validate_optimizer_names,
+    validate_train,
+    write_json_atomic,
+    write_text_atomic,
+)
+from stages.preprocess import load_arrays
+
+CLASS_KEY = "class"
+# Optimizers that wrap others or need per-variable structure: not usable from params alone.
+NOT_STANDALONE = {"Optimizer", "LossScaleOptimizer", "MultiOptimizer"}
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
+
+log = logging.getLogger(__name__)
+
+
+def optimizer_classes() -> dict[str, type[keras.optimizers.Optimizer]]:
+    """Every standalone optimizer class in `keras.optimizers`, by class name."""
+    return {
+        name: cls
+        for name, cls in vars(keras.optimizers).items()
+        if isinstance(cls, type)
+        and issubclass(cls, keras.optimizers.Optimizer)
+        and name not in NOT_STANDALONE
+    }
+
+
+def _coerce_hyperparameter(value: Any, default: Any, key: str) -> Any:
+    """Reject NaN/inf and numbers given as unparseable strings (`1e-3x`)."""
+    numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if isinstance(value, str) and numeric_default:
+        raise ParamsError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParamsError(f"{key}: expected a finite number, got {value!r}")
+    return value
+
+
+def build_optimizer(name: str, spec: dict[str, Any]) -> keras.optimizers.Optimizer:
+    """Build the Keras optimizer that `optimizers.<name>` describes; ParamsError if it
+    names no Keras optimizer or passes an argument that optimizer does not take."""
+    classes = optimizer_classes()
+    by_lower = {cls_name.lower(): cls for cls_name, cls in classes.items()}
+    hyperparameters = dict(spec)
+    class_name = hyperparameters.pop(CLASS_KEY, name)
+    cls = classes.get(class_name) or by_lower.get(str(class_name).lower())
+    if cls is None:
+        where = f"optimizers.{name}.{CLASS_KEY}" if CLASS_KEY in spec else f"optimizers.{name}"
+        raise ParamsError(
+            f"{where}: {class_name!r} is not a Keras optimizer; valid names: "
+            f"{', '.join(sorted(classes))} (any case), or set `{CLASS_KEY}:` to one of them"
+        )
+    signature = inspect.signature(cls.__init__)
+    accepted = {
+        p.name: p.default
+        for p in signature.parameters.values()
+        if p.name not in ("self", "name") and p.kind is not p.VAR_KEYWORD
+    }
+    for key, value in hyperparameters.items():
+        where = f"optimizers.{name}.{key}"
+        if key not in accepted:
+            raise ParamsError(
+                f"{where}: {cls.__name__} takes no argument {key!r}; it takes: "
+                f"{', '.join(accepted)}"
+            )
+        hyperparameters[key] = _coerce_hyperparameter(value, accepted[key], where)
+    learning_rate = hyperparameters.get("learning_rate")
+    if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
+        raise ParamsError(f"optimizers.{name}.learning_rate: expected > 0, got {learning_rate!r}")
+    try:
+        return cls(**hyperparameters)
+    except (ValueError, TypeError) as exc:
+        raise ParamsError(f"optimizers.{name}: {cls.__name__} rejected {hyperparameters}: {exc}") from None
+
+
+def build_model(config: ModelConfig, input_shape: tuple[int, ...]) -> keras.Sequential:
+    """The CNN: per block, Conv2D layers then a max pool; then dense layers and a softmax."""
+    layers: list[keras.layers.Layer] = [keras.Input(shape=input_shape)]
+    for filters in config.conv_blocks:
+        layers += [keras.layers.Conv2D(f, config.kernel_size, activation="relu") for f in filters]
+        layers.append(keras.layers.MaxPooling2D(config.pool_size))
+    layers.append(keras.layers.Flatten())
+    layers += [keras.layers.Dense(units, activation="relu") for units in config.dense_units]
+    layers.append(keras.layers.Dense(config.num_classes, activation="softmax"))
+    return keras.Sequential(layers, name="mnist_cnn")
+
+
+class EpochTracker(keras.callbacks.Callback):
+    """Times each epoch, adds `epoch_seconds` to its logs and sends them to MLflow
+    with step = epochs completed (1, 2, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[dict[str, float]] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        row = {key: float(value) for key, value in (logs or {}).items()}
+        row["epoch_seconds"] = time.perf_counter() - self._start
+        mlflow.log_metrics(row, step=epoch + 1)
+        self.history.append({"epoch": epoch + 1, **row})
+        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
+
+
+def fit_model(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    data: dict[str, np.ndarray],
+    epochs: int,
+    batch_size: int,
+) -> list[dict[str, float]]:
+    """Compile and fit; return one row per epoch (loss, accuracy, val_loss, val_accuracy, seconds)."""
+    # Integer labels with the sparse loss: the same categorical cross-entropy, no one-hot copy.
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    tracker = EpochTracker()
+    model.fit(
+        data["x_train"],
+        data["y_train"],
+        validation_data=(data["x_val"], data["y_val"]),
+        epochs=epochs,
+        batch_size=batch_size,
+        callbacks=[tracker],
+        verbose=2,
+    )
+    return tracker.history
+
+
+def history_csv(history: list[dict[str, float]]) -> str:
+    """The per-epoch history as CSV text with a header row."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def run_params(
+    name: str,
+    optimizer: keras.optimizers.Optimizer,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    model: keras.Model,
+    data_summary: dict[str, Any],
+) -> dict[str, Any]:
+    """Every param of the run, flat: the optimizer as Keras really built it (defaults
+    included), the training settings, the architecture and the data it saw."""
+    params: dict[str, Any] = {"optimizer": name, "optimizer.class": type(optimizer).__name__}
+    params |= {f"optimizer.{k}": v for k, v in optimizer.get_config().items() if k != "name"}
+    params |= {f"train.{k}": v for k, v in asdict(train_config).items()}
+    params |= {f"model.{k}": v for k, v in asdict(model_config).items()}
+    params["model.parameters"] = model.count_params()
+    params["loss"] = "categorical cross-entropy (sparse integer labels)"
+    params |= {f"data.{split}_images": n for split, n in data_summary["counts"].items()}
+    params["data.subset"] = data_summary["subset"]
+    params["data.val_fraction"] = data_summary["val_fraction"]
+    params |= {f"data.sha256.{file}": digest for file, digest in data_summary["sha256"].items()}
+    return params
+
+
+class KerasFlavor:
+    """`mlflow.keras`, with the model directory created before MLflow writes the input
+    example into it (mlflow.keras.log_model fails otherwise: mlflow/mlflow#16183)."""
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> None:
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+def model_requirements() -> list[str]:
+    """Pinned requirements for the logged model, without MLflow's slow inference subprocess."""
+    backend = "tensorflow"
+    for dist in ("tensorflow-cpu", "tensorflow"):
+        try:
+            backend = f"{dist}=={metadata.version(dist)}"
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    return [f"mlflow=={mlflow.__version__}", f"keras=={keras.__version__}", backend]
+
+
+def save_outputs(name: str, model: keras.Model, history: list[dict[str, float]], metrics: dict) -> None:
+    """Write the model, the history and the metrics JSON, each atomically, metrics last."""
+    with atomic_path(MODELS_DIR / f"{name}.keras", suffix=".keras") as tmp:
+        model.save(tmp)
+    write_text_atomic(HISTORY_DIR / f"{name}.csv", history_csv(history))
+    write_json_atomic(TRAIN_METRICS_DIR / f"{name}.json", metrics)
+
+
+def train(name: str, params: dict[str, Any]) -> None:
+    """Validate everything, check the tracking store, then train, log and save."""
+    specs = validate_optimizer_names(params["optimizers"])
+    if name not in specs:
+        raise ParamsError(
+            f"optimizers.{name}: no such entry; entries: {', '.join(specs)}"
+        )
+    model_config = validate_model(params["model"])
+    train_config = validate_train(params["train"])
+    experiment_name = validate_mlflow(params["mlflow"])
+    keras.utils.set_random_seed(train_config.seed)
+    tf.config.experimental.enable_op_determinism()
+    optimizer = build_optimizer(name, specs[name])
+    experiment_id = tracking.setup_experiment(experiment_name)
+
+    x_train, y_train, x_val, y_val = load_arrays(PROCESSED_DIR, "x_train", "y_train", "x_val", "y_val")
+    data = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+    data_summary = read_json(PROCESSED_DIR / "data.json")
+    model = build_model(model_config, x_train.shape[1:])
+
+    with tracking.tracked_run(experiment_id, name, tracking.run_tags(f"train@{name}")) as run:
+        mlflow.log_params(run_params(name, optimizer, model_config, train_config, model, data_summary))
+        started = time.perf_counter()
+        history = fit_model(model, optimizer, data, train_config.epochs, train_config.batch_size)
+        train_seconds = time.perf_counter() - started
+        example = x_val[:5]
+        mlflow.models.Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=KerasFlavor,
+            flavor_name="mlflow.keras",
+            model=model,
+            signature=infer_signature(example, model.predict(example, verbose=0)),
+            input_example=example,
+            pip_requirements=model_requirements(),
+        )
+        mlflow.log_metric("train_seconds", train_seconds)
+        last = history[-1]
+        metrics = {
+            "optimizer_class": type(optimizer).__name__,
+            "epochs": len(history),
+            "loss": last["loss"],
+            "accuracy": last["accuracy"],
+            "val_loss": last["val_loss"],
+            "val_accuracy": last["val_accuracy"],
+            "train_seconds": round(train_seconds, 2),
+            "mlflow_run_id": run.info.run_id,
+        }
+        save_outputs(name, model, history, metrics)
+    log.info("train@%s: val_accuracy %.4f in %.1f s", name, last["val_accuracy"], train_seconds)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise ParamsError("usage: python -m stages.train <optimizer name from params.yaml>")
+    train(argv[0], load_params())
+
+
+if __name__ == "__main__":
+    run_stage(main)

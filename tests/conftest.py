@@ -1,0 +1,118 @@
+"""Fixtures: tiny MNIST-like IDX files the tests make themselves, params that point at them,
+and a project folder per test with its own MLflow store."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from stages.common import MNIST_FILES, load_params
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = MNIST_FILES
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in IDX format (magic 0x0000 08 <ndim>, big-endian dims)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def digit_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """28x28 images a CNN can tell apart: a bright bar whose position encodes the label."""
+    images = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.uint8)
+    for image, label in zip(images, labels):
+        image[2 + 2 * label : 4 + 2 * label, 4:24] = 255
+    return images
+
+
+def write_mirror(folder: Path, contents: dict[str, bytes]) -> dict[str, str]:
+    """Gzip each file's content into ``folder``; return the SHA-256 of each content."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in contents.items():
+        (folder / name).write_bytes(gzip.compress(content, mtime=0))
+    return {name: hashlib.sha256(content).hexdigest() for name, content in contents.items()}
+
+
+def tiny_mnist_contents(n_train: int = 200, n_test: int = 50, seed: int = 0) -> dict[str, bytes]:
+    """IDX contents of a tiny MNIST: ``n_train`` training and ``n_test`` test images."""
+    rng = np.random.default_rng(seed)
+    y_train = rng.integers(0, 10, n_train, dtype=np.uint8)
+    y_test = rng.integers(0, 10, n_test, dtype=np.uint8)
+    return {
+        TRAIN_IMAGES: idx_bytes(digit_images(y_train, rng)),
+        TRAIN_LABELS: idx_bytes(y_train),
+        TEST_IMAGES: idx_bytes(digit_images(y_test, rng)),
+        TEST_LABELS: idx_bytes(y_test),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_mirror(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A local mirror folder holding a tiny MNIST, and the SHA-256 of each file."""
+    folder = tmp_path_factory.mktemp("mirror")
+    return folder, write_mirror(folder, tiny_mnist_contents())
+
+
+def tiny_params(sha256: dict[str, str]) -> dict[str, Any]:
+    """The project's params.yaml, pointed at tiny data: 1 epoch, small batches."""
+    params = copy.deepcopy(load_params(PROJECT_ROOT / "params.yaml"))
+    params["download"]["mirrors"] = []
+    params["download"]["sha256"] = dict(sha256)
+    params["train"]["epochs"] = 1
+    params["train"]["batch_size"] = 32
+    params["evaluate"]["batch_size"] = 64
+    return params
+
+
+def write_params(folder: Path, params: dict[str, Any]) -> Path:
+    """Write ``params`` as folder/params.yaml."""
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mirror) -> Path:
+    """An empty project folder as the working directory, with tiny params, the tiny mirror
+    in MNIST_MIRROR and its own SQLite MLflow store."""
+    mirror, sha256 = tiny_mirror
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MNIST_MIRROR", str(mirror))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for name in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    write_params(tmp_path, tiny_params(sha256))
+    return tmp_path
+
+
+@pytest.fixture
+def processed(project: Path) -> Path:
+    """The project after the download and preprocess stages ran on the tiny data."""
+    from stages import download, preprocess
+
+    download.main([])
+    preprocess.main([])
+    return project
+
+
+def copy_project(dest: Path) -> None:
+    """Copy the pipeline's tracked files (code, dvc.yaml, params, DVC config) into ``dest``."""
+    for name in ("stages", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+    (dest / ".dvc").mkdir()
+    shutil.copy2(PROJECT_ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    shutil.copy2(PROJECT_ROOT / ".dvc" / ".gitignore", dest / ".dvc" / ".gitignore")
+    shutil.copytree(PROJECT_ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")

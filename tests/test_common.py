@@ -1,0 +1,145 @@
+"""Params loading and validation, atomic writes."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from stages import common
+from stages.common import ParamsError, atomic_path, load_params, write_text_atomic
+
+from .conftest import PROJECT_ROOT
+
+DEFAULTS = load_params(PROJECT_ROOT / "params.yaml")
+
+
+def test_project_params_are_valid_and_match_the_reference_setup() -> None:
+    assert common.validate_train(DEFAULTS["train"]) == common.TrainConfig(epochs=5, batch_size=128, seed=42)
+    assert common.validate_preprocess(DEFAULTS["preprocess"]) == common.PreprocessConfig(0.1, None)
+    model = common.validate_model(DEFAULTS["model"])
+    assert model.conv_blocks == ((32, 64), (64,)) and model.dense_units == (128,)
+    assert {name: spec["learning_rate"] for name, spec in DEFAULTS["optimizers"].items()} == {
+        "sgd": 0.01, "adagrad": 0.001, "adam": 0.001, "rmsprop": 0.001,
+    }
+    download = common.validate_download(DEFAULTS["download"])
+    assert download.sha256["train-images-idx3-ubyte.gz"].startswith("ba891046")
+
+
+def test_load_params_reads_scientific_notation_as_float(tmp_path: Path) -> None:
+    text = (PROJECT_ROOT / "params.yaml").read_text().replace("learning_rate: 0.01", "learning_rate: 1e-2")
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml")["optimizers"]["sgd"]["learning_rate"] == 0.01
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train: [unclosed", "not valid YAML"),
+        ("- a list", "expected a mapping of sections"),
+        ("trian: {}", "unknown key(s) trian"),
+    ],
+)
+def test_load_params_rejects_malformed_files(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_load_params_names_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def _with(section: str, key: str, value: object) -> dict:
+    params = copy.deepcopy(DEFAULTS[section])
+    if value is _DELETE:
+        del params[key]
+    else:
+        params[key] = value
+    return params
+
+
+_DELETE = object()
+VALIDATORS = {
+    "train": common.validate_train,
+    "preprocess": common.validate_preprocess,
+    "model": common.validate_model,
+    "download": common.validate_download,
+    "evaluate": common.validate_evaluate,
+    "mlflow": common.validate_mlflow,
+}
+
+BAD_SECTIONS = [
+    ("train", "epochs", 0, "train.epochs: expected a positive integer, got 0"),
+    ("train", "epochs", -3, "train.epochs: expected a positive integer, got -3"),
+    ("train", "epochs", 2.5, "train.epochs: expected a positive integer, got 2.5"),
+    ("train", "epochs", "five", "train.epochs: expected a positive integer, got 'five'"),
+    ("train", "batch_size", 0, "train.batch_size: expected a positive integer, got 0"),
+    ("train", "batch_size", True, "train.batch_size: expected a positive integer, got True"),
+    ("train", "seed", -1, "train.seed: expected a non-negative integer, got -1"),
+    ("train", "epochs", _DELETE, "train: missing key(s) epochs"),
+    ("train", "epoch", 5, "train: unknown key(s) epoch; expected: epochs, batch_size, seed"),
+    ("preprocess", "val_fraction", 0, "preprocess.val_fraction: expected a number strictly between 0 and 1, got 0"),
+    ("preprocess", "val_fraction", 1.0, "preprocess.val_fraction: expected a number strictly between 0 and 1, got 1.0"),
+    ("preprocess", "val_fraction", float("nan"), "preprocess.val_fraction: expected a finite number, got nan"),
+    ("preprocess", "subset", 0, "preprocess.subset: expected a positive integer, got 0"),
+    ("preprocess", "subset", "1000", "preprocess.subset: expected a positive integer, got '1000'"),
+    ("model", "dense_units", [], "model.dense_units: expected a non-empty list of positive integers, got []"),
+    ("model", "conv_blocks", [[32, 0]], "model.conv_blocks[0][1]: expected a positive integer, got 0"),
+    ("model", "kernel_size", None, "model.kernel_size: expected a positive integer, got None"),
+    ("download", "sha256", {}, "download.sha256: missing key(s) train-images-idx3-ubyte.gz"),
+    ("download", "mirrors", "https://example.org/", "download.mirrors: expected a list of base URLs"),
+    ("download", "timeout_seconds", 0, "download.timeout_seconds: expected > 0, got 0.0"),
+    ("evaluate", "batch_size", -1, "evaluate.batch_size: expected a positive integer, got -1"),
+    ("mlflow", "experiment_name", "", "mlflow.experiment_name: expected a non-empty string, got ''"),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "value", "message"), BAD_SECTIONS)
+def test_validators_reject_bad_values_with_the_key_in_the_message(
+    section: str, key: str, value: object, message: str
+) -> None:
+    with pytest.raises(ParamsError) as error:
+        VALIDATORS[section](_with(section, key, value))
+    assert str(error.value).startswith(message)
+
+
+def test_a_bad_checksum_is_named() -> None:
+    download = copy.deepcopy(DEFAULTS["download"])
+    download["sha256"]["t10k-labels-idx1-ubyte.gz"] = "abc"
+    with pytest.raises(ParamsError, match="download.sha256.t10k-labels-idx1-ubyte.gz: expected 64"):
+        common.validate_download(download)
+
+
+@pytest.mark.parametrize(
+    ("optimizers", "message"),
+    [
+        ({}, "optimizers: expected at least one entry"),
+        (None, "optimizers: expected at least one entry"),
+        ({"adam": 0.001}, "optimizers.adam: expected a mapping of hyperparameters, got 0.001"),
+        ({"my adam": {}}, "optimizers.my adam: a name may hold only letters"),
+    ],
+)
+def test_optimizer_entries_must_be_named_mappings(optimizers: object, message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        common.validate_optimizer_names(optimizers)
+
+
+def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "metrics.json"
+    write_text_atomic(target, "first")
+    write_text_atomic(target, "second")
+    assert target.read_text() == "second"
+    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+
+
+def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "model.keras"
+    target.write_text("old model")
+    with pytest.raises(RuntimeError), atomic_path(target, suffix=".keras") as tmp:
+        tmp.write_text("half a mod")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "old model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]

@@ -1,0 +1,110 @@
+"""Stage `download`: sources in order, checksum verification, atomic writes, clear failures."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stages import download
+from stages.common import MNIST_FILES, RAW_DIR, DownloadConfig
+
+from .conftest import TRAIN_LABELS, tiny_mnist_contents, write_mirror
+
+
+@pytest.fixture
+def http_mirror(tiny_mirror) -> Iterator[str]:
+    """The tiny mirror served over HTTP on 127.0.0.1 on a free port."""
+    folder, _ = tiny_mirror
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def config(sha256: dict[str, str], mirrors: tuple[str, ...] = ()) -> DownloadConfig:
+    return DownloadConfig(mirrors=mirrors, sha256=sha256, timeout_seconds=5)
+
+
+def test_env_mirror_comes_first_and_relative_folders_resolve_against_the_root(tmp_path: Path) -> None:
+    sources = download.resolve_sources(("https://a.example/",), "../mnist", tmp_path / "repo")
+    assert sources == [str((tmp_path / "mnist").resolve()), "https://a.example/"]
+    assert download.resolve_sources(("https://a/",), None, tmp_path) == ["https://a/"]
+    assert download.resolve_sources((), "http://b/", tmp_path) == ["http://b/"]
+
+
+def test_main_copies_verified_files_from_the_env_mirror(project: Path, tiny_mirror) -> None:
+    folder, _ = tiny_mirror
+    download.main([])
+    assert sorted(p.name for p in RAW_DIR.iterdir()) == sorted(MNIST_FILES)
+    for name in MNIST_FILES:
+        assert (RAW_DIR / name).read_bytes() == (folder / name).read_bytes()
+
+
+def test_downloads_over_http(tmp_path: Path, tiny_mirror, http_mirror: str) -> None:
+    _, sha256 = tiny_mirror
+    download.download_all(config(sha256), [http_mirror], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(MNIST_FILES)
+
+
+def test_a_corrupt_source_is_rejected_and_the_next_one_used(
+    tmp_path: Path, tiny_mirror, caplog: pytest.LogCaptureFixture
+) -> None:
+    good, sha256 = tiny_mirror
+    wrong = tmp_path / "wrong"
+    write_mirror(wrong, tiny_mnist_contents(seed=1))  # valid IDX files, other content
+    out = tmp_path / "raw"
+    download.download_all(config(sha256), [str(wrong), str(good)], out)
+    assert (out / TRAIN_LABELS).read_bytes() == (good / TRAIN_LABELS).read_bytes()
+    assert f"{TRAIN_LABELS} from {wrong} rejected: checksum mismatch: expected SHA-256 {sha256[TRAIN_LABELS]}" in caplog.text
+
+
+def test_when_every_source_fails_nothing_is_written_and_each_reason_is_listed(
+    tmp_path: Path, tiny_mirror, http_mirror: str
+) -> None:
+    good, sha256 = tiny_mirror
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    for name in MNIST_FILES:
+        (truncated / name).write_bytes((good / name).read_bytes()[:-20])
+    html = tmp_path / "html"
+    html.mkdir()
+    for name in MNIST_FILES:
+        (html / name).write_text("<html><body>503 Service Unavailable</body></html>")
+    missing = tmp_path / "missing"
+    out = tmp_path / "raw"
+    sources = [str(truncated), str(html), str(missing), http_mirror + "nothing-here/"]
+    with pytest.raises(download.DownloadError) as error:
+        download.download_all(config(sha256), sources, out)
+    message = str(error.value)
+    first = MNIST_FILES[0]
+    assert message.startswith(f"{first}: no source served a verified copy. Tried:")
+    assert f"{truncated}: not a valid gzip file" in message
+    assert f"{html}: not a valid gzip file" in message
+    assert f"{missing}: cannot read {missing / first}" in message
+    assert f"cannot fetch {http_mirror}nothing-here/{first}: HTTP 404" in message
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_no_sources_at_all_says_how_to_add_one(tmp_path: Path, tiny_mirror) -> None:
+    _, sha256 = tiny_mirror
+    with pytest.raises(download.DownloadError, match="set MNIST_MIRROR or download.mirrors"):
+        download.download_all(config(sha256), [], tmp_path)
+
+
+def test_checksum_is_of_the_decompressed_content() -> None:
+    content = b"same bytes"
+    wrapped_twice = [gzip.compress(content, mtime=0), gzip.compress(content, mtime=12345)]
+    assert wrapped_twice[0] != wrapped_twice[1]
+    assert download.decompressed_sha256(wrapped_twice[0]) == download.decompressed_sha256(wrapped_twice[1])
