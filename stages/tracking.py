@@ -54,7 +54,10 @@ def check_tracking_server(uri: str) -> None:
     try:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_SECONDS)
     except requests.RequestException as exc:
-        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({exc}); {hint}") from None
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({type(exc).__name__} on /health "
+            f"within {HEALTH_TIMEOUT_SECONDS} s); {hint}"
+        ) from None
     if response.status_code != 200:
         raise TrackingError(
             f"MLflow tracking server {uri} answered HTTP {response.status_code} on /health; {hint}"

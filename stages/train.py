@@ -224,6 +224,20 @@ def model_requirements() -> list[str]:
     return [f"mlflow=={mlflow.__version__}", f"keras=={keras.__version__}", backend]
 
 
+def log_model(model: keras.Model, example: np.ndarray) -> None:
+    """Log ``model`` to the active run as `model/`, with its signature and an input example."""
+    mlflow.models.Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=KerasFlavor,
+        flavor_name="mlflow.keras",
+        model=model,
+        signature=infer_signature(example, model.predict(example, verbose=0)),
+        input_example=example,
+        pip_requirements=model_requirements(),
+    )
+
+
 def save_outputs(name: str, model: keras.Model, history: list[dict[str, float]], metrics: dict) -> None:
     """Write the model, the history and the metrics JSON, each atomically, metrics last."""
     with atomic_path(MODELS_DIR / f"{name}.keras", suffix=".keras") as tmp:
@@ -236,9 +250,7 @@ def train(name: str, params: dict[str, Any]) -> None:
     """Validate everything, check the tracking store, then train, log and save."""
     specs = validate_optimizer_names(params["optimizers"])
     if name not in specs:
-        raise ParamsError(
-            f"optimizers.{name}: no such entry; entries: {', '.join(specs)}"
-        )
+        raise ParamsError(f"optimizers.{name}: no such entry; entries: {', '.join(specs)}")
     model_config = validate_model(params["model"])
     train_config = validate_train(params["train"])
     experiment_name = validate_mlflow(params["mlflow"])
@@ -257,17 +269,7 @@ def train(name: str, params: dict[str, Any]) -> None:
         started = time.perf_counter()
         history = fit_model(model, optimizer, data, train_config.epochs, train_config.batch_size)
         train_seconds = time.perf_counter() - started
-        example = x_val[:5]
-        mlflow.models.Model.log(
-            artifact_path=None,
-            name="model",
-            flavor=KerasFlavor,
-            flavor_name="mlflow.keras",
-            model=model,
-            signature=infer_signature(example, model.predict(example, verbose=0)),
-            input_example=example,
-            pip_requirements=model_requirements(),
-        )
+        log_model(model, example=x_val[:5])
         mlflow.log_metric("train_seconds", train_seconds)
         last = history[-1]
         metrics = {

@@ -1,0 +1,144 @@
+"""End to end: the real `dvc repro` and `dvc exp run` in a temporary git repo, on tiny data,
+asserting what a user would look at: dvc.lock, metrics, reports, plots, and MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from .conftest import copy_project, tiny_params, write_params
+
+pytestmark = pytest.mark.e2e
+
+OPTIMIZERS = ["sgd", "adagrad", "adam", "rmsprop"]
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Run a command; fail the test with its output if it exits non-zero."""
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}:\n{output[-5000:]}"
+    return output
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, tiny_mirror) -> tuple[Path, dict[str, str]]:
+    """A fresh git repo holding the project, with tiny params; and the environment to run it."""
+    mirror, sha256 = tiny_mirror
+    root = tmp_path_factory.mktemp("project")
+    copy_project(root)
+    write_params(root, tiny_params(sha256))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env |= {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "MNIST_MIRROR": str(mirror),
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    run(["git", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "project"], root, env)
+    return root, env
+
+
+def client_for(root: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def runs_by_name(root: Path) -> dict[str, list]:
+    client = client_for(root)
+    experiment = client.get_experiment_by_name("mnist-optimizers")
+    result: dict[str, list] = {}
+    for r in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]):
+        result.setdefault(r.info.run_name, []).append(r)
+    return result
+
+
+@pytest.fixture(scope="module")
+def reproduced(repo) -> tuple[Path, dict[str, str], str]:
+    root, env = repo
+    output = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "repro"], root, env)
+    return root, env, output
+
+
+def test_dvc_repro_runs_every_stage(reproduced) -> None:
+    root, _, output = reproduced
+    expected = ["download", "preprocess", *(f"train@{n}" for n in OPTIMIZERS), "evaluate"]
+    assert stages_run(output) == expected
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert sorted(lock["stages"]) == sorted(expected)
+    assert lock["stages"]["train@adam"]["params"]["params.yaml"]["optimizers.adam"] == {"learning_rate": 0.001}
+
+
+def test_mlflow_holds_one_complete_run_per_optimizer(reproduced) -> None:
+    root, _, _ = reproduced
+    runs = runs_by_name(root)
+    assert sorted(runs) == sorted(OPTIMIZERS) and all(len(r) == 1 for r in runs.values())
+    client = client_for(root)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    for name, (r,) in runs.items():
+        assert r.info.status == "FINISHED" and r.data.tags["dvc.stage"] == f"train@{name}"
+        assert r.data.tags["mlflow.source.git.commit"]
+        assert "optimizer.learning_rate" in r.data.params and r.data.params["train.epochs"] == "1"
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")] == [1]
+        assert "test_accuracy" in r.data.metrics
+        # The artifacts live beside mlflow.db, not in a relative ./mlruns.
+        assert r.info.artifact_uri.startswith((root / "mlartifacts").as_uri())
+        assert mlflow.keras.load_model(f"runs:/{r.info.run_id}/model").output_shape == (None, 10)
+    assert not (root / "mlruns").exists()
+
+
+def test_metrics_table_and_plots_are_there_for_a_user(reproduced) -> None:
+    root, env, _ = reproduced
+    metrics = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env))
+    (workspace,) = metrics.values()  # keyed by revision: "" (DVC 3.67) or "workspace"
+    shown = workspace["data"]["metrics/evaluate.json"]["data"]
+    assert sorted(shown) == sorted(OPTIMIZERS) and "test_accuracy" in shown["adam"]
+    table = pd.read_csv(root / "reports" / "comparison.csv")
+    assert list(table["optimizer"]) == OPTIMIZERS
+    assert list(table["reference_val_accuracy_%"]) == [96.50, 89.28, 98.97, 98.95]
+    run([sys.executable, "-m", "dvc", "plots", "show", "-o", "plots_html"], root, env)
+    page = (root / "plots_html" / "index.html").read_text()
+    for name in OPTIMIZERS:
+        assert f'"optimizer": "{name}"' in page
+    assert "Validation accuracy per epoch" in page and "confusion" in page
+
+
+def test_changing_one_learning_rate_reruns_only_that_optimizer(reproduced) -> None:
+    root, env, _ = reproduced
+    output = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "optimizers.adam.learning_rate=0.002", "-n", "adam-lr"], root, env)
+    assert stages_run(output) == ["train@adam", "evaluate"]
+    adam_runs = runs_by_name(root)["adam"]
+    assert len(adam_runs) == 2
+    assert float(adam_runs[-1].data.params["optimizer.learning_rate"]) == pytest.approx(0.002)
+    assert adam_runs[-1].data.tags["dvc.experiment"] == "adam-lr"
+
+
+def test_an_added_optimizer_gets_a_stage_in_a_temp_experiment_and_joins_the_table(reproduced) -> None:
+    root, env, _ = reproduced
+    output = run(
+        [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", "with-nadam",
+         "-S", "+optimizers.nadam.learning_rate=0.001"],
+        root, env,
+    )
+    assert stages_run(output) == ["train@nadam", "evaluate"]
+    # The temporary copy logged into the project's store, not one of its own.
+    nadam = runs_by_name(root)["nadam"]
+    assert len(nadam) == 1 and "test_accuracy" in nadam[0].data.metrics
+    run([sys.executable, "-m", "dvc", "exp", "apply", "with-nadam"], root, env)
+    table = pd.read_csv(root / "reports" / "comparison.csv")
+    assert list(table["optimizer"]) == [*OPTIMIZERS, "nadam"]
