@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import yaml
 
 # Paths are relative to the working directory: DVC runs every stage from the project root
@@ -223,7 +224,9 @@ def validate_model(section: Any) -> ModelConfig:
 
 def validate_train(section: Any) -> TrainConfig:
     """Check the `train` section: positive epochs and batch size, an integer seed."""
-    _check_keys(section, ("epochs", "batch_size", "seed"), "train", ("epochs", "batch_size", "seed"))
+    _check_keys(
+        section, ("epochs", "batch_size", "seed"), "train", ("epochs", "batch_size", "seed")
+    )
     seed = section["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ParamsError(f"train.seed: expected a non-negative integer, got {seed!r}")
@@ -315,7 +318,10 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
 
 def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
     """Call ``write(handle)`` on a temporary file, then move it onto ``path``."""
-    with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as handle:
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as handle,
+    ):
         write(handle)
 
 
@@ -334,9 +340,22 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run the stage that writes it (dvc repro)") from None
+        raise PipelineError(
+            f"{path}: not found; run the stage that writes it (dvc repro)"
+        ) from None
     except json.JSONDecodeError as exc:
         raise PipelineError(f"{path}: not valid JSON ({exc})") from None
+
+
+# --------------------------------------------------------------------------- processed data
+
+
+def load_arrays(data_dir: Path, *names: str) -> list[np.ndarray]:
+    """Load processed arrays by name, with a clear error if one is missing."""
+    try:
+        return [np.load(data_dir / f"{name}.npy", allow_pickle=False) for name in names]
+    except FileNotFoundError as exc:
+        raise PipelineError(f"{exc.filename}: not found; run the preprocess stage first") from None
 
 
 # --------------------------------------------------------------------------- entry points

@@ -106,9 +106,7 @@ def fetch_verified(name: str, expected: str, sources: list[str], timeout: float)
             data = read_source(source, name, timeout)
             actual = decompressed_sha256(data)
             if actual != expected:
-                raise SourceError(
-                    f"checksum mismatch: expected SHA-256 {expected}, got {actual}"
-                )
+                raise SourceError(f"checksum mismatch: expected SHA-256 {expected}, got {actual}")
         except SourceError as exc:
             log.warning("%s from %s rejected: %s", name, source, exc)
             failures.append(f"  - {source}: {exc}")

@@ -37,6 +37,7 @@ from stages.common import (
     TRAIN_METRICS_DIR,
     PipelineError,
     atomic_path,
+    load_arrays,
     load_params,
     read_json,
     run_stage,
@@ -45,7 +46,6 @@ from stages.common import (
     write_json_atomic,
     write_text_atomic,
 )
-from stages.preprocess import NUM_CLASSES, load_arrays
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402 - after choosing the headless backend
@@ -78,13 +78,14 @@ def evaluate_model(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size:
     """Accuracy, loss, per-class accuracy and confusion matrix of ``model`` on (x, y)."""
     probabilities = model.predict(x, batch_size=batch_size, verbose=0)
     loss = keras.losses.sparse_categorical_crossentropy(y, probabilities)
+    num_classes = probabilities.shape[1]
     predictions = probabilities.argmax(axis=1)
     confusion = np.bincount(
-        y.astype(np.int64) * NUM_CLASSES + predictions, minlength=NUM_CLASSES**2
-    ).reshape(NUM_CLASSES, NUM_CLASSES)
+        y.astype(np.int64) * num_classes + predictions, minlength=num_classes**2
+    ).reshape(num_classes, num_classes)
     support = confusion.sum(axis=1)
     per_class = np.divide(
-        confusion.diagonal(), support, out=np.full(NUM_CLASSES, np.nan), where=support > 0
+        confusion.diagonal(), support, out=np.full(num_classes, np.nan), where=support > 0
     )
     return Evaluation(
         test_accuracy=float((predictions == y).mean()),
@@ -149,7 +150,13 @@ def plot_confusion(confusion: np.ndarray, name: str, path: Path) -> None:
         color = "white" if count > confusion.max() / 2 else "black"
         ax.text(col, row, str(count), ha="center", va="center", fontsize=6, color=color)
     ticks = range(confusion.shape[0])
-    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="actual", title=f"{name}: confusion matrix")
+    ax.set(
+        xticks=ticks,
+        yticks=ticks,
+        xlabel="predicted",
+        ylabel="actual",
+        title=f"{name}: confusion matrix",
+    )
     save_figure(fig, path)
 
 
@@ -180,10 +187,15 @@ def log_to_mlflow(
         try:
             client.get_run(run_id)
         except MlflowException:
-            log.warning("%s: MLflow run %s is not in %s; not logging its test metrics", name, run_id, uri)
+            log.warning(
+                "%s: MLflow run %s is not in %s; not logging its test metrics", name, run_id, uri
+            )
             continue
         metrics = {"test_accuracy": evaluation.test_accuracy, "test_loss": evaluation.test_loss}
-        metrics |= {f"test_accuracy_digit_{d}": float(a) for d, a in enumerate(evaluation.per_class_accuracy)}
+        metrics |= {
+            f"test_accuracy_digit_{d}": float(a)
+            for d, a in enumerate(evaluation.per_class_accuracy)
+        }
         for key, value in metrics.items():
             client.log_metric(run_id, key, value)
         client.log_artifact(run_id, str(FIGURES_DIR / f"confusion_{name}.png"), "evaluation")
@@ -201,18 +213,25 @@ def evaluate(params: dict[str, Any]) -> pd.DataFrame:
 
     evaluations = {}
     for name in names:
-        evaluations[name] = evaluate_model(load_model(MODELS_DIR / f"{name}.keras"), x_test, y_test, config.batch_size)
+        evaluations[name] = evaluate_model(
+            load_model(MODELS_DIR / f"{name}.keras"), x_test, y_test, config.batch_size
+        )
         keras.backend.clear_session()
         log.info("%s: test accuracy %.4f", name, evaluations[name].test_accuracy)
 
     table = comparison_table(train_metrics, evaluations, config.reference_val_accuracy)
     history = history_table(names)
-    per_class = pd.DataFrame(
-        {name: e.per_class_accuracy for name, e in evaluations.items()}
-    ).rename_axis("digit").reset_index()
+    per_class = (
+        pd.DataFrame({name: e.per_class_accuracy for name, e in evaluations.items()})
+        .rename_axis("digit")
+        .reset_index()
+    )
 
     for name, evaluation in evaluations.items():
-        write_csv(CONFUSION_DIR / f"{name}.csv", pd.DataFrame({"actual": y_test, "predicted": evaluation.predictions}))
+        write_csv(
+            CONFUSION_DIR / f"{name}.csv",
+            pd.DataFrame({"actual": y_test, "predicted": evaluation.predictions}),
+        )
         plot_confusion(evaluation.confusion, name, FIGURES_DIR / f"confusion_{name}.png")
     plot_history(history, "val_accuracy", FIGURES_DIR / "val_accuracy.png")
     plot_history(history, "val_loss", FIGURES_DIR / "val_loss.png")

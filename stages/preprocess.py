@@ -70,7 +70,9 @@ def parse_idx(content: bytes, magic: int, name: str) -> np.ndarray:
     return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(dims)
 
 
-def load_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+def load_split(
+    images_path: Path, labels_path: Path
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     """Load one images/labels pair, checked; return uint8 images, labels and content SHA-256s."""
     image_bytes, label_bytes = read_gzip(images_path), read_gzip(labels_path)
     images = parse_idx(image_bytes, IMAGE_MAGIC, str(images_path))
@@ -150,14 +152,6 @@ def write_arrays(out_dir: Path, arrays: dict[str, np.ndarray], summary: dict) ->
         with atomic_path(out_dir / f"{name}.npy") as tmp, open(tmp, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
     write_json_atomic(out_dir / "data.json", summary)
-
-
-def load_arrays(data_dir: Path, *names: str) -> list[np.ndarray]:
-    """Load processed arrays by name, with a clear error if one is missing."""
-    try:
-        return [np.load(data_dir / f"{name}.npy", allow_pickle=False) for name in names]
-    except FileNotFoundError as exc:
-        raise PipelineError(f"{exc.filename}: not found; run the preprocess stage first") from None
 
 
 def main(argv: list[str]) -> None:

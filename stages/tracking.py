@@ -120,7 +120,9 @@ def run_tags(stage: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+def tracked_run(
+    experiment_id: str, run_name: str, tags: dict[str, str]
+) -> Iterator[mlflow.ActiveRun]:
     """Start an MLflow run; end it FINISHED, KILLED on Ctrl-C, or FAILED on any error."""
     run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
     try:

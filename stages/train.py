@@ -37,6 +37,7 @@ from stages.common import (
     ParamsError,
     TrainConfig,
     atomic_path,
+    load_arrays,
     load_params,
     read_json,
     run_stage,
@@ -47,7 +48,6 @@ from stages.common import (
     write_json_atomic,
     write_text_atomic,
 )
-from stages.preprocess import load_arrays
 
 CLASS_KEY = "class"
 # Optimizers that wrap others or need per-variable structure: not usable from params alone.
@@ -112,7 +112,9 @@ def build_optimizer(name: str, spec: dict[str, Any]) -> keras.optimizers.Optimiz
     try:
         return cls(**hyperparameters)
     except (ValueError, TypeError) as exc:
-        raise ParamsError(f"optimizers.{name}: {cls.__name__} rejected {hyperparameters}: {exc}") from None
+        raise ParamsError(
+            f"optimizers.{name}: {cls.__name__} rejected {hyperparameters}: {exc}"
+        ) from None
 
 
 def build_model(config: ModelConfig, input_shape: tuple[int, ...]) -> keras.Sequential:
@@ -154,7 +156,7 @@ def fit_model(
     epochs: int,
     batch_size: int,
 ) -> list[dict[str, float]]:
-    """Compile and fit; return one row per epoch (loss, accuracy, val_loss, val_accuracy, seconds)."""
+    """Compile and fit; return one row per epoch: its metrics and its seconds."""
     # Integer labels with the sparse loss: the same categorical cross-entropy, no one-hot copy.
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     tracker = EpochTracker()
@@ -173,7 +175,9 @@ def fit_model(
 def history_csv(history: list[dict[str, float]]) -> str:
     """The per-epoch history as CSV text with a header row."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(history)
     return buffer.getvalue()
@@ -190,7 +194,11 @@ def run_params(
     """Every param of the run, flat: the optimizer as Keras really built it (defaults
     included), the training settings, the architecture and the data it saw."""
     params: dict[str, Any] = {"optimizer": name, "optimizer.class": type(optimizer).__name__}
-    params |= {f"optimizer.{k}": v for k, v in optimizer.get_config().items() if k != "name"}
+    config = optimizer.get_config()
+    # Keras keeps the learning rate in a float32 variable: log 0.001, not 0.0010000000474974513.
+    if isinstance(config.get("learning_rate"), float):
+        config["learning_rate"] = str(np.float32(config["learning_rate"]))
+    params |= {f"optimizer.{k}": v for k, v in config.items() if k != "name"}
     params |= {f"train.{k}": v for k, v in asdict(train_config).items()}
     params |= {f"model.{k}": v for k, v in asdict(model_config).items()}
     params["model.parameters"] = model.count_params()
@@ -238,7 +246,9 @@ def log_model(model: keras.Model, example: np.ndarray) -> None:
     )
 
 
-def save_outputs(name: str, model: keras.Model, history: list[dict[str, float]], metrics: dict) -> None:
+def save_outputs(
+    name: str, model: keras.Model, history: list[dict[str, float]], metrics: dict
+) -> None:
     """Write the model, the history and the metrics JSON, each atomically, metrics last."""
     with atomic_path(MODELS_DIR / f"{name}.keras", suffix=".keras") as tmp:
         model.save(tmp)
@@ -259,13 +269,17 @@ def train(name: str, params: dict[str, Any]) -> None:
     optimizer = build_optimizer(name, specs[name])
     experiment_id = tracking.setup_experiment(experiment_name)
 
-    x_train, y_train, x_val, y_val = load_arrays(PROCESSED_DIR, "x_train", "y_train", "x_val", "y_val")
+    x_train, y_train, x_val, y_val = load_arrays(
+        PROCESSED_DIR, "x_train", "y_train", "x_val", "y_val"
+    )
     data = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
     data_summary = read_json(PROCESSED_DIR / "data.json")
     model = build_model(model_config, x_train.shape[1:])
 
     with tracking.tracked_run(experiment_id, name, tracking.run_tags(f"train@{name}")) as run:
-        mlflow.log_params(run_params(name, optimizer, model_config, train_config, model, data_summary))
+        mlflow.log_params(
+            run_params(name, optimizer, model_config, train_config, model, data_summary)
+        )
         started = time.perf_counter()
         history = fit_model(model, optimizer, data, train_config.epochs, train_config.batch_size)
         train_seconds = time.perf_counter() - started

@@ -29,7 +29,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
 def digit_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """28x28 images a CNN can tell apart: a bright bar whose position encodes the label."""
     images = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.uint8)
-    for image, label in zip(images, labels):
+    for image, label in zip(images, labels, strict=False):
         image[2 + 2 * label : 4 + 2 * label, 4:24] = 255
     return images
 

@@ -16,19 +16,28 @@ DEFAULTS = load_params(PROJECT_ROOT / "params.yaml")
 
 
 def test_project_params_are_valid_and_match_the_reference_setup() -> None:
-    assert common.validate_train(DEFAULTS["train"]) == common.TrainConfig(epochs=5, batch_size=128, seed=42)
+    assert common.validate_train(DEFAULTS["train"]) == common.TrainConfig(
+        epochs=5, batch_size=128, seed=42
+    )
     assert common.validate_preprocess(DEFAULTS["preprocess"]) == common.PreprocessConfig(0.1, None)
     model = common.validate_model(DEFAULTS["model"])
     assert model.conv_blocks == ((32, 64), (64,)) and model.dense_units == (128,)
     assert {name: spec["learning_rate"] for name, spec in DEFAULTS["optimizers"].items()} == {
-        "sgd": 0.01, "adagrad": 0.001, "adam": 0.001, "rmsprop": 0.001,
+        "sgd": 0.01,
+        "adagrad": 0.001,
+        "adam": 0.001,
+        "rmsprop": 0.001,
     }
     download = common.validate_download(DEFAULTS["download"])
     assert download.sha256["train-images-idx3-ubyte.gz"].startswith("ba891046")
 
 
 def test_load_params_reads_scientific_notation_as_float(tmp_path: Path) -> None:
-    text = (PROJECT_ROOT / "params.yaml").read_text().replace("learning_rate: 0.01", "learning_rate: 1e-2")
+    text = (
+        (PROJECT_ROOT / "params.yaml")
+        .read_text()
+        .replace("learning_rate: 0.01", "learning_rate: 1e-2")
+    )
     (tmp_path / "params.yaml").write_text(text)
     assert load_params(tmp_path / "params.yaml")["optimizers"]["sgd"]["learning_rate"] == 0.01
 
@@ -81,19 +90,54 @@ BAD_SECTIONS = [
     ("train", "seed", -1, "train.seed: expected a non-negative integer, got -1"),
     ("train", "epochs", _DELETE, "train: missing key(s) epochs"),
     ("train", "epoch", 5, "train: unknown key(s) epoch; expected: epochs, batch_size, seed"),
-    ("preprocess", "val_fraction", 0, "preprocess.val_fraction: expected a number strictly between 0 and 1, got 0"),
-    ("preprocess", "val_fraction", 1.0, "preprocess.val_fraction: expected a number strictly between 0 and 1, got 1.0"),
-    ("preprocess", "val_fraction", float("nan"), "preprocess.val_fraction: expected a finite number, got nan"),
+    (
+        "preprocess",
+        "val_fraction",
+        0,
+        "preprocess.val_fraction: expected a number strictly between 0 and 1, got 0",
+    ),
+    (
+        "preprocess",
+        "val_fraction",
+        1.0,
+        "preprocess.val_fraction: expected a number strictly between 0 and 1, got 1.0",
+    ),
+    (
+        "preprocess",
+        "val_fraction",
+        float("nan"),
+        "preprocess.val_fraction: expected a finite number, got nan",
+    ),
     ("preprocess", "subset", 0, "preprocess.subset: expected a positive integer, got 0"),
     ("preprocess", "subset", "1000", "preprocess.subset: expected a positive integer, got '1000'"),
-    ("model", "dense_units", [], "model.dense_units: expected a non-empty list of positive integers, got []"),
-    ("model", "conv_blocks", [[32, 0]], "model.conv_blocks[0][1]: expected a positive integer, got 0"),
+    (
+        "model",
+        "dense_units",
+        [],
+        "model.dense_units: expected a non-empty list of positive integers, got []",
+    ),
+    (
+        "model",
+        "conv_blocks",
+        [[32, 0]],
+        "model.conv_blocks[0][1]: expected a positive integer, got 0",
+    ),
     ("model", "kernel_size", None, "model.kernel_size: expected a positive integer, got None"),
     ("download", "sha256", {}, "download.sha256: missing key(s) train-images-idx3-ubyte.gz"),
-    ("download", "mirrors", "https://example.org/", "download.mirrors: expected a list of base URLs"),
+    (
+        "download",
+        "mirrors",
+        "https://example.org/",
+        "download.mirrors: expected a list of base URLs",
+    ),
     ("download", "timeout_seconds", 0, "download.timeout_seconds: expected > 0, got 0.0"),
     ("evaluate", "batch_size", -1, "evaluate.batch_size: expected a positive integer, got -1"),
-    ("mlflow", "experiment_name", "", "mlflow.experiment_name: expected a non-empty string, got ''"),
+    (
+        "mlflow",
+        "experiment_name",
+        "",
+        "mlflow.experiment_name: expected a non-empty string, got ''",
+    ),
 ]
 
 

@@ -37,7 +37,9 @@ def config(sha256: dict[str, str], mirrors: tuple[str, ...] = ()) -> DownloadCon
     return DownloadConfig(mirrors=mirrors, sha256=sha256, timeout_seconds=5)
 
 
-def test_env_mirror_comes_first_and_relative_folders_resolve_against_the_root(tmp_path: Path) -> None:
+def test_env_mirror_comes_first_and_relative_folders_resolve_against_the_root(
+    tmp_path: Path,
+) -> None:
     sources = download.resolve_sources(("https://a.example/",), "../mnist", tmp_path / "repo")
     assert sources == [str((tmp_path / "mnist").resolve()), "https://a.example/"]
     assert download.resolve_sources(("https://a/",), None, tmp_path) == ["https://a/"]
@@ -67,7 +69,10 @@ def test_a_corrupt_source_is_rejected_and_the_next_one_used(
     out = tmp_path / "raw"
     download.download_all(config(sha256), [str(wrong), str(good)], out)
     assert (out / TRAIN_LABELS).read_bytes() == (good / TRAIN_LABELS).read_bytes()
-    assert f"{TRAIN_LABELS} from {wrong} rejected: checksum mismatch: expected SHA-256 {sha256[TRAIN_LABELS]}" in caplog.text
+    assert (
+        f"{TRAIN_LABELS} from {wrong} rejected: checksum mismatch: expected SHA-256 {sha256[TRAIN_LABELS]}"
+        in caplog.text
+    )
 
 
 def test_when_every_source_fails_nothing_is_written_and_each_reason_is_listed(
@@ -107,4 +112,6 @@ def test_checksum_is_of_the_decompressed_content() -> None:
     content = b"same bytes"
     wrapped_twice = [gzip.compress(content, mtime=0), gzip.compress(content, mtime=12345)]
     assert wrapped_twice[0] != wrapped_twice[1]
-    assert download.decompressed_sha256(wrapped_twice[0]) == download.decompressed_sha256(wrapped_twice[1])
+    assert download.decompressed_sha256(wrapped_twice[0]) == download.decompressed_sha256(
+        wrapped_twice[1]
+    )

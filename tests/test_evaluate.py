@@ -39,7 +39,9 @@ def test_metrics_on_known_predictions() -> None:
     y = np.array([0, 0, 1, 2, 2, 2], np.uint8)
     predicted = [0, 1, 1, 2, 2, 0]  # 4 of 6 right
     model = FixedModel(one_hot_ish(predicted))
-    result = evaluate.evaluate_model(model, np.zeros((6, 28, 28, 1), np.float32), y, batch_size=5000)
+    result = evaluate.evaluate_model(
+        model, np.zeros((6, 28, 28, 1), np.float32), y, batch_size=5000
+    )
     assert model.batch_sizes == [5000]
     assert result.test_accuracy == pytest.approx(4 / 6)
     rest = 0.09 / 9
@@ -55,7 +57,10 @@ def test_metrics_on_known_predictions() -> None:
 def test_table_puts_reference_beside_ours() -> None:
     evaluation = evaluate.Evaluation(0.95, 0.2, np.ones(10), np.eye(10, dtype=int), np.arange(10))
     table = evaluate.comparison_table(
-        {"adam": {"val_accuracy": 0.9912, "train_seconds": 100.0}, "lion": {"val_accuracy": 0.5, "train_seconds": 1.0}},
+        {
+            "adam": {"val_accuracy": 0.9912, "train_seconds": 100.0},
+            "lion": {"val_accuracy": 0.5, "train_seconds": 1.0},
+        },
         {"adam": evaluation, "lion": evaluation},
         {"adam": 98.97},
     )
@@ -72,7 +77,11 @@ def trained(processed: Path) -> Path:
         keras.backend.clear_session()
         train.main([name])
     params = Path("params.yaml")
-    params.write_text(params.read_text().replace("  adagrad:\n    learning_rate: 0.001\n", "").replace("  rmsprop:\n    learning_rate: 0.001\n", ""))
+    params.write_text(
+        params.read_text()
+        .replace("  adagrad:\n    learning_rate: 0.001\n", "")
+        .replace("  rmsprop:\n    learning_rate: 0.001\n", "")
+    )
     return processed
 
 
@@ -84,7 +93,9 @@ def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(trained
     y_test = np.load("data/processed/y_test.npy")
     confusion = pd.read_csv(REPORTS_DIR / "confusion" / "adam.csv")
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == len(y_test)
-    assert (confusion["actual"] == confusion["predicted"]).mean() == pytest.approx(metrics["adam"]["test_accuracy"])
+    assert (confusion["actual"] == confusion["predicted"]).mean() == pytest.approx(
+        metrics["adam"]["test_accuracy"]
+    )
 
     table = pd.read_csv(REPORTS_DIR / "comparison.csv")
     assert list(table["optimizer"]) == ["sgd", "adam"]
@@ -104,10 +115,14 @@ def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(trained
         assert run.data.metrics["test_loss"] == pytest.approx(metrics[name]["test_loss"])
         artifacts = {a.path for a in client.list_artifacts(run_id, "comparison")}
         assert {"comparison/comparison.md", "comparison/val_accuracy.png"} <= artifacts
-        assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == [f"evaluation/confusion_{name}.png"]
+        assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == [
+            f"evaluation/confusion_{name}.png"
+        ]
 
 
-def test_a_run_missing_from_the_store_is_skipped_with_a_warning(trained: Path, monkeypatch, caplog) -> None:
+def test_a_run_missing_from_the_store_is_skipped_with_a_warning(
+    trained: Path, monkeypatch, caplog
+) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained / 'other.db'}")
     evaluate.main([])
     assert "MLflow run" in caplog.text and "is not in sqlite:///" in caplog.text

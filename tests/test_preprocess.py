@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 
 from stages import preprocess
-from stages.common import PROCESSED_DIR, PreprocessConfig
+from stages.common import PROCESSED_DIR, PreprocessConfig, load_arrays
 
-from .conftest import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, idx_bytes, tiny_mnist_contents
+from .conftest import (
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    idx_bytes,
+    tiny_mnist_contents,
+)
 
 
 def write_raw(folder: Path, contents: dict[str, bytes]) -> Path:
@@ -23,12 +30,19 @@ def write_raw(folder: Path, contents: dict[str, bytes]) -> Path:
 
 
 def raw_arrays(contents: dict[str, bytes]) -> dict[str, np.ndarray]:
-    return {name: preprocess.parse_idx(c, preprocess.IMAGE_MAGIC if "images" in name else preprocess.LABEL_MAGIC, name) for name, c in contents.items()}
+    return {
+        name: preprocess.parse_idx(
+            c, preprocess.IMAGE_MAGIC if "images" in name else preprocess.LABEL_MAGIC, name
+        )
+        for name, c in contents.items()
+    }
 
 
 def test_arrays_are_scaled_float32_split_like_keras(tmp_path: Path) -> None:
     contents = tiny_mnist_contents(n_train=200, n_test=50)
-    arrays, summary = preprocess.preprocess(write_raw(tmp_path, contents), PreprocessConfig(0.1, None))
+    arrays, summary = preprocess.preprocess(
+        write_raw(tmp_path, contents), PreprocessConfig(0.1, None)
+    )
     raw = raw_arrays(contents)
     assert arrays["x_train"].dtype == np.float32 and arrays["x_train"].shape == (180, 28, 28, 1)
     assert arrays["x_val"].shape == (20, 28, 28, 1) and arrays["x_test"].shape == (50, 28, 28, 1)
@@ -51,7 +65,9 @@ def test_split_index_matches_keras_rounding() -> None:
 
 def test_subset_keeps_the_first_images_of_train_and_test(tmp_path: Path) -> None:
     contents = tiny_mnist_contents(n_train=200, n_test=50)
-    arrays, summary = preprocess.preprocess(write_raw(tmp_path, contents), PreprocessConfig(0.2, 100))
+    arrays, summary = preprocess.preprocess(
+        write_raw(tmp_path, contents), PreprocessConfig(0.2, 100)
+    )
     raw = raw_arrays(contents)
     assert summary["counts"] == {"train": 80, "val": 20, "test": 50}
     np.testing.assert_array_equal(arrays["y_val"], raw[TRAIN_LABELS][80:100])
@@ -59,14 +75,25 @@ def test_subset_keeps_the_first_images_of_train_and_test(tmp_path: Path) -> None
 
 def test_subset_larger_than_the_data_is_an_error(tmp_path: Path) -> None:
     raw = write_raw(tmp_path, tiny_mnist_contents(n_train=200, n_test=50))
-    with pytest.raises(preprocess.PipelineError, match="preprocess.subset: 500 is larger than the 200 training images"):
+    with pytest.raises(
+        preprocess.PipelineError,
+        match="preprocess.subset: 500 is larger than the 200 training images",
+    ):
         preprocess.preprocess(raw, PreprocessConfig(0.1, 500))
 
 
 def test_main_writes_npy_files_and_a_data_summary(processed: Path) -> None:
     names = sorted(p.name for p in PROCESSED_DIR.iterdir())
-    assert names == ["data.json", "x_test.npy", "x_train.npy", "x_val.npy", "y_test.npy", "y_train.npy", "y_val.npy"]
-    x_train, y_val = preprocess.load_arrays(PROCESSED_DIR, "x_train", "y_val")
+    assert names == [
+        "data.json",
+        "x_test.npy",
+        "x_train.npy",
+        "x_val.npy",
+        "y_test.npy",
+        "y_train.npy",
+        "y_val.npy",
+    ]
+    x_train, y_val = load_arrays(PROCESSED_DIR, "x_train", "y_val")
     assert x_train.dtype == np.float32 and y_val.dtype == np.uint8
     assert json.loads((PROCESSED_DIR / "data.json").read_text())["counts"]["val"] == 20
 
@@ -81,12 +108,24 @@ def _bad(name: str, content: bytes | None) -> dict[str, bytes]:
 
 
 BAD_DATA = [  # (file, its content or None for missing, what the message says after the path)
-    (TRAIN_IMAGES, b"\x00\x00\x08\x01" + (30).to_bytes(4, "big") + bytes(30), ": wrong magic number 0x00000801, expected 0x00000803"),
-    (TRAIN_IMAGES, idx_bytes(np.zeros((30, 27, 28), np.uint8)), ": images are (27, 28), expected (28, 28)"),
+    (
+        TRAIN_IMAGES,
+        b"\x00\x00\x08\x01" + (30).to_bytes(4, "big") + bytes(30),
+        ": wrong magic number 0x00000801, expected 0x00000803",
+    ),
+    (
+        TRAIN_IMAGES,
+        idx_bytes(np.zeros((30, 27, 28), np.uint8)),
+        ": images are (27, 28), expected (28, 28)",
+    ),
     (TRAIN_LABELS, idx_bytes(np.zeros(29, np.uint8)), ": 29 labels for 30 images in"),
     (TEST_LABELS, idx_bytes(np.full(10, 10, np.uint8)), ": label 10 outside 0-9"),
     (TEST_IMAGES, b"", ": 0 bytes, too short for an IDX header"),
-    (TEST_IMAGES, idx_bytes(np.zeros((10, 28, 28), np.uint8))[:-5], ": header says (10, 28, 28) (7856 bytes) but the file has 7851 bytes"),
+    (
+        TEST_IMAGES,
+        idx_bytes(np.zeros((10, 28, 28), np.uint8))[:-5],
+        ": header says (10, 28, 28) (7856 bytes) but the file has 7851 bytes",
+    ),
     (TRAIN_IMAGES, idx_bytes(np.zeros((0, 28, 28), np.uint8)), ": holds no images"),
     (TRAIN_LABELS, None, ": not found; run the download stage first"),
 ]

@@ -14,7 +14,14 @@ import pandas as pd
 import pytest
 
 from stages import train
-from stages.common import HISTORY_DIR, MODELS_DIR, TRAIN_METRICS_DIR, ParamsError, load_params, validate_model
+from stages.common import (
+    HISTORY_DIR,
+    MODELS_DIR,
+    TRAIN_METRICS_DIR,
+    ParamsError,
+    load_params,
+    validate_model,
+)
 from stages.tracking import TrackingError
 
 from .conftest import PROJECT_ROOT
@@ -27,20 +34,27 @@ def fresh_keras_session():
     mlflow.end_run()
 
 
-@pytest.mark.parametrize(("name", "spec", "cls", "learning_rate"), [
-    ("sgd", {"learning_rate": 0.01}, "SGD", 0.01),
-    ("Adam", {}, "Adam", 0.001),
-    ("RMSPROP", {"learning_rate": 0.002}, "RMSprop", 0.002),
-    ("sgd_momentum", {"class": "SGD", "learning_rate": 0.05, "momentum": 0.9}, "SGD", 0.05),
-])
-def test_optimizers_are_built_by_name_or_class(name: str, spec: dict, cls: str, learning_rate: float) -> None:
+@pytest.mark.parametrize(
+    ("name", "spec", "cls", "learning_rate"),
+    [
+        ("sgd", {"learning_rate": 0.01}, "SGD", 0.01),
+        ("Adam", {}, "Adam", 0.001),
+        ("RMSPROP", {"learning_rate": 0.002}, "RMSprop", 0.002),
+        ("sgd_momentum", {"class": "SGD", "learning_rate": 0.05, "momentum": 0.9}, "SGD", 0.05),
+    ],
+)
+def test_optimizers_are_built_by_name_or_class(
+    name: str, spec: dict, cls: str, learning_rate: float
+) -> None:
     optimizer = train.build_optimizer(name, spec)
     assert type(optimizer).__name__ == cls
     assert math.isclose(float(optimizer.learning_rate), learning_rate, rel_tol=1e-6)
 
 
 def test_class_key_sets_every_hyperparameter() -> None:
-    optimizer = train.build_optimizer("nesterov", {"class": "sgd", "momentum": 0.9, "nesterov": True})
+    optimizer = train.build_optimizer(
+        "nesterov", {"class": "sgd", "momentum": 0.9, "nesterov": True}
+    )
     assert optimizer.get_config()["momentum"] == 0.9 and optimizer.get_config()["nesterov"] is True
 
 
@@ -51,15 +65,43 @@ def test_every_keras_optimizer_works_from_params_alone(class_name: str) -> None:
 
 
 BAD_OPTIMIZERS = [
-    ("adamm", {}, "optimizers.adamm: 'adamm' is not a Keras optimizer; valid names: Adadelta, Adafactor, Adagrad, Adam, AdamW"),
-    ("fast", {"class": "Turbo"}, "optimizers.fast.class: 'Turbo' is not a Keras optimizer; valid names:"),
-    ("adam", {"learning_rte": 0.001}, "optimizers.adam.learning_rte: Adam takes no argument 'learning_rte'; it takes: learning_rate, beta_1"),
-    ("adagrad", {"momentum": 0.9}, "optimizers.adagrad.momentum: Adagrad takes no argument 'momentum'"),
-    ("adam", {"learning_rate": "1e-3x"}, "optimizers.adam.learning_rate: expected a number, got '1e-3x'"),
-    ("adam", {"learning_rate": float("nan")}, "optimizers.adam.learning_rate: expected a finite number, got nan"),
+    (
+        "adamm",
+        {},
+        "optimizers.adamm: 'adamm' is not a Keras optimizer; valid names: Adadelta, Adafactor, Adagrad, Adam, AdamW",
+    ),
+    (
+        "fast",
+        {"class": "Turbo"},
+        "optimizers.fast.class: 'Turbo' is not a Keras optimizer; valid names:",
+    ),
+    (
+        "adam",
+        {"learning_rte": 0.001},
+        "optimizers.adam.learning_rte: Adam takes no argument 'learning_rte'; it takes: learning_rate, beta_1",
+    ),
+    (
+        "adagrad",
+        {"momentum": 0.9},
+        "optimizers.adagrad.momentum: Adagrad takes no argument 'momentum'",
+    ),
+    (
+        "adam",
+        {"learning_rate": "1e-3x"},
+        "optimizers.adam.learning_rate: expected a number, got '1e-3x'",
+    ),
+    (
+        "adam",
+        {"learning_rate": float("nan")},
+        "optimizers.adam.learning_rate: expected a finite number, got nan",
+    ),
     ("adam", {"learning_rate": -0.001}, "optimizers.adam.learning_rate: expected > 0, got -0.001"),
     ("adam", {"learning_rate": 0}, "optimizers.adam.learning_rate: expected > 0, got 0"),
-    ("sgd", {"momentum": 2.0}, "optimizers.sgd: SGD rejected {'momentum': 2.0}: `momentum` must be a float between [0, 1]."),
+    (
+        "sgd",
+        {"momentum": 2.0},
+        "optimizers.sgd: SGD rejected {'momentum': 2.0}: `momentum` must be a float between [0, 1].",
+    ),
     ("adam", {"beta_1": "high"}, "optimizers.adam.beta_1: expected a number, got 'high'"),
 ]
 
@@ -72,9 +114,20 @@ def test_bad_optimizer_entries_give_one_clear_message(name: str, spec: dict, mes
 
 
 def test_model_is_the_reference_cnn() -> None:
-    model = train.build_model(validate_model(load_params(PROJECT_ROOT / "params.yaml")["model"]), (28, 28, 1))
+    model = train.build_model(
+        validate_model(load_params(PROJECT_ROOT / "params.yaml")["model"]), (28, 28, 1)
+    )
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds == ["Conv2D", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"]
+    assert kinds == [
+        "Conv2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dense",
+    ]
     assert [layer.filters for layer in model.layers if hasattr(layer, "filters")] == [32, 64, 64]
     # 320 + 18,496 + 36,928 (convs) + 204,928 + 1,290 (dense), counted by hand.
     assert model.count_params() == 261_962
@@ -101,20 +154,38 @@ def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path)
     assert experiment.name == "mnist-optimizers"
     params = run.data.params
     assert params["optimizer.class"] == "Adam"
-    assert float(params["optimizer.learning_rate"]) == pytest.approx(0.001)
-    assert params["optimizer.beta_2"] == "0.999"  # a Keras default, logged though not in params.yaml
-    assert params["train.epochs"] == "1" and params["train.batch_size"] == "32" and params["train.seed"] == "42"
+    assert params["optimizer.learning_rate"] == "0.001"
+    assert (
+        params["optimizer.beta_2"] == "0.999"
+    )  # a Keras default, logged though not in params.yaml
+    assert (
+        params["train.epochs"] == "1"
+        and params["train.batch_size"] == "32"
+        and params["train.seed"] == "42"
+    )
     assert params["model.conv_blocks"] == "((32, 64), (64,))"
-    assert params["data.train_images"] == "180" and len(params["data.sha256.train-images-idx3-ubyte.gz"]) == 64
+    assert (
+        params["data.train_images"] == "180"
+        and len(params["data.sha256.train-images-idx3-ubyte.gz"]) == 64
+    )
     val_history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [(m.step, m.value) for m in val_history] == [(1, pytest.approx(metrics["val_accuracy"]))]
-    assert {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "train_seconds"} <= set(run.data.metrics)
+    assert {
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "epoch_seconds",
+        "train_seconds",
+    } <= set(run.data.metrics)
     assert run.data.tags["dvc.stage"] == "train@adam"
 
     logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert logged.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 28, 28, 1)
     x_val = np.load("data/processed/x_val.npy")
-    np.testing.assert_allclose(logged.predict(x_val[:3]), model.predict(x_val[:3], verbose=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        logged.predict(x_val[:3]), model.predict(x_val[:3], verbose=0), rtol=1e-5
+    )
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model"))
     assert (local / "input_example.json").exists()
 
@@ -144,16 +215,24 @@ def free_port() -> int:
 
 def test_unreachable_tracking_server_fails_before_training(processed: Path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(TrackingError, match="is unreachable .*unset it to log to the local store mlflow.db"):
+    with pytest.raises(
+        TrackingError, match="is unreachable .*unset it to log to the local store mlflow.db"
+    ):
         train.main(["adam"])
     assert not MODELS_DIR.exists() and not TRAIN_METRICS_DIR.exists()
 
 
 def test_bad_params_fail_before_loading_any_data(project: Path) -> None:
     # No data/processed exists: the params error must come first.
-    with pytest.raises(ParamsError, match="optimizers.lion: no such entry; entries: sgd, adagrad, adam, rmsprop"):
+    with pytest.raises(
+        ParamsError, match="optimizers.lion: no such entry; entries: sgd, adagrad, adam, rmsprop"
+    ):
         train.main(["lion"])
-    params_text = Path("params.yaml").read_text().replace("learning_rate: 0.001", "learning_rate: 1e-3x", 1)
+    params_text = (
+        Path("params.yaml").read_text().replace("learning_rate: 0.001", "learning_rate: 1e-3x", 1)
+    )
     Path("params.yaml").write_text(params_text)
-    with pytest.raises(ParamsError, match="optimizers.adagrad.learning_rate: expected a number, got '1e-3x'"):
+    with pytest.raises(
+        ParamsError, match="optimizers.adagrad.learning_rate: expected a number, got '1e-3x'"
+    ):
         train.main(["adagrad"])
