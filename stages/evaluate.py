@@ -25,7 +25,9 @@ import matplotlib
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
+from mlflow.utils.time import get_current_time_millis
 
 from stages import tracking
 from stages.common import (
@@ -173,6 +175,56 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
     write_text_atomic(path, frame.to_csv(index=False, lineterminator="\n"))
 
 
+def evaluate_metrics(
+    table: pd.DataFrame,
+    train_metrics: dict[str, dict[str, Any]],
+    evaluations: dict[str, Evaluation],
+) -> dict[str, dict[str, float]]:
+    """What `dvc metrics show` prints: per optimizer, val and test accuracy, test loss, seconds."""
+    return {
+        row["optimizer"]: {
+            "val_accuracy": train_metrics[row["optimizer"]]["val_accuracy"],
+            "test_accuracy": evaluations[row["optimizer"]].test_accuracy,
+            "test_loss": evaluations[row["optimizer"]].test_loss,
+            "train_seconds": row["train_seconds"],
+        }
+        for row in table.to_dict("records")
+    }
+
+
+def write_reports(
+    table: pd.DataFrame,
+    history: pd.DataFrame,
+    evaluations: dict[str, Evaluation],
+    y_test: np.ndarray,
+) -> list[Path]:
+    """Write the tables, the plot data and the figures; return the files every run shares."""
+    for name, evaluation in evaluations.items():
+        write_csv(
+            CONFUSION_DIR / f"{name}.csv",
+            pd.DataFrame({"actual": y_test, "predicted": evaluation.predictions}),
+        )
+        plot_confusion(evaluation.confusion, name, FIGURES_DIR / f"confusion_{name}.png")
+    per_class = (
+        pd.DataFrame({name: e.per_class_accuracy for name, e in evaluations.items()})
+        .rename_axis("digit")
+        .reset_index()
+    )
+    plot_history(history, "val_accuracy", FIGURES_DIR / "val_accuracy.png")
+    plot_history(history, "val_loss", FIGURES_DIR / "val_loss.png")
+    write_csv(REPORTS_DIR / "history.csv", history)
+    write_csv(REPORTS_DIR / "per_class_accuracy.csv", per_class)
+    write_csv(REPORTS_DIR / "comparison.csv", table)
+    write_text_atomic(REPORTS_DIR / "comparison.md", table.to_markdown(index=False) + "\n")
+    return [
+        REPORTS_DIR / "comparison.md",
+        REPORTS_DIR / "comparison.csv",
+        REPORTS_DIR / "per_class_accuracy.csv",
+        FIGURES_DIR / "val_accuracy.png",
+        FIGURES_DIR / "val_loss.png",
+    ]
+
+
 def log_to_mlflow(
     train_metrics: dict[str, dict[str, Any]],
     evaluations: dict[str, Evaluation],
@@ -196,8 +248,8 @@ def log_to_mlflow(
             f"test_accuracy_digit_{d}": float(a)
             for d, a in enumerate(evaluation.per_class_accuracy)
         }
-        for key, value in metrics.items():
-            client.log_metric(run_id, key, value)
+        now = get_current_time_millis()
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
         client.log_artifact(run_id, str(FIGURES_DIR / f"confusion_{name}.png"), "evaluation")
         for path in artifacts:
             client.log_artifact(run_id, str(path), "comparison")
@@ -220,44 +272,8 @@ def evaluate(params: dict[str, Any]) -> pd.DataFrame:
         log.info("%s: test accuracy %.4f", name, evaluations[name].test_accuracy)
 
     table = comparison_table(train_metrics, evaluations, config.reference_val_accuracy)
-    history = history_table(names)
-    per_class = (
-        pd.DataFrame({name: e.per_class_accuracy for name, e in evaluations.items()})
-        .rename_axis("digit")
-        .reset_index()
-    )
-
-    for name, evaluation in evaluations.items():
-        write_csv(
-            CONFUSION_DIR / f"{name}.csv",
-            pd.DataFrame({"actual": y_test, "predicted": evaluation.predictions}),
-        )
-        plot_confusion(evaluation.confusion, name, FIGURES_DIR / f"confusion_{name}.png")
-    plot_history(history, "val_accuracy", FIGURES_DIR / "val_accuracy.png")
-    plot_history(history, "val_loss", FIGURES_DIR / "val_loss.png")
-    write_csv(REPORTS_DIR / "history.csv", history)
-    write_csv(REPORTS_DIR / "per_class_accuracy.csv", per_class)
-    write_csv(REPORTS_DIR / "comparison.csv", table)
-    write_text_atomic(REPORTS_DIR / "comparison.md", table.to_markdown(index=False) + "\n")
-    write_json_atomic(
-        EVALUATE_METRICS_FILE,
-        {
-            row["optimizer"]: {
-                "val_accuracy": train_metrics[row["optimizer"]]["val_accuracy"],
-                "test_accuracy": evaluations[row["optimizer"]].test_accuracy,
-                "test_loss": evaluations[row["optimizer"]].test_loss,
-                "train_seconds": row["train_seconds"],
-            }
-            for row in table.to_dict("records")
-        },
-    )
-    artifacts = [
-        REPORTS_DIR / "comparison.md",
-        REPORTS_DIR / "comparison.csv",
-        REPORTS_DIR / "per_class_accuracy.csv",
-        FIGURES_DIR / "val_accuracy.png",
-        FIGURES_DIR / "val_loss.png",
-    ]
+    artifacts = write_reports(table, history_table(names), evaluations, y_test)
+    write_json_atomic(EVALUATE_METRICS_FILE, evaluate_metrics(table, train_metrics, evaluations))
     log_to_mlflow(train_metrics, evaluations, artifacts)
     return table
 
