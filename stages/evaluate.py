@@ -51,9 +51,11 @@ from stages.common import (
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402 - after choosing the headless backend
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 FIGURES_DIR = REPORTS_DIR / "figures"
 CONFUSION_DIR = REPORTS_DIR / "confusion"
+HISTORY_LABELS = {"val_accuracy": "Validation accuracy", "val_loss": "Validation loss"}
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +137,12 @@ def history_table(names: list[str]) -> pd.DataFrame:
 
 def plot_history(history: pd.DataFrame, column: str, path: Path) -> None:
     """A line per optimizer of ``column`` against epoch, saved as PNG."""
+    label = HISTORY_LABELS.get(column, column)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, group in history.groupby("optimizer", sort=False):
         ax.plot(group["epoch"], group[column], marker="o", label=name)
-    ax.set(xlabel="epoch", ylabel=column, title=f"{column} per epoch")
+    ax.set(xlabel="epoch", ylabel=label, title=f"{label} per epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, path)
