@@ -153,11 +153,15 @@ class ModelConfig:
     num_classes: int
 
 
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int
     batch_size: int
     seed: int
+    precision: str = "float32"  # a Keras dtype policy: float32, or mixed_bfloat16 (opt-in)
 
 
 @dataclass(frozen=True)
@@ -223,17 +227,22 @@ def validate_model(section: Any) -> ModelConfig:
 
 
 def validate_train(section: Any) -> TrainConfig:
-    """Check the `train` section: positive epochs and batch size, an integer seed."""
-    _check_keys(
-        section, ("epochs", "batch_size", "seed"), "train", ("epochs", "batch_size", "seed")
-    )
+    """Check the `train` section: positive epochs and batch size, an integer seed, a precision."""
+    keys = ("epochs", "batch_size", "seed", "precision")
+    _check_keys(section, keys, "train", ("epochs", "batch_size", "seed"))
     seed = section["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ParamsError(f"train.seed: expected a non-negative integer, got {seed!r}")
+    precision = section.get("precision", "float32")
+    if precision not in PRECISIONS:
+        raise ParamsError(
+            f"train.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
     return TrainConfig(
         epochs=positive_int(section["epochs"], "train.epochs"),
         batch_size=positive_int(section["batch_size"], "train.batch_size"),
         seed=seed,
+        precision=precision,
     )
 
 

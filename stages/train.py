@@ -10,15 +10,19 @@ unless the entry names it with `class:`. Writes models/<name>.keras, a per-epoch
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import inspect
 import io
 import logging
 import math
 import os
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -117,25 +121,50 @@ def build_optimizer(name: str, spec: dict[str, Any]) -> keras.optimizers.Optimiz
         ) from None
 
 
+def cpu_has_bf16() -> bool:
+    """True when the CPU has BF16 instructions (x86 AVX-512 BF16 or AMX, Arm BF16)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", cpuinfo) is not None
+
+
+def effective_precision(requested: str) -> str:
+    """The dtype policy to train with: ``requested``, or float32 (with a warning) when
+    mixed_bfloat16 is asked for on a CPU without BF16 instructions, where it would be slow."""
+    if requested != "mixed_bfloat16" or cpu_has_bf16() or tf.config.list_physical_devices("GPU"):
+        return requested
+    log.warning(
+        "train.precision: mixed_bfloat16 needs a CPU with BF16 instructions (avx512_bf16, "
+        "amx_bf16 or Arm bf16) and this one has none; training in float32 instead"
+    )
+    return "float32"
+
+
 def build_model(config: ModelConfig, input_shape: tuple[int, ...]) -> keras.Sequential:
-    """The CNN: per block, Conv2D layers then a max pool; then dense layers and a softmax."""
+    """The CNN: per block, Conv2D layers then a max pool; then dense layers and a softmax.
+
+    Layers compute in the global dtype policy (see `effective_precision`); the softmax
+    always outputs float32, as Keras' mixed-precision guide advises."""
     layers: list[keras.layers.Layer] = [keras.Input(shape=input_shape)]
     for filters in config.conv_blocks:
         layers += [keras.layers.Conv2D(f, config.kernel_size, activation="relu") for f in filters]
         layers.append(keras.layers.MaxPooling2D(config.pool_size))
     layers.append(keras.layers.Flatten())
     layers += [keras.layers.Dense(units, activation="relu") for units in config.dense_units]
-    layers.append(keras.layers.Dense(config.num_classes, activation="softmax"))
+    layers.append(keras.layers.Dense(config.num_classes, activation="softmax", dtype="float32"))
     return keras.Sequential(layers, name="mnist_cnn")
 
 
 class EpochTracker(keras.callbacks.Callback):
     """Times each epoch, adds `epoch_seconds` to its logs and sends them to MLflow
-    with step = epochs completed (1, 2, ...)."""
+    with step = epochs completed (1, 2, ...); counts the seconds spent logging."""
 
     def __init__(self) -> None:
         super().__init__()
         self.history: list[dict[str, float]] = []
+        self.logging_seconds = 0.0
         self._start = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -144,7 +173,9 @@ class EpochTracker(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         row = {key: float(value) for key, value in (logs or {}).items()}
         row["epoch_seconds"] = time.perf_counter() - self._start
+        before_logging = time.perf_counter()
         mlflow.log_metrics(row, step=epoch + 1)
+        self.logging_seconds += time.perf_counter() - before_logging
         self.history.append({"epoch": epoch + 1, **row})
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
 
@@ -155,8 +186,8 @@ def fit_model(
     data: dict[str, np.ndarray],
     epochs: int,
     batch_size: int,
-) -> list[dict[str, float]]:
-    """Compile and fit; return one row per epoch: its metrics and its seconds."""
+) -> EpochTracker:
+    """Compile and fit; return the tracker that holds one row per epoch and its seconds."""
     # Integer labels with the sparse loss: the same categorical cross-entropy, no one-hot copy.
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     tracker = EpochTracker()
@@ -169,7 +200,17 @@ def fit_model(
         callbacks=[tracker],
         verbose=2,
     )
-    return tracker.history
+    return tracker
+
+
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``seconds[key]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
 
 
 def history_csv(history: list[dict[str, float]]) -> str:
@@ -246,14 +287,10 @@ def log_model(model: keras.Model, example: np.ndarray) -> None:
     )
 
 
-def save_outputs(
-    name: str, model: keras.Model, history: list[dict[str, float]], metrics: dict
-) -> None:
-    """Write the model, the history and the metrics JSON, each atomically, metrics last."""
-    with atomic_path(MODELS_DIR / f"{name}.keras", suffix=".keras") as tmp:
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save ``model`` in the `.keras` format, atomically."""
+    with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
-    write_text_atomic(HISTORY_DIR / f"{name}.csv", history_csv(history))
-    write_json_atomic(TRAIN_METRICS_DIR / f"{name}.json", metrics)
 
 
 def train(name: str, params: dict[str, Any]) -> None:
@@ -269,35 +306,51 @@ def train(name: str, params: dict[str, Any]) -> None:
     optimizer = build_optimizer(name, specs[name])
     experiment_id = tracking.setup_experiment(experiment_name)
 
-    x_train, y_train, x_val, y_val = load_arrays(
-        PROCESSED_DIR, "x_train", "y_train", "x_val", "y_val"
-    )
+    seconds: dict[str, float] = {}  # where the stage's time goes, for benchmarks/
+    with timed(seconds, "load_data"):
+        x_train, y_train, x_val, y_val = load_arrays(
+            PROCESSED_DIR, "x_train", "y_train", "x_val", "y_val"
+        )
+        data_summary = read_json(PROCESSED_DIR / "data.json")
     data = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
-    data_summary = read_json(PROCESSED_DIR / "data.json")
+    precision = effective_precision(train_config.precision)
+    keras.mixed_precision.set_global_policy(precision)
     model = build_model(model_config, x_train.shape[1:])
 
     with tracking.tracked_run(experiment_id, name, tracking.run_tags(f"train@{name}")) as run:
-        mlflow.log_params(
-            run_params(name, optimizer, model_config, train_config, model, data_summary)
-        )
-        started = time.perf_counter()
-        history = fit_model(model, optimizer, data, train_config.epochs, train_config.batch_size)
-        train_seconds = time.perf_counter() - started
-        log_model(model, example=x_val[:5])
-        mlflow.log_metric("train_seconds", train_seconds)
+        with timed(seconds, "mlflow_logging"):
+            params = run_params(name, optimizer, model_config, train_config, model, data_summary)
+            mlflow.log_params(params | {"train.effective_precision": precision})
+        with timed(seconds, "fit"):
+            tracker = fit_model(
+                model, optimizer, data, train_config.epochs, train_config.batch_size
+            )
+        # The per-epoch metrics were logged during fit: count them as logging, not fitting.
+        seconds["fit"] -= tracker.logging_seconds
+        seconds["mlflow_logging"] += tracker.logging_seconds
+        with timed(seconds, "mlflow_logging"):
+            log_model(model, example=x_val[:5])
+            mlflow.log_metric("train_seconds", seconds["fit"])
+        history = tracker.history
         last = history[-1]
         metrics = {
             "optimizer_class": type(optimizer).__name__,
+            "precision": precision,
             "epochs": len(history),
             "loss": last["loss"],
             "accuracy": last["accuracy"],
             "val_loss": last["val_loss"],
             "val_accuracy": last["val_accuracy"],
-            "train_seconds": round(train_seconds, 2),
+            "train_seconds": round(seconds["fit"], 2),
             "mlflow_run_id": run.info.run_id,
         }
-        save_outputs(name, model, history, metrics)
-    log.info("train@%s: val_accuracy %.4f in %.1f s", name, last["val_accuracy"], train_seconds)
+        # Outputs last, the metrics file last of all: a failure leaves no complete-looking set.
+        with timed(seconds, "save_model"):
+            save_model(model, MODELS_DIR / f"{name}.keras")
+        write_text_atomic(HISTORY_DIR / f"{name}.csv", history_csv(history))
+        rounded = {key: round(value, 3) for key, value in seconds.items()}
+        write_json_atomic(TRAIN_METRICS_DIR / f"{name}.json", metrics | {"seconds": rounded})
+    log.info("train@%s: val_accuracy %.4f in %.1f s", name, last["val_accuracy"], seconds["fit"])
 
 
 def main(argv: list[str]) -> None:

@@ -17,7 +17,7 @@ DEFAULTS = load_params(PROJECT_ROOT / "params.yaml")
 
 def test_project_params_are_valid_and_match_the_reference_setup() -> None:
     assert common.validate_train(DEFAULTS["train"]) == common.TrainConfig(
-        epochs=5, batch_size=128, seed=42
+        epochs=5, batch_size=128, seed=42, precision="float32"
     )
     assert common.validate_preprocess(DEFAULTS["preprocess"]) == common.PreprocessConfig(0.1, None)
     model = common.validate_model(DEFAULTS["model"])
@@ -89,7 +89,8 @@ BAD_SECTIONS = [
     ("train", "batch_size", True, "train.batch_size: expected a positive integer, got True"),
     ("train", "seed", -1, "train.seed: expected a non-negative integer, got -1"),
     ("train", "epochs", _DELETE, "train: missing key(s) epochs"),
-    ("train", "epoch", 5, "train: unknown key(s) epoch; expected: epochs, batch_size, seed"),
+    ("train", "precision", "float16", "train.precision: expected one of float32, mixed_bfloat16, got 'float16'"),
+    ("train", "epoch", 5, "train: unknown key(s) epoch; expected: epochs, batch_size, seed, precision"),
     (
         "preprocess",
         "val_fraction",

@@ -236,3 +236,38 @@ def test_bad_params_fail_before_loading_any_data(project: Path) -> None:
         ParamsError, match="optimizers.adagrad.learning_rate: expected a number, got '1e-3x'"
     ):
         train.main(["adagrad"])
+
+
+def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(train.tf.config, "list_physical_devices", lambda kind=None: [])
+    assert train.effective_precision("mixed_bfloat16") == "float32"
+    assert "this one has none; training in float32 instead" in caplog.text
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    assert train.effective_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert train.effective_precision("float32") == "float32"
+
+
+def test_mixed_bfloat16_trains_in_bf16_with_a_float32_softmax(processed: Path, monkeypatch) -> None:
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    params_text = Path("params.yaml").read_text().replace("precision: float32", "precision: mixed_bfloat16")
+    Path("params.yaml").write_text(params_text)
+    try:
+        metrics = run_train("adam")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert metrics["precision"] == "mixed_bfloat16"
+    model = keras.saving.load_model(MODELS_DIR / "adam.keras")
+    assert model.layers[0].compute_dtype == "bfloat16" and model.layers[0].dtype == "float32"
+    assert model.layers[-1].compute_dtype == "float32"
+    run = mlflow.MlflowClient().get_run(metrics["mlflow_run_id"])
+    assert run.data.params["train.precision"] == "mixed_bfloat16"
+    assert run.data.params["train.effective_precision"] == "mixed_bfloat16"
+
+
+def test_metrics_file_says_where_the_stage_time_went(processed: Path) -> None:
+    metrics = run_train("sgd")
+    seconds = metrics["seconds"]
+    assert set(seconds) == {"load_data", "mlflow_logging", "fit", "save_model"}
+    assert all(value > 0 for value in seconds.values())
+    assert metrics["train_seconds"] == pytest.approx(seconds["fit"], abs=0.01)
