@@ -1,0 +1,94 @@
+"""The benchmark's own arithmetic and report (the benchmark itself is not a test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from benchmarks import run
+
+CPU = {
+    "model": "Test CPU",
+    "vendor": "AuthenticAMD",
+    "family": 25,
+    "cores": 2,
+    "mhz": 2500.0,
+    "flags": ["avx512_bf16", "avx512f"],
+    "fp32_flop_per_cycle_per_core": 32,
+    "peak_fp32_gflops": 160.0,
+}
+
+
+def test_summary_and_format() -> None:
+    stats = run.summary([3.0, 1.0, 2.0, 10.0])
+    assert stats == {"median": 2.5, "min": 1.0, "max": 10.0}
+    assert run.fmt(stats, 1, " s") == "2.5 s (1.0-10.0)"
+
+
+def test_set_params_changes_nested_keys(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("train:\n  precision: float32\n  epochs: 5\n")
+    run.set_params(tmp_path, train__precision="mixed_bfloat16")
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["train"] == {
+        "precision": "mixed_bfloat16",
+        "epochs": 5,
+    }
+
+
+def test_report_takes_ratios_per_pair_and_shares_of_the_stage() -> None:
+    pair = {
+        "stage_max_rss_mib": 1000.0,
+        "plain_max_rss_mib": 2000.0,
+        "stage_images_per_second": 1500.0,
+        "plain_images_per_second": 1500.0,
+    }
+    results = {
+        "date": "2026-11-28",
+        "runs": 2,
+        "cpu": CPU,
+        "versions": {"python": "3.11"},
+        "pipeline": {
+            "runs": [
+                pair
+                | {
+                    "stage_seconds": 110.0,
+                    "plain_seconds": 100.0,
+                    "exp_run_seconds": 121.0,
+                    "stage_breakdown": {"fit": 100.0, "mlflow_logging": 1.1},
+                },
+                pair
+                | {
+                    "stage_seconds": 90.0,
+                    "plain_seconds": 100.0,
+                    "exp_run_seconds": 99.0,
+                    "stage_breakdown": {"fit": 80.0, "mlflow_logging": 0.9},
+                },
+            ]
+        },
+        "noop": {"dvc_repro": run.summary([1.0, 2.0]), "dvc_status": run.summary([0.5, 0.7])},
+        "flops": {
+            "train_flops_per_image": 1e8,
+            "forward_flops_per_image": 3e7,
+            "achieved_gflops": 80.0,
+        },
+        "precision": {
+            "adam": {
+                "float32": {"epoch_seconds": [30.0, 32.0], "val_accuracy": 0.991},
+                "mixed_bfloat16": {"epoch_seconds": [15.0, 20.0], "val_accuracy": 0.9895},
+            }
+        },
+    }
+    text = run.report(results)
+    # Ratios pair by pair: 1.1 and 0.9 -> median 1.0; exp run 1.1 both times.
+    assert (
+        "| wall seconds | 100.0 (90.0-110.0) | 100.0 (100.0-100.0) | 1.000 (0.900-1.100)x |" in text
+    )
+    assert "ratio to the forced stage 1.100 (1.100-1.100)x" in text
+    assert "| mlflow_logging | 1.00 (0.90-1.10) | 1.00% (1.00-1.00) |" in text
+    assert "80.0 GFLOP/s, 50.0% of the fp32 peak" in text
+    assert "`dvc repro`, all up to date: 1.50 (1.00-2.00) s" in text
+    # Speed-ups per epoch pair: 2.0 and 1.6 -> median 1.8; accuracy -0.15 points.
+    assert (
+        "| adam | 31.0 (30.0-32.0) | 17.5 (15.0-20.0) | 1.80 (1.60-2.00)x | 99.10 | 98.95 | -0.15 |"
+        in text
+    )
