@@ -29,6 +29,11 @@ def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     return output
 
 
+def dvc(root: Path, env: dict[str, str], *args: str) -> str:
+    """Run the real DVC CLI in ``root``."""
+    return run([sys.executable, "-m", "dvc", *args], root, env)
+
+
 def stages_run(output: str) -> list[str]:
     return [
         line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
@@ -73,7 +78,7 @@ def runs_by_name(root: Path) -> dict[str, list]:
 @pytest.fixture(scope="module")
 def reproduced(repo) -> tuple[Path, dict[str, str], str]:
     root, env = repo
-    output = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    output = dvc(root, env, "repro")
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "repro"], root, env)
     return root, env, output
@@ -110,14 +115,14 @@ def test_mlflow_holds_one_complete_run_per_optimizer(reproduced) -> None:
 
 def test_metrics_table_and_plots_are_there_for_a_user(reproduced) -> None:
     root, env, _ = reproduced
-    metrics = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env))
+    metrics = json.loads(dvc(root, env, "metrics", "show", "--json"))
     (workspace,) = metrics.values()  # keyed by revision: "" (DVC 3.67) or "workspace"
     shown = workspace["data"]["metrics/evaluate.json"]["data"]
     assert sorted(shown) == sorted(OPTIMIZERS) and "test_accuracy" in shown["adam"]
     table = pd.read_csv(root / "reports" / "comparison.csv")
     assert list(table["optimizer"]) == OPTIMIZERS
     assert list(table["reference_val_accuracy_%"]) == [96.50, 89.28, 98.97, 98.95]
-    run([sys.executable, "-m", "dvc", "plots", "show", "-o", "plots_html"], root, env)
+    dvc(root, env, "plots", "show", "-o", "plots_html")
     page = (root / "plots_html" / "index.html").read_text()
     for name in OPTIMIZERS:
         assert f'"optimizer": "{name}"' in page
@@ -126,20 +131,8 @@ def test_metrics_table_and_plots_are_there_for_a_user(reproduced) -> None:
 
 def test_changing_one_learning_rate_reruns_only_that_optimizer(reproduced) -> None:
     root, env, _ = reproduced
-    output = run(
-        [
-            sys.executable,
-            "-m",
-            "dvc",
-            "exp",
-            "run",
-            "-S",
-            "optimizers.adam.learning_rate=0.002",
-            "-n",
-            "adam-lr",
-        ],
-        root,
-        env,
+    output = dvc(
+        root, env, "exp", "run", "-S", "optimizers.adam.learning_rate=0.002", "-n", "adam-lr"
     )
     assert stages_run(output) == ["train@adam", "evaluate"]
     adam_runs = runs_by_name(root)["adam"]
@@ -152,26 +145,21 @@ def test_an_added_optimizer_gets_a_stage_in_a_temp_experiment_and_joins_the_tabl
     reproduced,
 ) -> None:
     root, env, _ = reproduced
-    output = run(
-        [
-            sys.executable,
-            "-m",
-            "dvc",
-            "exp",
-            "run",
-            "--temp",
-            "-n",
-            "with-nadam",
-            "-S",
-            "+optimizers.nadam.learning_rate=0.001",
-        ],
+    output = dvc(
         root,
         env,
+        "exp",
+        "run",
+        "--temp",
+        "-n",
+        "with-nadam",
+        "-S",
+        "+optimizers.nadam.learning_rate=0.001",
     )
     assert stages_run(output) == ["train@nadam", "evaluate"]
     # The temporary copy logged into the project's store, not one of its own.
     nadam = runs_by_name(root)["nadam"]
     assert len(nadam) == 1 and "test_accuracy" in nadam[0].data.metrics
-    run([sys.executable, "-m", "dvc", "exp", "apply", "with-nadam"], root, env)
+    dvc(root, env, "exp", "apply", "with-nadam")
     table = pd.read_csv(root / "reports" / "comparison.csv")
     assert list(table["optimizer"]) == [*OPTIMIZERS, "nadam"]
