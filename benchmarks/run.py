@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -87,9 +86,7 @@ def make_clone(workdir: Path) -> Path:
 
 def dvc(cwd: Path, *args: str) -> str:
     """Run a dvc command in ``cwd`` and return its output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True
-    )
+    result = subprocess.run(dvc_command(*args), cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout
@@ -198,7 +195,6 @@ def count_flops() -> dict:
     import keras
     import tensorflow as tf
 
-    sys.path.insert(0, str(ROOT))
     from stages.common import load_params, validate_model
     from stages.train import build_model
 
@@ -477,7 +473,6 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mnist-bench-"))
     log = ROOT / "benchmarks" / "run.log"
     log.write_text("")
-    steps: dict[str, Callable[[], object]] = {}
     try:
         clone = make_clone(workdir)
         steps = {

@@ -180,19 +180,17 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 def evaluate_metrics(
-    table: pd.DataFrame,
-    train_metrics: dict[str, dict[str, Any]],
-    evaluations: dict[str, Evaluation],
+    train_metrics: dict[str, dict[str, Any]], evaluations: dict[str, Evaluation]
 ) -> dict[str, dict[str, float]]:
     """What `dvc metrics show` prints: per optimizer, val and test accuracy, test loss, seconds."""
     return {
-        row["optimizer"]: {
-            "val_accuracy": train_metrics[row["optimizer"]]["val_accuracy"],
-            "test_accuracy": evaluations[row["optimizer"]].test_accuracy,
-            "test_loss": evaluations[row["optimizer"]].test_loss,
-            "train_seconds": row["train_seconds"],
+        name: {
+            "val_accuracy": train_metrics[name]["val_accuracy"],
+            "test_accuracy": evaluation.test_accuracy,
+            "test_loss": evaluation.test_loss,
+            "train_seconds": train_metrics[name]["train_seconds"],
         }
-        for row in table.to_dict("records")
+        for name, evaluation in evaluations.items()
     }
 
 
@@ -230,13 +228,13 @@ def write_reports(
 
 
 def log_to_mlflow(
+    uri: str,
     train_metrics: dict[str, dict[str, Any]],
     evaluations: dict[str, Evaluation],
     artifacts: list[Path],
 ) -> None:
     """Log each model's test metrics into its training run, and the shared artifacts into
     every run; a run missing from the current store is skipped with a warning."""
-    uri = tracking.connect()
     client = mlflow.MlflowClient()
     for name, evaluation in evaluations.items():
         run_id = train_metrics[name]["mlflow_run_id"]
@@ -263,7 +261,7 @@ def evaluate(params: dict[str, Any]) -> pd.DataFrame:
     """Evaluate every optimizer's model, write the reports and log them; return the table."""
     names = list(validate_optimizer_names(params["optimizers"]))
     config = validate_evaluate(params["evaluate"])
-    tracking.check_tracking_server(tracking.tracking_uri())
+    uri = tracking.connect()  # fail fast, before any model is loaded
     train_metrics = {name: read_json(TRAIN_METRICS_DIR / f"{name}.json") for name in names}
     x_test, y_test = load_arrays(PROCESSED_DIR, "x_test", "y_test")
 
@@ -277,8 +275,8 @@ def evaluate(params: dict[str, Any]) -> pd.DataFrame:
 
     table = comparison_table(train_metrics, evaluations, config.reference_val_accuracy)
     artifacts = write_reports(table, history_table(names), evaluations, y_test)
-    write_json_atomic(EVALUATE_METRICS_FILE, evaluate_metrics(table, train_metrics, evaluations))
-    log_to_mlflow(train_metrics, evaluations, artifacts)
+    write_json_atomic(EVALUATE_METRICS_FILE, evaluate_metrics(train_metrics, evaluations))
+    log_to_mlflow(uri, train_metrics, evaluations, artifacts)
     return table
 
 

@@ -89,8 +89,18 @@ BAD_SECTIONS = [
     ("train", "batch_size", True, "train.batch_size: expected a positive integer, got True"),
     ("train", "seed", -1, "train.seed: expected a non-negative integer, got -1"),
     ("train", "epochs", _DELETE, "train: missing key(s) epochs"),
-    ("train", "precision", "float16", "train.precision: expected one of float32, mixed_bfloat16, got 'float16'"),
-    ("train", "epoch", 5, "train: unknown key(s) epoch; expected: epochs, batch_size, seed, precision"),
+    (
+        "train",
+        "precision",
+        "float16",
+        "train.precision: expected one of float32, mixed_bfloat16, got 'float16'",
+    ),
+    (
+        "train",
+        "epoch",
+        5,
+        "train: unknown key(s) epoch; expected: epochs, batch_size, seed, precision",
+    ),
     (
         "preprocess",
         "val_fraction",

@@ -191,9 +191,11 @@ def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path)
 
 
 def test_same_params_give_identical_results(processed: Path) -> None:
-    first = pd.read_csv(HISTORY_DIR / "sgd.csv") if run_train("sgd") else None
+    run_train("sgd")
+    first = pd.read_csv(HISTORY_DIR / "sgd.csv")
     keras.backend.clear_session()
-    second = pd.read_csv(HISTORY_DIR / "sgd.csv") if run_train("sgd") else None
+    run_train("sgd")
+    second = pd.read_csv(HISTORY_DIR / "sgd.csv")
     columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
     pd.testing.assert_frame_equal(first[columns], second[columns], check_exact=True)
 
@@ -238,7 +240,9 @@ def test_bad_params_fail_before_loading_any_data(project: Path) -> None:
         train.main(["adagrad"])
 
 
-def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(monkeypatch, caplog) -> None:
+def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(
+    monkeypatch, caplog
+) -> None:
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
     monkeypatch.setattr(train.tf.config, "list_physical_devices", lambda kind=None: [])
     assert train.effective_precision("mixed_bfloat16") == "float32"
@@ -250,7 +254,9 @@ def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(monkeypa
 
 def test_mixed_bfloat16_trains_in_bf16_with_a_float32_softmax(processed: Path, monkeypatch) -> None:
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
-    params_text = Path("params.yaml").read_text().replace("precision: float32", "precision: mixed_bfloat16")
+    params_text = (
+        Path("params.yaml").read_text().replace("precision: float32", "precision: mixed_bfloat16")
+    )
     Path("params.yaml").write_text(params_text)
     try:
         metrics = run_train("adam")
