@@ -29,7 +29,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.utils.time import get_current_time_millis
 
-from stages import tracking
+from stages import runtime, tracking
 from stages.common import (
     EVALUATE_METRICS_FILE,
     HISTORY_DIR,
@@ -262,6 +262,7 @@ def evaluate(params: dict[str, Any]) -> pd.DataFrame:
     names = list(validate_optimizer_names(params["optimizers"]))
     config = validate_evaluate(params["evaluate"])
     uri = tracking.connect()  # fail fast, before any model is loaded
+    runtime.configure_threads()
     train_metrics = {name: read_json(TRAIN_METRICS_DIR / f"{name}.json") for name in names}
     x_test, y_test = load_arrays(PROCESSED_DIR, "x_test", "y_test")
 

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from mlflow.models import infer_signature
 
-from stages import tracking
+from stages import runtime, tracking
 from stages.common import (
     HISTORY_DIR,
     MODELS_DIR,
@@ -301,6 +301,7 @@ def train(name: str, params: dict[str, Any]) -> None:
     model_config = validate_model(params["model"])
     train_config = validate_train(params["train"])
     experiment_name = validate_mlflow(params["mlflow"])
+    threads = runtime.configure_threads()  # before the first TensorFlow op
     keras.utils.set_random_seed(train_config.seed)
     tf.config.experimental.enable_op_determinism()
     optimizer = build_optimizer(name, specs[name])
@@ -320,7 +321,14 @@ def train(name: str, params: dict[str, Any]) -> None:
     with tracking.tracked_run(experiment_id, name, tracking.run_tags(f"train@{name}")) as run:
         with timed(seconds, "mlflow_logging"):
             params = run_params(name, optimizer, model_config, train_config, model, data_summary)
-            mlflow.log_params(params | {"train.effective_precision": precision})
+            mlflow.log_params(
+                params
+                | {
+                    "train.effective_precision": precision,
+                    "runtime.intra_op_threads": threads.intra_op,
+                    "runtime.inter_op_threads": threads.inter_op,
+                }
+            )
         with timed(seconds, "fit"):
             tracker = fit_model(
                 model, optimizer, data, train_config.epochs, train_config.batch_size
@@ -336,6 +344,7 @@ def train(name: str, params: dict[str, Any]) -> None:
         metrics = {
             "optimizer_class": type(optimizer).__name__,
             "precision": precision,
+            "threads": asdict(threads),
             "epochs": len(history),
             "loss": last["loss"],
             "accuracy": last["accuracy"],

@@ -1,0 +1,81 @@
+"""One timed `fit` of the pipeline's CNN on the processed data, for `benchmarks.run` to compare
+thread settings and input paths side by side.
+
+    python -m benchmarks.fit_probe --images 20000 --intra 1 --inter 1 --out probe.json
+    python -m benchmarks.fit_probe --input tf.data --out probe.json
+
+`--intra/--inter 0` leaves TensorFlow's default; `--pipeline-threads` sizes both the way the
+train stage does (stages.runtime), from the cores and $PIPELINE_JOBS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+INPUTS = ("arrays", "tf.data")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("data/processed"))
+    parser.add_argument("--images", type=int, default=0, help="first N training images; 0: all")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--intra", type=int, default=0)
+    parser.add_argument("--inter", type=int, default=0)
+    parser.add_argument("--pipeline-threads", action="store_true")
+    parser.add_argument("--input", choices=INPUTS, default="arrays")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    import keras
+    import tensorflow as tf
+
+    from stages.common import PARAMS_FILE, load_arrays, load_params, validate_model
+    from stages.runtime import configure_threads
+    from stages.train import build_model
+
+    if args.pipeline_threads:
+        configure_threads()
+    if args.intra:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra)
+    if args.inter:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter)
+    keras.utils.set_random_seed(42)
+    x_train, y_train, x_val, y_val = load_arrays(args.data, "x_train", "y_train", "x_val", "y_val")
+    if args.images:
+        x_train, y_train = x_train[: args.images], y_train[: args.images]
+    model = build_model(validate_model(load_params(PARAMS_FILE)["model"]), x_train.shape[1:])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if args.input == "tf.data":
+        train = (
+            tf.data.Dataset.from_tensor_slices((x_train, y_train))
+            .shuffle(len(x_train), seed=42, reshuffle_each_iteration=True)
+            .batch(128)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(128)
+        fit_args: dict = {"x": train, "validation_data": val, "shuffle": False}
+    else:
+        fit_args = {"x": x_train, "y": y_train, "validation_data": (x_val, y_val)}
+    start = time.perf_counter()
+    model.fit(
+        **fit_args,
+        batch_size=None if args.input == "tf.data" else 128,
+        epochs=args.epochs,
+        verbose=0,
+    )
+    fit_seconds = time.perf_counter() - start
+    result = {
+        "fit_seconds": fit_seconds,
+        "train_images": len(x_train) * args.epochs,
+        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+    args.out.write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""TensorFlow's thread pools, sized from the cores this process may use and the number of
+stages that run at once ($PIPELINE_JOBS, for `dvc queue start -j N`).
+
+Thread counts change how oneDNN splits its sums, so they change a model's weights in the last
+bits: two runs compare bit for bit only with the same `intra_op` count (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from stages.common import ParamsError
+
+JOBS_ENV = "PIPELINE_JOBS"
+# TensorFlow's own variables: when set, they win over what this module works out.
+TF_INTRA_ENV = "TF_NUM_INTRAOP_THREADS"
+TF_INTER_ENV = "TF_NUM_INTEROP_THREADS"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Threads:
+    intra_op: int  # threads inside one op (a convolution's oneDNN kernel)
+    inter_op: int  # ops run at once
+
+
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this cgroup in cores (`docker run --cpus 2` gives 2.0), or None."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]  # cgroup v2: "max 100000"
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota."""
+    cores = len(os.sched_getaffinity(0))
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores, max(1, math.ceil(limit)))
+    return cores
+
+
+def parallel_jobs(environ: dict[str, str] | os._Environ = os.environ) -> int:
+    """How many stages share the machine: $PIPELINE_JOBS, 1 when unset."""
+    value = environ.get(JOBS_ENV, "").strip()
+    if not value:
+        return 1
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise ParamsError(f"${JOBS_ENV}: expected a positive integer, got {value!r}")
+    return jobs
+
+
+def thread_settings(cores: int, jobs: int) -> Threads:
+    """Split ``cores`` evenly between ``jobs`` stages; each runs one op at a time.
+
+    One op at a time: the CNN is a chain of layers, so there is little to run side by side,
+    and an inter-op pool wider than one adds threads that compete for the same cores
+    (measured in BENCHMARKS.md, part `threads`)."""
+    return Threads(intra_op=max(1, cores // jobs), inter_op=1)
+
+
+def configure_threads() -> Threads:
+    """Size TensorFlow's thread pools before any op runs; return what was set.
+
+    $TF_NUM_INTRAOP_THREADS / $TF_NUM_INTEROP_THREADS, when set, are left to TensorFlow."""
+    import tensorflow as tf
+
+    jobs = parallel_jobs()
+    cores = available_cores()
+    wanted = thread_settings(cores, jobs)
+    if not os.environ.get(TF_INTRA_ENV):
+        tf.config.threading.set_intra_op_parallelism_threads(wanted.intra_op)
+    if not os.environ.get(TF_INTER_ENV):
+        tf.config.threading.set_inter_op_parallelism_threads(wanted.inter_op)
+    used = Threads(
+        intra_op=int(os.environ.get(TF_INTRA_ENV) or wanted.intra_op),
+        inter_op=int(os.environ.get(TF_INTER_ENV) or wanted.inter_op),
+    )
+    log.info(
+        "threads: %d intra-op, %d inter-op (%d cores, %d parallel jobs)",
+        used.intra_op,
+        used.inter_op,
+        cores,
+        jobs,
+    )
+    return used
