@@ -378,14 +378,16 @@ def bench_input(clone: Path, runs: int, log: Path) -> dict:
     return {"runs": rows}
 
 
-def queue_states(clone: Path) -> list[str]:
+QUEUE_STATES = ("Queued", "Running", "Success", "Failed")
+
+
+def queue_states(status_output: str) -> list[str]:
     """The Status column of `dvc queue status`, one entry per task."""
-    states = []
-    for line in dvc(clone, "queue", "status").splitlines():
-        words = line.split()
-        if words and words[-1] in {"Queued", "Running", "Success", "Failed"}:
-            states.append(words[-1])
-    return states
+    return [
+        line.split()[-1]
+        for line in status_output.splitlines()
+        if line.split() and line.split()[-1] in QUEUE_STATES
+    ]
 
 
 def run_parallel(clone: Path, jobs: int, log: Path) -> None:
@@ -404,10 +406,10 @@ def run_parallel(clone: Path, jobs: int, log: Path) -> None:
             env=env,
             check=True,
         )
-    states = queue_states(clone)
+    states = queue_states(dvc(clone, "queue", "status"))
     while "Queued" in states or "Running" in states:
         time.sleep(2)
-        states = queue_states(clone)
+        states = queue_states(dvc(clone, "queue", "status"))
     if states.count("Success") != len(OPTIMIZERS):
         raise RuntimeError(f"queued runs ended {states}; see `dvc queue logs` in {clone}")
     output = dvc(clone, "repro")

@@ -92,3 +92,55 @@ def test_report_takes_ratios_per_pair_and_shares_of_the_stage() -> None:
         "| adam | 31.0 (30.0-32.0) | 17.5 (15.0-20.0) | 1.80 (1.60-2.00)x | 99.10 | 98.95 | -0.15 |"
         in text
     )
+
+
+def test_queue_status_parsing() -> None:
+    output = """Task     Name        Created    Status
+314d40a  ready-fees  05:43 PM   Success
+c39b491  hulky-quey  05:43 PM   Running
+36ecc33             05:43 PM   Queued
+ae9bf25  front-rise  05:43 PM   Failed
+
+Worker status: 1 active, 0 idle
+"""
+    assert run.queue_states(output) == ["Success", "Running", "Queued", "Failed"]
+    assert run.queue_states("No experiment tasks in the queue.\n") == []
+
+
+def test_report_of_threads_input_and_parallel_runs() -> None:
+    def probe(images_per_second: float, intra: int, inter: int) -> dict:
+        return {"images_per_second": images_per_second, "intra_op": intra, "inter_op": inter}
+
+    results = {
+        "date": "2026-11-28",
+        "runs": 2,
+        "cpu": CPU,
+        "versions": {"python": "3.11"},
+        "threads": {
+            "1 job, stage setting": [probe(1000, 2, 1), probe(800, 2, 1)],
+            "1 job, TensorFlow default": [probe(900, 0, 0), probe(880, 0, 0)],
+            "2 jobs, stage setting": [probe(1200, 1, 1), probe(1000, 1, 1)],
+        },
+        "input": {"runs": [{"arrays": 1000, "tf.data": 900}, {"arrays": 1000, "tf.data": 1100}]},
+        "parallel": {
+            "runs": [
+                {
+                    "sequential_seconds": 100.0,
+                    "parallel_seconds": 80.0,
+                    "parallel_threads": {"intra_op": 1, "inter_op": 1},
+                },
+                {
+                    "sequential_seconds": 100.0,
+                    "parallel_seconds": 90.0,
+                    "parallel_threads": {"intra_op": 1, "inter_op": 1},
+                },
+            ]
+        },
+    }
+    text = run.report(results)
+    # Each setting against the stage setting for the same job count, run by run: 0.9 and 1.1.
+    assert "| 1 job, TensorFlow default | 0 | 0 | 890 (880-900) | 1.000 (0.900-1.100)x |" in text
+    assert "| 2 jobs, stage setting | 1 | 1 | 1100 (1000-1200) | 1.000 (1.000-1.000)x |" in text
+    assert "- tf.data / arrays: 1.000 (0.900-1.100)x" in text
+    assert "| ratio, two at a time / one at a time | 0.850 (0.800-0.900)x |" in text
+    assert "Faster: two at a time." in text

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import train
+from stages import runtime, train
 from stages.common import (
     HISTORY_DIR,
     MODELS_DIR,
@@ -179,6 +179,10 @@ def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path)
         "train_seconds",
     } <= set(run.data.metrics)
     assert run.data.tags["dvc.stage"] == "train@adam"
+    # The thread counts change the weights' last bits: both the run and the metrics say them.
+    cores = runtime.available_cores()
+    assert metrics["threads"] == {"intra_op": cores, "inter_op": 1}
+    assert params["runtime.intra_op_threads"] == str(cores)
 
     logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert logged.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 28, 28, 1)
