@@ -80,27 +80,47 @@ def thread_settings(cores: int, jobs: int) -> Threads:
 
 
 def configure_threads() -> Threads:
-    """Size TensorFlow's thread pools before any op runs; return what was set.
+    """Size TensorFlow's thread pools before any op runs; return the counts in use.
 
-    $TF_NUM_INTRAOP_THREADS / $TF_NUM_INTEROP_THREADS, when set, are left to TensorFlow."""
+    $TF_NUM_INTRAOP_THREADS / $TF_NUM_INTEROP_THREADS, when set, are left to TensorFlow. Where
+    TensorFlow already ran in this process (a notebook), its pools are fixed: they stay as
+    they are, with a warning, and 0 in the result means TensorFlow's default (one per core)."""
     import tensorflow as tf
 
     jobs = parallel_jobs()
     cores = available_cores()
     wanted = thread_settings(cores, jobs)
-    if not os.environ.get(TF_INTRA_ENV):
-        tf.config.threading.set_intra_op_parallelism_threads(wanted.intra_op)
-    if not os.environ.get(TF_INTER_ENV):
-        tf.config.threading.set_inter_op_parallelism_threads(wanted.inter_op)
-    used = Threads(
-        intra_op=int(os.environ.get(TF_INTRA_ENV) or wanted.intra_op),
-        inter_op=int(os.environ.get(TF_INTER_ENV) or wanted.inter_op),
-    )
+    pools = {
+        "intra_op": (
+            TF_INTRA_ENV,
+            tf.config.threading.set_intra_op_parallelism_threads,
+            tf.config.threading.get_intra_op_parallelism_threads,
+        ),
+        "inter_op": (
+            TF_INTER_ENV,
+            tf.config.threading.set_inter_op_parallelism_threads,
+            tf.config.threading.get_inter_op_parallelism_threads,
+        ),
+    }
+    used = {}
+    for pool, (env, setter, getter) in pools.items():
+        if os.environ.get(env):
+            used[pool] = int(os.environ[env])
+            continue
+        try:
+            setter(getattr(wanted, pool))
+        except RuntimeError:  # "cannot be modified after initialization"
+            log.warning(
+                "threads: TensorFlow already started in this process; keeping its %s threads",
+                pool.replace("_", "-"),
+            )
+        used[pool] = getter()
+    threads = Threads(**used)
     log.info(
         "threads: %d intra-op, %d inter-op (%d cores, %d parallel jobs)",
-        used.intra_op,
-        used.inter_op,
+        threads.intra_op,
+        threads.inter_op,
         cores,
         jobs,
     )
-    return used
+    return threads

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import gzip
 import hashlib
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from stages import runtime
 from stages.common import MNIST_FILES, load_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,14 @@ def tiny_mnist_contents(n_train: int = 200, n_test: int = 50, seed: int = 0) -> 
         TEST_IMAGES: idx_bytes(digit_images(y_test, rng)),
         TEST_LABELS: idx_bytes(y_test),
     }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tensorflow_threads() -> None:
+    """Size TensorFlow's thread pools as a stage does, before any test runs an op: a process
+    can size them only once, and the in-process stage tests expect the stages' setting."""
+    os.environ.pop(runtime.JOBS_ENV, None)
+    runtime.configure_threads()
 
 
 @pytest.fixture(scope="session")

@@ -85,3 +85,14 @@ def test_tensorflows_own_variables_win() -> None:
     env = {"TF_NUM_INTRAOP_THREADS": "3", "TF_NUM_INTEROP_THREADS": "2", "PIPELINE_JOBS": "2"}
     # TensorFlow reads its variables when its runtime starts, so its getters still say 0.
     assert configured_in_fresh_process(env) == "3 2 0 0"
+
+
+def test_pools_fixed_earlier_in_the_process_stay_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # conftest sized the pools for one job; a notebook asking for two jobs afterwards:
+    monkeypatch.setenv("PIPELINE_JOBS", "2")
+    cores = runtime.available_cores()
+    assert runtime.configure_threads() == runtime.Threads(intra_op=cores, inter_op=1)
+    if cores > 1:
+        assert "TensorFlow already started in this process" in caplog.text
