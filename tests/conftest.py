@@ -63,6 +63,9 @@ def tensorflow_threads() -> None:
     can size them only once, and the in-process stage tests expect the stages' setting."""
     os.environ.pop(runtime.JOBS_ENV, None)
     runtime.configure_threads()
+    import tensorflow as tf
+
+    tf.zeros(1)  # start TensorFlow: from here on its pools are fixed for this process
 
 
 @pytest.fixture(scope="session")
