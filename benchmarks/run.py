@@ -32,7 +32,17 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("noop", "memory", "flops", "pipeline", "precision", "threads", "input", "parallel")
+PARTS = (
+    "noop",
+    "memory",
+    "flops",
+    "pipeline",
+    "precision",
+    "threads",
+    "input",
+    "parallel",
+    "runcache",
+)
 OPTIMIZERS = ("sgd", "adagrad", "adam", "rmsprop")
 
 
@@ -447,6 +457,34 @@ def bench_parallel(clone: Path, runs: int, log: Path) -> dict:
     return {"runs": rows}
 
 
+def bench_runcache(clone: Path, runs: int, log: Path) -> dict:
+    """`dvc exp run` back to a learning rate trained before: train@adam comes from the run
+    cache, evaluate runs (its reports are `cache: false`, which keeps it out of the run cache).
+    Against `dvc exp run` with a value never trained, which is what any change cost before the
+    training stages' outputs were all cached."""
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    base = params["optimizers"]["adam"]["learning_rate"]
+    rows = []
+    for i in range(runs):
+        new = round(0.0021 + 0.0001 * i, 5)
+        trained = measure(
+            dvc_command("exp", "run", "-S", f"optimizers.adam.learning_rate={new}"), clone, log
+        )
+        start = log.stat().st_size
+        back = measure(
+            dvc_command("exp", "run", "-S", f"optimizers.adam.learning_rate={base}"), clone, log
+        )
+        with log.open() as text:
+            text.seek(start)
+            if "Running stage 'train@adam'" in text.read():
+                raise RuntimeError("going back retrained train@adam: no run cache hit")
+        rows.append({"new_value_seconds": trained.seconds, "back_seconds": back.seconds})
+    subprocess.run(
+        ["git", "checkout", "-q", "--", "params.yaml", "dvc.lock"], cwd=clone, check=True
+    )
+    return {"runs": rows}
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -600,6 +638,22 @@ def report(results: dict) -> str:
         ]
     if "parallel" in results:
         lines += report_parallel(results["parallel"]["runs"])
+    if "runcache" in results:
+        rows = results["runcache"]["runs"]
+        new = summary([r["new_value_seconds"] for r in rows])
+        back = summary([r["back_seconds"] for r in rows])
+        ratio = summary([r["back_seconds"] / r["new_value_seconds"] for r in rows])
+        lines += [
+            "## Back to a value trained before (run cache)",
+            "",
+            f"- `dvc exp run -S optimizers.adam.learning_rate=<new>` (trains Adam, evaluates): "
+            f"{fmt(new, 1)} s",
+            f"- then back to the committed value (Adam from the run cache, evaluate runs): "
+            f"{fmt(back, 1)} s; ratio {fmt(ratio, 3)}x",
+            "- Before the training stages' outputs were all cached, DVC kept no run cache for "
+            "them and going back cost as much as a new value.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -695,6 +749,7 @@ def main() -> None:
             "threads": lambda: bench_threads(clone, args.runs, log),
             "input": lambda: bench_input(clone, args.runs, log),
             "parallel": lambda: bench_parallel(clone, args.runs, log),
+            "runcache": lambda: bench_runcache(clone, args.runs, log),
         }
         for part in PARTS:  # this order: noop needs the clone as it was checked out
             if part in parts:
