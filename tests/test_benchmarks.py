@@ -137,15 +137,10 @@ def test_report_of_threads_input_and_parallel_runs() -> None:
             ]
         },
     }
-    results["runcache"] = {
-        "runs": [
-            {"new_value_seconds": 200.0, "back_seconds": 20.0},
-            {"new_value_seconds": 180.0, "back_seconds": 36.0},
-        ]
-    }
+    results["runcache"] = {"trained_seconds": 200.0, "restored_seconds": [20.0, 30.0, 40.0, 20.0]}
     text = run.report(results)
-    assert "then back to the committed value (Adam from the run cache, evaluate runs): " in text
-    assert "28.0 (20.0-36.0) s; ratio 0.150 (0.100-0.200)x" in text
+    assert "training Adam, then evaluate: 200.0 s (one run)" in text
+    assert "4 times (Adam from the run cache, evaluate runs): 25.0 (20.0-40.0) s, 0.125x" in text
     # Each setting against the stage setting for the same job count, run by run: 0.9 and 1.1.
     assert "| 1 job, TensorFlow default | 0 | 0 | 890 (880-900) | 1.000 (0.900-1.100)x |" in text
     assert "| 2 jobs, stage setting | 1 | 1 | 1100 (1000-1200) | 1.000 (1.000-1.000)x |" in text
