@@ -160,7 +160,7 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 class TrainConfig:
     epochs: int
     batch_size: int
-    seed: int
+    seeds: tuple[int, ...]  # one training run per optimizer and seed
     precision: str = "float32"  # a Keras dtype policy: float32, or mixed_bfloat16 (opt-in)
 
 
@@ -168,6 +168,8 @@ class TrainConfig:
 class EvaluateConfig:
     batch_size: int
     reference_val_accuracy: dict[str, float]  # optimizer name -> percent
+    targets: tuple[float, ...] = (0.98, 0.97)  # validation accuracies to time, as fractions
+    confidence: float = 0.95  # of the intervals over seeds and of the significance tests
 
 
 def validate_download(section: Any) -> DownloadConfig:
@@ -227,12 +229,21 @@ def validate_model(section: Any) -> ModelConfig:
 
 
 def validate_train(section: Any) -> TrainConfig:
-    """Check the `train` section: positive epochs and batch size, an integer seed, a precision."""
-    keys = ("epochs", "batch_size", "seed", "precision")
-    _check_keys(section, keys, "train", ("epochs", "batch_size", "seed"))
-    seed = section["seed"]
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ParamsError(f"train.seed: expected a non-negative integer, got {seed!r}")
+    """Check the `train` section: positive epochs and batch size, a list of distinct
+    non-negative integer seeds, a precision."""
+    keys = ("epochs", "batch_size", "seeds", "precision")
+    _check_keys(section, keys, "train", ("epochs", "batch_size", "seeds"))
+    seeds = section["seeds"]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds)
+    ):
+        raise ParamsError(
+            f"train.seeds: expected a non-empty list of non-negative integers, got {seeds!r}"
+        )
+    if len(set(seeds)) != len(seeds):
+        raise ParamsError(f"train.seeds: each seed once, got {seeds!r}")
     precision = section.get("precision", "float32")
     if precision not in PRECISIONS:
         raise ParamsError(
@@ -241,9 +252,15 @@ def validate_train(section: Any) -> TrainConfig:
     return TrainConfig(
         epochs=positive_int(section["epochs"], "train.epochs"),
         batch_size=positive_int(section["batch_size"], "train.batch_size"),
-        seed=seed,
+        seeds=tuple(seeds),
         precision=precision,
     )
+
+
+def run_key(optimizer: str, seed: int) -> str:
+    """The name of one training run, as DVC names its stage (`train@adam-42`) and as its
+    files are named (models/adam-42.keras)."""
+    return f"{optimizer}-{seed}"
 
 
 def validate_optimizer_names(section: Any) -> dict[str, dict[str, Any]]:
@@ -282,20 +299,32 @@ def validate_mlflow(section: Any) -> str:
 
 
 def validate_evaluate(section: Any) -> EvaluateConfig:
-    """Check the `evaluate` section: prediction batch size and the reference accuracies."""
-    _check_keys(section, ("batch_size", "reference_val_accuracy"), "evaluate", ("batch_size",))
+    """Check the `evaluate` section: prediction batch size, the reference accuracies, the
+    validation targets to time and the confidence level."""
+    keys = ("batch_size", "reference_val_accuracy", "targets", "confidence")
+    _check_keys(section, keys, "evaluate", ("batch_size",))
     reference = section.get("reference_val_accuracy") or {}
     if not isinstance(reference, Mapping):
         raise ParamsError(
             f"evaluate.reference_val_accuracy: expected a mapping of optimizer -> percent, "
             f"got {reference!r}"
         )
+    targets = section.get("targets", [0.98, 0.97])
+    if not isinstance(targets, list) or not all(_is_number(t) and 0 < t <= 1 for t in targets):
+        raise ParamsError(
+            f"evaluate.targets: expected a list of accuracies in (0, 1], got {targets!r}"
+        )
+    confidence = section.get("confidence", 0.95)
+    if not _is_number(confidence) or not 0 < confidence < 1:
+        raise ParamsError(f"evaluate.confidence: expected a number in (0, 1), got {confidence!r}")
     return EvaluateConfig(
         batch_size=positive_int(section["batch_size"], "evaluate.batch_size"),
         reference_val_accuracy={
             name: finite_number(v, f"evaluate.reference_val_accuracy.{name}")
             for name, v in reference.items()
         },
+        targets=tuple(float(t) for t in targets),
+        confidence=float(confidence),
     )
 
 

@@ -1,13 +1,18 @@
 """Stage `evaluate`: test every trained model and write the side-by-side comparison.
 
-For each entry of `optimizers` it loads models/<name>.keras (Keras safe mode) and
-metrics/train/<name>.json, predicts the test set in large batches, and writes:
+For each entry of `optimizers` and each of `train.seeds` it loads models/<name>-<seed>.keras
+(Keras safe mode) and metrics/train/<name>-<seed>.json, predicts the test set in large batches,
+and writes:
 
-- metrics/evaluate.json: per optimizer, validation and test accuracy, test loss, training seconds;
-- reports/comparison.{md,csv}: the table, with the reference accuracies beside ours;
-- reports/per_class_accuracy.csv, reports/history.csv and reports/confusion/<name>.csv
-  (the data behind `dvc plots show`) and reports/figures/*.png;
-- into MLflow: each model's test metrics into its own training run, and the table and
+- metrics/evaluate.json: per optimizer, the mean, standard deviation and confidence interval
+  over seeds of validation and test accuracy, test loss and training seconds;
+- reports/comparison.{md,csv}: that table, with the reference accuracies beside ours and the
+  time to each validation target; reports/runs.csv: one row per optimizer and seed;
+- reports/significance.{md,csv}: every pair of optimizers, the difference of their mean test
+  accuracies and whether it is significant (Welch's t-test, Holm-corrected);
+- reports/per_class_accuracy.csv, reports/history.csv, reports/history_mean.csv and
+  reports/confusion/<name>.csv (the data behind `dvc plots show`) and reports/figures/*.png;
+- into MLflow: each model's test metrics into its own training run, and the tables and
   figures as artifacts of every run, so the UI's run comparison shows them.
 
     dvc repro evaluate
@@ -16,6 +21,7 @@ metrics/train/<name>.json, predicts the test set in large batches, and writes:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.utils.time import get_current_time_millis
 
-from stages import runtime, tracking
+from stages import aggregate, runtime, tracking
 from stages.common import (
     EVALUATE_METRICS_FILE,
     HISTORY_DIR,
@@ -42,9 +48,11 @@ from stages.common import (
     load_arrays,
     load_params,
     read_json,
+    run_key,
     run_stage,
     validate_evaluate,
     validate_optimizer_names,
+    validate_train,
     write_json_atomic,
     write_text_atomic,
 )
@@ -100,48 +108,178 @@ def evaluate_model(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size:
     )
 
 
-def comparison_table(
-    train_metrics: dict[str, dict[str, Any]],
-    evaluations: dict[str, Evaluation],
-    reference: dict[str, float],
-) -> pd.DataFrame:
-    """One row per optimizer: our accuracies (%) beside the reference validation accuracy."""
+@dataclass(frozen=True)
+class Run:
+    """One trained model: its optimizer, seed, training metrics and test results."""
+
+    optimizer: str
+    seed: int
+    train: dict[str, Any]  # metrics/train/<optimizer>-<seed>.json
+    history: pd.DataFrame  # metrics/history/<optimizer>-<seed>.csv
+    evaluation: Evaluation
+
+    @property
+    def key(self) -> str:
+        return run_key(self.optimizer, self.seed)
+
+
+def target_label(target: float) -> str:
+    """0.98 -> '98' (for column names)."""
+    return f"{100 * target:g}"
+
+
+def runs_table(runs: list[Run], targets: tuple[float, ...]) -> pd.DataFrame:
+    """One row per optimizer and seed: accuracies, loss, seconds, time to each target."""
     rows = []
-    for name, evaluation in evaluations.items():
-        val_accuracy = 100 * train_metrics[name]["val_accuracy"]
-        ref = reference.get(name)
-        rows.append(
-            {
-                "optimizer": name,
-                "val_accuracy_%": round(val_accuracy, 2),
-                "reference_val_accuracy_%": ref,
-                "difference_points": None if ref is None else round(val_accuracy - ref, 2),
-                "test_accuracy_%": round(100 * evaluation.test_accuracy, 2),
-                "test_loss": round(evaluation.test_loss, 4),
-                "train_seconds": train_metrics[name]["train_seconds"],
-            }
-        )
+    for run in runs:
+        row = {
+            "optimizer": run.optimizer,
+            "seed": run.seed,
+            "val_accuracy": run.train["val_accuracy"],
+            "test_accuracy": run.evaluation.test_accuracy,
+            "test_loss": run.evaluation.test_loss,
+            "train_seconds": run.train["train_seconds"],
+        }
+        for target in targets:
+            reached = aggregate.time_to_target(run.history, target)
+            label = target_label(target)
+            row[f"epoch_to_{label}"] = reached.epoch if reached else None
+            row[f"seconds_to_{label}"] = round(reached.seconds, 1) if reached else None
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def history_table(names: list[str]) -> pd.DataFrame:
-    """Every optimizer's per-epoch history in one long table with an `optimizer` column."""
-    frames = []
-    for name in names:
-        path = HISTORY_DIR / f"{name}.csv"
-        if not path.exists():
-            raise PipelineError(f"{path}: not found; run its training stage (dvc repro)")
-        frames.append(pd.read_csv(path).assign(optimizer=name))
-    return pd.concat(frames, ignore_index=True)[["optimizer", *frames[0].columns.drop("optimizer")]]
+def _percent(summary: aggregate.SeedSummary) -> dict[str, float | None]:
+    """Mean, std and interval of a fraction, in percent with two decimals."""
+
+    def pct(value: float) -> float | None:
+        return None if math.isnan(value) else round(100 * value, 2)
+
+    return {
+        "mean": pct(summary.mean),
+        "std": pct(summary.std),
+        "ci_low": pct(summary.ci_low),
+        "ci_high": pct(summary.ci_high),
+    }
+
+
+def time_to_target_text(group: pd.DataFrame, target: float) -> str:
+    """'3/3 seeds, median 95 s (epoch 3)' or 'never' over an optimizer's runs."""
+    label = target_label(target)
+    reached = group.dropna(subset=[f"seconds_to_{label}"])
+    if reached.empty:
+        return "never"
+    seconds = reached[f"seconds_to_{label}"].median()
+    epoch = reached[f"epoch_to_{label}"].median()
+    return f"{len(reached)}/{len(group)} seeds, median {seconds:.0f} s (epoch {epoch:g})"
+
+
+def comparison_table(
+    runs: pd.DataFrame, reference: dict[str, float], targets: tuple[float, ...], confidence: float
+) -> pd.DataFrame:
+    """One row per optimizer: mean, spread and interval over seeds of validation and test
+    accuracy (%), the reference validation accuracy beside ours, the time to each target."""
+    rows = []
+    level = f"{100 * confidence:g}"
+    for name, group in runs.groupby("optimizer", sort=False):
+        val = _percent(aggregate.summarize_seeds(group["val_accuracy"], confidence))
+        test = _percent(aggregate.summarize_seeds(group["test_accuracy"], confidence))
+        ref = reference.get(name)
+        row = {
+            "optimizer": name,
+            "seeds": len(group),
+            "val_accuracy_%": val["mean"],
+            "val_std": val["std"],
+            f"val_ci{level}_low": val["ci_low"],
+            f"val_ci{level}_high": val["ci_high"],
+            "reference_val_accuracy_%": ref,
+            "difference_points": None if ref is None else round(val["mean"] - ref, 2),
+            "test_accuracy_%": test["mean"],
+            "test_std": test["std"],
+            f"test_ci{level}_low": test["ci_low"],
+            f"test_ci{level}_high": test["ci_high"],
+            "test_loss": round(group["test_loss"].mean(), 4),
+            "train_seconds": round(group["train_seconds"].mean(), 1),
+        }
+        for target in targets:
+            row[f"to_val_{target_label(target)}%"] = time_to_target_text(group, target)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def significance_table(runs: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """Every pair of optimizers: the difference of their mean test accuracies in points and
+    whether it is significant at 1 - ``confidence`` (Welch's t-test over seeds, Holm)."""
+    samples = {
+        name: list(group["test_accuracy"]) for name, group in runs.groupby("optimizer", sort=False)
+    }
+    table = aggregate.pairwise_differences(samples, alpha=1 - confidence)
+    return pd.DataFrame(
+        {
+            "optimizer_a": table["a"],
+            "optimizer_b": table["b"],
+            "test_difference_points": (100 * table["difference"]).round(2),
+            "p_value": table["p_value"].round(4),
+            "p_holm": table["p_holm"].round(4),
+            "significant": table["significant"],
+        }
+    )
+
+
+def significance_markdown(table: pd.DataFrame, confidence: float) -> str:
+    """The significance table with a sentence a person reads first."""
+    alpha = f"{1 - confidence:g}"
+    significant = table[table["significant"]]
+    if table["p_value"].isna().all():
+        lead = "Not testable: every optimizer needs at least two seeds (`train.seeds`)."
+    elif significant.empty:
+        lead = f"No difference in test accuracy is significant at {alpha} (Holm-corrected)."
+    else:
+        pairs = [
+            f"{r.optimizer_a} vs {r.optimizer_b} ({r.test_difference_points:+.2f} points)"
+            for r in significant.itertuples()
+        ]
+        lead = f"Significant at {alpha} (Welch's t-test over seeds, Holm-corrected): " + (
+            "; ".join(pairs) + "."
+        )
+    return lead + "\n\n" + table.to_markdown(index=False) + "\n"
+
+
+def history_table(runs: list[Run]) -> pd.DataFrame:
+    """Every run's per-epoch history in one long table with `optimizer` and `seed` columns."""
+    frames = [run.history.assign(optimizer=run.optimizer, seed=run.seed) for run in runs]
+    history = pd.concat(frames, ignore_index=True)
+    first = ["optimizer", "seed"]
+    return history[first + [c for c in history.columns if c not in first]]
+
+
+def history_mean(history: pd.DataFrame) -> pd.DataFrame:
+    """Per optimizer and epoch: the mean over seeds and the band (min, max) of each metric."""
+    metrics = ["loss", "accuracy", "val_loss", "val_accuracy"]
+    grouped = history.groupby(["optimizer", "epoch"], sort=False)[metrics]
+    table = grouped.mean()
+    for column in ("val_accuracy", "val_loss"):
+        table[f"{column}_min"] = grouped[column].min()
+        table[f"{column}_max"] = grouped[column].max()
+    return table.reset_index()
 
 
 def plot_history(history: pd.DataFrame, column: str, path: Path) -> None:
-    """A line per optimizer of ``column`` against epoch, saved as PNG."""
+    """Per optimizer, the mean over seeds of ``column`` against epoch with a band from the
+    lowest to the highest seed, saved as PNG."""
     label = HISTORY_LABELS.get(column, column)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, group in history.groupby("optimizer", sort=False):
-        ax.plot(group["epoch"], group[column], marker="o", label=name)
-    ax.set(xlabel="epoch", ylabel=label, title=f"{label} per epoch")
+        (line,) = ax.plot(group["epoch"], group[column], marker="o", label=name)
+        if f"{column}_min" in group:
+            ax.fill_between(
+                group["epoch"],
+                group[f"{column}_min"],
+                group[f"{column}_max"],
+                color=line.get_color(),
+                alpha=0.2,
+            )
+    ax.set(xlabel="epoch", ylabel=label, title=f"{label} per epoch (band: lowest-highest seed)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
@@ -179,72 +317,104 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
     write_text_atomic(path, frame.to_csv(index=False, lineterminator="\n"))
 
 
-def evaluate_metrics(
-    train_metrics: dict[str, dict[str, Any]], evaluations: dict[str, Evaluation]
-) -> dict[str, dict[str, float]]:
-    """What `dvc metrics show` prints: per optimizer, val and test accuracy, test loss, seconds."""
-    return {
-        name: {
-            "val_accuracy": train_metrics[name]["val_accuracy"],
-            "test_accuracy": evaluation.test_accuracy,
-            "test_loss": evaluation.test_loss,
-            "train_seconds": train_metrics[name]["train_seconds"],
-        }
-        for name, evaluation in evaluations.items()
-    }
+def evaluate_metrics(table: pd.DataFrame, confidence: float) -> dict[str, dict[str, float]]:
+    """What `dvc metrics show` prints: per optimizer, the means over seeds (fractions, as the
+    training metrics are) and the intervals of validation and test accuracy."""
+    level = f"{100 * confidence:g}"
+    metrics = {}
+    for row in table.to_dict("records"):
+        entry = {"seeds": row["seeds"]}
+        for split in ("val", "test"):
+            entry[f"{split}_accuracy"] = row[f"{split}_accuracy_%"] / 100
+            for bound in ("low", "high"):
+                value = row[f"{split}_ci{level}_{bound}"]
+                entry[f"{split}_accuracy_ci_{bound}"] = None if pd.isna(value) else value / 100
+        entry["test_loss"] = row["test_loss"]
+        entry["train_seconds"] = row["train_seconds"]
+        metrics[row["optimizer"]] = entry
+    return metrics
+
+
+def confusion_frame(runs: list[Run], name: str, y_test: np.ndarray) -> pd.DataFrame:
+    """Actual and predicted digit per test image, every seed of optimizer ``name`` stacked."""
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {"seed": run.seed, "actual": y_test, "predicted": run.evaluation.predictions}
+            )
+            for run in runs
+            if run.optimizer == name
+        ],
+        ignore_index=True,
+    )
 
 
 def write_reports(
-    table: pd.DataFrame,
-    history: pd.DataFrame,
-    evaluations: dict[str, Evaluation],
+    runs: list[Run],
+    tables: dict[str, pd.DataFrame],
     y_test: np.ndarray,
+    confidence: float,
 ) -> list[Path]:
     """Write the tables, the plot data and the figures; return the files every run shares."""
-    for name, evaluation in evaluations.items():
-        write_csv(
-            CONFUSION_DIR / f"{name}.csv",
-            pd.DataFrame({"actual": y_test, "predicted": evaluation.predictions}),
-        )
-        plot_confusion(evaluation.confusion, name, FIGURES_DIR / f"confusion_{name}.png")
+    names = list(dict.fromkeys(run.optimizer for run in runs))
+    for name in names:
+        confusion = confusion_frame(runs, name, y_test)
+        write_csv(CONFUSION_DIR / f"{name}.csv", confusion)
+        counts = sum(run.evaluation.confusion for run in runs if run.optimizer == name)
+        plot_confusion(counts, name, FIGURES_DIR / f"confusion_{name}.png")
     per_class = (
-        pd.DataFrame({name: e.per_class_accuracy for name, e in evaluations.items()})
+        pd.DataFrame(
+            {
+                name: np.mean(
+                    [r.evaluation.per_class_accuracy for r in runs if r.optimizer == name], axis=0
+                )
+                for name in names
+            }
+        )
         .rename_axis("digit")
         .reset_index()
     )
-    plot_history(history, "val_accuracy", FIGURES_DIR / "val_accuracy.png")
-    plot_history(history, "val_loss", FIGURES_DIR / "val_loss.png")
-    write_csv(REPORTS_DIR / "history.csv", history)
+    mean = tables["history_mean"]
+    plot_history(mean, "val_accuracy", FIGURES_DIR / "val_accuracy.png")
+    plot_history(mean, "val_loss", FIGURES_DIR / "val_loss.png")
+    write_csv(REPORTS_DIR / "history.csv", tables["history"])
+    write_csv(REPORTS_DIR / "history_mean.csv", mean)
     write_csv(REPORTS_DIR / "per_class_accuracy.csv", per_class)
-    write_csv(REPORTS_DIR / "comparison.csv", table)
-    write_text_atomic(REPORTS_DIR / "comparison.md", table.to_markdown(index=False) + "\n")
+    write_csv(REPORTS_DIR / "runs.csv", tables["runs"])
+    write_csv(REPORTS_DIR / "comparison.csv", tables["comparison"])
+    write_text_atomic(
+        REPORTS_DIR / "comparison.md", tables["comparison"].to_markdown(index=False) + "\n"
+    )
+    write_csv(REPORTS_DIR / "significance.csv", tables["significance"])
+    write_text_atomic(
+        REPORTS_DIR / "significance.md",
+        significance_markdown(tables["significance"], confidence),
+    )
     return [
         REPORTS_DIR / "comparison.md",
         REPORTS_DIR / "comparison.csv",
+        REPORTS_DIR / "significance.md",
+        REPORTS_DIR / "runs.csv",
         REPORTS_DIR / "per_class_accuracy.csv",
         FIGURES_DIR / "val_accuracy.png",
         FIGURES_DIR / "val_loss.png",
     ]
 
 
-def log_to_mlflow(
-    uri: str,
-    train_metrics: dict[str, dict[str, Any]],
-    evaluations: dict[str, Evaluation],
-    artifacts: list[Path],
-) -> None:
+def log_to_mlflow(uri: str, runs: list[Run], artifacts: list[Path]) -> None:
     """Log each model's test metrics into its training run, and the shared artifacts into
     every run; a run missing from the current store is skipped with a warning."""
     client = mlflow.MlflowClient()
-    for name, evaluation in evaluations.items():
-        run_id = train_metrics[name]["mlflow_run_id"]
+    for run in runs:
+        run_id = run.train["mlflow_run_id"]
         try:
             client.get_run(run_id)
         except MlflowException:
             log.warning(
-                "%s: MLflow run %s is not in %s; not logging its test metrics", name, run_id, uri
+                "%s: MLflow run %s is not in %s; not logging its test metrics", run.key, run_id, uri
             )
             continue
+        evaluation = run.evaluation
         metrics = {"test_accuracy": evaluation.test_accuracy, "test_loss": evaluation.test_loss}
         metrics |= {
             f"test_accuracy_digit_{d}": float(a)
@@ -252,33 +422,54 @@ def log_to_mlflow(
         }
         now = get_current_time_millis()
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-        client.log_artifact(run_id, str(FIGURES_DIR / f"confusion_{name}.png"), "evaluation")
+        client.log_artifact(
+            run_id, str(FIGURES_DIR / f"confusion_{run.optimizer}.png"), "evaluation"
+        )
         for path in artifacts:
             client.log_artifact(run_id, str(path), "comparison")
 
 
+def read_history(key: str) -> pd.DataFrame:
+    path = HISTORY_DIR / f"{key}.csv"
+    if not path.exists():
+        raise PipelineError(f"{path}: not found; run its training stage (dvc repro)")
+    return pd.read_csv(path)
+
+
 def evaluate(params: dict[str, Any]) -> pd.DataFrame:
-    """Evaluate every optimizer's model, write the reports and log them; return the table."""
+    """Evaluate every optimizer's models, write the reports and log them; return the table."""
     names = list(validate_optimizer_names(params["optimizers"]))
+    seeds = validate_train(params["train"]).seeds
     config = validate_evaluate(params["evaluate"])
     uri = tracking.connect()  # fail fast, before any model is loaded
     runtime.configure_threads()
-    train_metrics = {name: read_json(TRAIN_METRICS_DIR / f"{name}.json") for name in names}
+    keys = [(name, seed) for name in names for seed in seeds]
+    train_metrics = {k: read_json(TRAIN_METRICS_DIR / f"{run_key(*k)}.json") for k in keys}
+    histories = {k: read_history(run_key(*k)) for k in keys}
     x_test, y_test = load_arrays(PROCESSED_DIR, "x_test", "y_test")
 
-    evaluations = {}
-    for name in names:
-        evaluations[name] = evaluate_model(
-            load_model(MODELS_DIR / f"{name}.keras"), x_test, y_test, config.batch_size
+    runs = []
+    for name, seed in keys:
+        key = run_key(name, seed)
+        evaluation = evaluate_model(
+            load_model(MODELS_DIR / f"{key}.keras"), x_test, y_test, config.batch_size
         )
         keras.backend.clear_session()
-        log.info("%s: test accuracy %.4f", name, evaluations[name].test_accuracy)
+        log.info("%s: test accuracy %.4f", key, evaluation.test_accuracy)
+        runs.append(Run(name, seed, train_metrics[name, seed], histories[name, seed], evaluation))
 
-    table = comparison_table(train_metrics, evaluations, config.reference_val_accuracy)
-    artifacts = write_reports(table, history_table(names), evaluations, y_test)
-    write_json_atomic(EVALUATE_METRICS_FILE, evaluate_metrics(train_metrics, evaluations))
-    log_to_mlflow(uri, train_metrics, evaluations, artifacts)
-    return table
+    tables = {"runs": runs_table(runs, config.targets), "history": history_table(runs)}
+    tables["history_mean"] = history_mean(tables["history"])
+    tables["comparison"] = comparison_table(
+        tables["runs"], config.reference_val_accuracy, config.targets, config.confidence
+    )
+    tables["significance"] = significance_table(tables["runs"], config.confidence)
+    artifacts = write_reports(runs, tables, y_test, config.confidence)
+    write_json_atomic(
+        EVALUATE_METRICS_FILE, evaluate_metrics(tables["comparison"], config.confidence)
+    )
+    log_to_mlflow(uri, runs, artifacts)
+    return tables["comparison"]
 
 
 def main(argv: list[str]) -> None:

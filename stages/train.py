@@ -1,11 +1,13 @@
-"""Stage `train@<optimizer>`: train the CNN with one optimizer, log the run to MLflow.
+"""Stage `train@<optimizer>-<seed>`: train the CNN with one optimizer from one seed, log the
+run to MLflow.
 
 `<optimizer>` is a key of `optimizers` in params.yaml. Its value holds the constructor
 arguments of a Keras optimizer; the class is the key itself (`adam` -> `keras.optimizers.Adam`)
-unless the entry names it with `class:`. Writes models/<name>.keras, a per-epoch history
-(metrics/history/<name>.csv) and metrics/train/<name>.json, which holds the MLflow run id.
+unless the entry names it with `class:`. `<seed>` is one of `train.seeds`. Writes
+models/<optimizer>-<seed>.keras, a per-epoch history (metrics/history/<optimizer>-<seed>.csv)
+and metrics/train/<optimizer>-<seed>.json, which holds the MLflow run id.
 
-    python -m stages.train adam      # what `dvc repro train@adam` runs
+    python -m stages.train adam 42     # what `dvc repro train@adam-42` runs
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from stages.common import (
     validate_mlflow,
     validate_model,
     validate_optimizer_names,
+    run_key,
     validate_train,
     write_json_atomic,
     write_text_atomic,
@@ -293,19 +296,22 @@ def save_model(model: keras.Model, path: Path) -> None:
         model.save(tmp)
 
 
-def train(name: str, params: dict[str, Any]) -> None:
+def train(name: str, seed: int, params: dict[str, Any]) -> None:
     """Validate everything, check the tracking store, then train, log and save."""
     specs = validate_optimizer_names(params["optimizers"])
     if name not in specs:
         raise ParamsError(f"optimizers.{name}: no such entry; entries: {', '.join(specs)}")
     model_config = validate_model(params["model"])
     train_config = validate_train(params["train"])
+    if seed not in train_config.seeds:
+        raise ParamsError(f"train.seeds: {seed} is not one of {list(train_config.seeds)}")
     experiment_name = validate_mlflow(params["mlflow"])
     threads = runtime.configure_threads()  # before the first TensorFlow op
-    keras.utils.set_random_seed(train_config.seed)
+    keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     optimizer = build_optimizer(name, specs[name])
     experiment_id = tracking.setup_experiment(experiment_name)
+    key = run_key(name, seed)
 
     seconds: dict[str, float] = {}  # where the stage's time goes, for benchmarks/
     with timed(seconds, "load_data"):
@@ -318,12 +324,14 @@ def train(name: str, params: dict[str, Any]) -> None:
     keras.mixed_precision.set_global_policy(precision)
     model = build_model(model_config, x_train.shape[1:])
 
-    with tracking.tracked_run(experiment_id, name, tracking.run_tags(f"train@{name}")) as run:
+    tags = tracking.run_tags(f"train@{key}") | {"optimizer": name, "seed": str(seed)}
+    with tracking.tracked_run(experiment_id, key, tags) as run:
         with timed(seconds, "mlflow_logging"):
             params = run_params(name, optimizer, model_config, train_config, model, data_summary)
             mlflow.log_params(
                 params
                 | {
+                    "train.seed": seed,
                     "train.effective_precision": precision,
                     "runtime.intra_op_threads": threads.intra_op,
                     "runtime.inter_op_threads": threads.inter_op,
@@ -355,17 +363,22 @@ def train(name: str, params: dict[str, Any]) -> None:
         }
         # Outputs last, the metrics file last of all: a failure leaves no complete-looking set.
         with timed(seconds, "save_model"):
-            save_model(model, MODELS_DIR / f"{name}.keras")
-        write_text_atomic(HISTORY_DIR / f"{name}.csv", history_csv(history))
+            save_model(model, MODELS_DIR / f"{key}.keras")
+        write_text_atomic(HISTORY_DIR / f"{key}.csv", history_csv(history))
         rounded = {key: round(value, 3) for key, value in seconds.items()}
-        write_json_atomic(TRAIN_METRICS_DIR / f"{name}.json", metrics | {"seconds": rounded})
-    log.info("train@%s: val_accuracy %.4f in %.1f s", name, last["val_accuracy"], seconds["fit"])
+        write_json_atomic(TRAIN_METRICS_DIR / f"{key}.json", metrics | {"seconds": rounded})
+    log.info("train@%s: val_accuracy %.4f in %.1f s", key, last["val_accuracy"], seconds["fit"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        raise ParamsError("usage: python -m stages.train <optimizer name from params.yaml>")
-    train(argv[0], load_params())
+    usage = "usage: python -m stages.train <optimizer name from params.yaml> <seed>"
+    if len(argv) != 2:
+        raise ParamsError(usage)
+    try:
+        seed = int(argv[1])
+    except ValueError:
+        raise ParamsError(f"{usage}; got seed {argv[1]!r}") from None
+    train(argv[0], seed, load_params())
 
 
 if __name__ == "__main__":

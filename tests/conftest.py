@@ -82,6 +82,7 @@ def tiny_params(sha256: dict[str, str]) -> dict[str, Any]:
     params["download"]["sha256"] = dict(sha256)
     params["train"]["epochs"] = 1
     params["train"]["batch_size"] = 32
+    params["train"]["seeds"] = [42]
     params["evaluate"]["batch_size"] = 64
     return params
 

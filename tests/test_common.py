@@ -17,7 +17,7 @@ DEFAULTS = load_params(PROJECT_ROOT / "params.yaml")
 
 def test_project_params_are_valid_and_match_the_reference_setup() -> None:
     assert common.validate_train(DEFAULTS["train"]) == common.TrainConfig(
-        epochs=5, batch_size=128, seed=42, precision="float32"
+        epochs=5, batch_size=128, seeds=(42, 43, 44), precision="float32"
     )
     assert common.validate_preprocess(DEFAULTS["preprocess"]) == common.PreprocessConfig(0.1, None)
     model = common.validate_model(DEFAULTS["model"])
@@ -87,7 +87,15 @@ BAD_SECTIONS = [
     ("train", "epochs", "five", "train.epochs: expected a positive integer, got 'five'"),
     ("train", "batch_size", 0, "train.batch_size: expected a positive integer, got 0"),
     ("train", "batch_size", True, "train.batch_size: expected a positive integer, got True"),
-    ("train", "seed", -1, "train.seed: expected a non-negative integer, got -1"),
+    (
+        "train",
+        "seeds",
+        [-1],
+        "train.seeds: expected a non-empty list of non-negative integers, got [-1]",
+    ),
+    ("train", "seeds", [], "train.seeds: expected a non-empty list of non-negative integers"),
+    ("train", "seeds", 42, "train.seeds: expected a non-empty list of non-negative integers"),
+    ("train", "seeds", [1, 1], "train.seeds: each seed once, got [1, 1]"),
     ("train", "epochs", _DELETE, "train: missing key(s) epochs"),
     (
         "train",
@@ -99,7 +107,7 @@ BAD_SECTIONS = [
         "train",
         "epoch",
         5,
-        "train: unknown key(s) epoch; expected: epochs, batch_size, seed, precision",
+        "train: unknown key(s) epoch; expected: epochs, batch_size, seeds, precision",
     ),
     (
         "preprocess",

@@ -54,34 +54,87 @@ def test_metrics_on_known_predictions() -> None:
     assert np.isnan(result.per_class_accuracy[3])  # no test image of digit 3
 
 
-def test_table_puts_reference_beside_ours() -> None:
-    evaluation = evaluate.Evaluation(0.95, 0.2, np.ones(10), np.eye(10, dtype=int), np.arange(10))
-    table = evaluate.comparison_table(
+def runs_frame() -> pd.DataFrame:
+    """Two optimizers, three seeds each, with known accuracies and times to 0.98."""
+    return pd.DataFrame(
         {
-            "adam": {"val_accuracy": 0.9912, "train_seconds": 100.0},
-            "lion": {"val_accuracy": 0.5, "train_seconds": 1.0},
-        },
-        {"adam": evaluation, "lion": evaluation},
-        {"adam": 98.97},
+            "optimizer": ["adam"] * 3 + ["sgd"] * 3,
+            "seed": [1, 2, 3] * 2,
+            "val_accuracy": [0.990, 0.991, 0.992, 0.970, 0.971, 0.972],
+            "test_accuracy": [0.990, 0.992, 0.994, 0.970, 0.972, 0.974],
+            "test_loss": [0.03, 0.03, 0.03, 0.09, 0.09, 0.09],
+            "train_seconds": [100.0, 110.0, 120.0, 90.0, 90.0, 90.0],
+            "epoch_to_98": [2, 3, 3, None, None, None],
+            "seconds_to_98": [40.0, 60.0, 62.0, None, None, None],
+        }
     )
-    adam, lion = table.to_dict("records")
-    assert adam["val_accuracy_%"] == 99.12 and adam["reference_val_accuracy_%"] == 98.97
-    assert adam["difference_points"] == pytest.approx(0.15)
-    assert adam["test_accuracy_%"] == 95.0
-    assert lion["reference_val_accuracy_%"] is None or math.isnan(lion["reference_val_accuracy_%"])
+
+
+def test_comparison_gives_mean_spread_interval_and_time_to_target() -> None:
+    table = evaluate.comparison_table(runs_frame(), {"adam": 98.97}, (0.98,), 0.95)
+    adam, sgd = table.to_dict("records")
+    assert adam["seeds"] == 3
+    assert adam["val_accuracy_%"] == 99.1 and adam["val_std"] == 0.1
+    # t(0.975, 2) = 4.3027; half-width 4.3027 * 0.1 / sqrt(3) = 0.248 points
+    assert adam["val_ci95_low"] == pytest.approx(98.85) and adam["val_ci95_high"] == 99.35
+    assert adam["reference_val_accuracy_%"] == 98.97
+    assert adam["difference_points"] == pytest.approx(0.13)
+    assert adam["test_accuracy_%"] == 99.2 and adam["test_std"] == 0.2
+    assert adam["train_seconds"] == 110.0
+    assert adam["to_val_98%"] == "3/3 seeds, median 60 s (epoch 3)"
+    assert sgd["to_val_98%"] == "never"
+    assert sgd["reference_val_accuracy_%"] is None or math.isnan(sgd["reference_val_accuracy_%"])
+
+
+def test_significance_says_which_differences_are_real() -> None:
+    table = evaluate.significance_table(runs_frame(), 0.95)
+    row = table.iloc[0]
+    assert (row["optimizer_a"], row["optimizer_b"]) == ("adam", "sgd")
+    assert row["test_difference_points"] == 2.0
+    # Welch: difference 0.02, each std 0.002 over 3 seeds -> t = 12.25, 4 df, p = 0.00026
+    assert row["p_value"] == pytest.approx(0.0003, abs=1e-4) and bool(row["significant"])
+    text = evaluate.significance_markdown(table, 0.95)
+    assert text.startswith("Significant at 0.05 (Welch's t-test over seeds, Holm-corrected): ")
+    assert "adam vs sgd (+2.00 points)" in text
+
+    one_seed = runs_frame().groupby("optimizer").head(1)
+    table = evaluate.significance_table(one_seed, 0.95)
+    assert not table["significant"].any()
+    assert evaluate.significance_markdown(table, 0.95).startswith("Not testable")
+
+
+def test_history_mean_has_a_band_over_seeds() -> None:
+    history = pd.DataFrame(
+        {
+            "optimizer": ["adam"] * 4,
+            "seed": [1, 1, 2, 2],
+            "epoch": [1, 2, 1, 2],
+            "loss": [0.5, 0.3, 0.7, 0.1],
+            "accuracy": [0.8, 0.9, 0.8, 0.9],
+            "val_loss": [0.4, 0.2, 0.6, 0.2],
+            "val_accuracy": [0.9, 0.95, 0.8, 0.97],
+        }
+    )
+    mean = evaluate.history_mean(history)
+    assert list(mean["epoch"]) == [1, 2]
+    assert list(mean["val_accuracy"]) == pytest.approx([0.85, 0.96])
+    assert list(mean["val_accuracy_min"]) == [0.8, 0.95]
+    assert list(mean["val_accuracy_max"]) == [0.9, 0.97]
 
 
 @pytest.fixture
 def trained(processed: Path) -> Path:
-    for name in ("sgd", "adam"):
-        keras.backend.clear_session()
-        train.main([name])
     params = Path("params.yaml")
     params.write_text(
         params.read_text()
         .replace("  adagrad:\n    learning_rate: 0.001\n", "")
         .replace("  rmsprop:\n    learning_rate: 0.001\n", "")
+        .replace("seeds:\n  - 42\n", "seeds:\n  - 42\n  - 43\n")
     )
+    for name in ("sgd", "adam"):
+        for seed in ("42", "43"):
+            keras.backend.clear_session()
+            train.main([name, seed])
     return processed
 
 
@@ -89,34 +142,53 @@ def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(trained
     evaluate.main([])
     metrics = json.loads(EVALUATE_METRICS_FILE.read_text())
     assert list(metrics) == ["sgd", "adam"]
-    assert set(metrics["adam"]) == {"val_accuracy", "test_accuracy", "test_loss", "train_seconds"}
+    assert metrics["adam"]["seeds"] == 2
+    runs = pd.read_csv(REPORTS_DIR / "runs.csv")
+    assert list(zip(runs["optimizer"], runs["seed"])) == [
+        ("sgd", 42),
+        ("sgd", 43),
+        ("adam", 42),
+        ("adam", 43),
+    ]
+    adam = runs[runs["optimizer"] == "adam"]
+    assert metrics["adam"]["test_accuracy"] == pytest.approx(adam["test_accuracy"].mean(), abs=1e-4)
+    assert (
+        metrics["adam"]["test_accuracy_ci_low"]
+        <= metrics["adam"]["test_accuracy"]
+        <= metrics["adam"]["test_accuracy_ci_high"]
+    )
     y_test = np.load("data/processed/y_test.npy")
     confusion = pd.read_csv(REPORTS_DIR / "confusion" / "adam.csv")
-    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == len(y_test)
+    assert list(confusion.columns) == ["seed", "actual", "predicted"]
+    assert len(confusion) == 2 * len(y_test)
     assert (confusion["actual"] == confusion["predicted"]).mean() == pytest.approx(
-        metrics["adam"]["test_accuracy"]
+        adam["test_accuracy"].mean()
     )
 
     table = pd.read_csv(REPORTS_DIR / "comparison.csv")
     assert list(table["optimizer"]) == ["sgd", "adam"]
     assert list(table["reference_val_accuracy_%"]) == [96.50, 98.97]
+    assert "to_val_98%" in table and "to_val_97%" in table
     markdown = (REPORTS_DIR / "comparison.md").read_text()
     assert "| adam " in markdown and "98.97" in markdown
+    assert "sgd" in (REPORTS_DIR / "significance.md").read_text()
     history = pd.read_csv(REPORTS_DIR / "history.csv")
-    assert list(history["optimizer"]) == ["sgd", "adam"] and "val_accuracy" in history
+    assert list(history["seed"]) == [42, 43, 42, 43] and "val_accuracy" in history
+    assert len(pd.read_csv(REPORTS_DIR / "history_mean.csv")) == 2  # 2 optimizers x 1 epoch
     for figure in ("val_accuracy", "val_loss", "confusion_sgd", "confusion_adam"):
         assert (REPORTS_DIR / "figures" / f"{figure}.png").read_bytes().startswith(b"\x89PNG")
 
     client = mlflow.MlflowClient()
-    for name in ("sgd", "adam"):
-        run_id = json.loads(Path(f"metrics/train/{name}.json").read_text())["mlflow_run_id"]
+    for row in runs.itertuples():
+        key = f"{row.optimizer}-{row.seed}"
+        run_id = json.loads(Path(f"metrics/train/{key}.json").read_text())["mlflow_run_id"]
         run = client.get_run(run_id)
-        assert run.data.metrics["test_accuracy"] == pytest.approx(metrics[name]["test_accuracy"])
-        assert run.data.metrics["test_loss"] == pytest.approx(metrics[name]["test_loss"])
+        assert run.data.metrics["test_accuracy"] == pytest.approx(row.test_accuracy)
+        assert run.data.metrics["test_loss"] == pytest.approx(row.test_loss)
         artifacts = {a.path for a in client.list_artifacts(run_id, "comparison")}
-        assert {"comparison/comparison.md", "comparison/val_accuracy.png"} <= artifacts
+        assert {"comparison/comparison.md", "comparison/significance.md"} <= artifacts
         assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == [
-            f"evaluation/confusion_{name}.png"
+            f"evaluation/confusion_{row.optimizer}.png"
         ]
 
 
@@ -130,7 +202,9 @@ def test_a_run_missing_from_the_store_is_skipped_with_a_warning(
 
 
 def test_a_missing_model_names_the_stage_to_run(trained: Path) -> None:
-    Path("models/adam.keras").unlink()
-    with pytest.raises(PipelineError, match="models/adam.keras: not found; run its training stage"):
+    Path("models/adam-43.keras").unlink()
+    with pytest.raises(
+        PipelineError, match="models/adam-43.keras: not found; run its training stage"
+    ):
         evaluate.main([])
     assert not EVALUATE_METRICS_FILE.exists()

@@ -86,11 +86,11 @@ def reproduced(repo) -> tuple[Path, dict[str, str], str]:
 
 def test_dvc_repro_runs_every_stage(reproduced) -> None:
     root, _, output = reproduced
-    expected = ["download", "preprocess", *(f"train@{n}" for n in OPTIMIZERS), "evaluate"]
+    expected = ["download", "preprocess", *(f"train@{n}-42" for n in OPTIMIZERS), "evaluate"]
     assert stages_run(output) == expected
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted(expected)
-    assert lock["stages"]["train@adam"]["params"]["params.yaml"]["optimizers.adam"] == {
+    assert lock["stages"]["train@adam-42"]["params"]["params.yaml"]["optimizers.adam"] == {
         "learning_rate": 0.001
     }
 
@@ -98,11 +98,13 @@ def test_dvc_repro_runs_every_stage(reproduced) -> None:
 def test_mlflow_holds_one_complete_run_per_optimizer(reproduced) -> None:
     root, _, _ = reproduced
     runs = runs_by_name(root)
-    assert sorted(runs) == sorted(OPTIMIZERS) and all(len(r) == 1 for r in runs.values())
+    assert sorted(runs) == sorted(f"{n}-42" for n in OPTIMIZERS)
+    assert all(len(r) == 1 for r in runs.values())
     client = client_for(root)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     for name, (r,) in runs.items():
         assert r.info.status == "FINISHED" and r.data.tags["dvc.stage"] == f"train@{name}"
+        assert r.data.tags["seed"] == "42"
         assert r.data.tags["mlflow.source.git.commit"]
         assert "optimizer.learning_rate" in r.data.params and r.data.params["train.epochs"] == "1"
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")] == [1]
@@ -134,8 +136,8 @@ def test_changing_one_learning_rate_reruns_only_that_optimizer(reproduced) -> No
     output = dvc(
         root, env, "exp", "run", "-S", "optimizers.adam.learning_rate=0.002", "-n", "adam-lr"
     )
-    assert stages_run(output) == ["train@adam", "evaluate"]
-    adam_runs = runs_by_name(root)["adam"]
+    assert stages_run(output) == ["train@adam-42", "evaluate"]
+    adam_runs = runs_by_name(root)["adam-42"]
     assert len(adam_runs) == 2
     assert adam_runs[-1].data.params["optimizer.learning_rate"] == "0.002"
     assert adam_runs[-1].data.tags["dvc.experiment"] == "adam-lr"
@@ -156,10 +158,16 @@ def test_an_added_optimizer_gets_a_stage_in_a_temp_experiment_and_joins_the_tabl
         "-S",
         "+optimizers.nadam.learning_rate=0.001",
     )
-    assert stages_run(output) == ["train@nadam", "evaluate"]
+    assert stages_run(output) == ["train@nadam-42", "evaluate"]
     # The temporary copy logged into the project's store, not one of its own.
-    nadam = runs_by_name(root)["nadam"]
+    nadam = runs_by_name(root)["nadam-42"]
     assert len(nadam) == 1 and "test_accuracy" in nadam[0].data.metrics
     dvc(root, env, "exp", "apply", "with-nadam")
     table = pd.read_csv(root / "reports" / "comparison.csv")
     assert list(table["optimizer"]) == [*OPTIMIZERS, "nadam"]
+
+
+def test_adding_a_seed_trains_only_the_new_runs(reproduced) -> None:
+    root, env, _ = reproduced
+    output = dvc(root, env, "exp", "run", "--temp", "-S", "train.seeds=[42,43]")
+    assert stages_run(output) == [*(f"train@{n}-43" for n in OPTIMIZERS), "evaluate"]

@@ -134,22 +134,22 @@ def test_model_is_the_reference_cnn() -> None:
     assert model.output_shape == (None, 10)
 
 
-def run_train(name: str) -> dict:
-    train.main([name])
-    return json.loads((TRAIN_METRICS_DIR / f"{name}.json").read_text())
+def run_train(name: str, seed: int = 42) -> dict:
+    train.main([name, str(seed)])
+    return json.loads((TRAIN_METRICS_DIR / f"{name}-{seed}.json").read_text())
 
 
 def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path) -> None:
     metrics = run_train("adam")
-    history = pd.read_csv(HISTORY_DIR / "adam.csv")
+    history = pd.read_csv(HISTORY_DIR / "adam-42.csv")
     assert list(history.columns) == list(train.HISTORY_FIELDS) and list(history["epoch"]) == [1]
     assert metrics["val_accuracy"] == pytest.approx(history["val_accuracy"].iloc[-1])
-    model = keras.saving.load_model(MODELS_DIR / "adam.keras")
+    model = keras.saving.load_model(MODELS_DIR / "adam-42.keras")
     assert model.count_params() == 261_962
 
     client = mlflow.MlflowClient()
     run = client.get_run(metrics["mlflow_run_id"])
-    assert run.info.run_name == "adam" and run.info.status == "FINISHED"
+    assert run.info.run_name == "adam-42" and run.info.status == "FINISHED"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == "mnist-optimizers"
     params = run.data.params
@@ -178,7 +178,8 @@ def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path)
         "epoch_seconds",
         "train_seconds",
     } <= set(run.data.metrics)
-    assert run.data.tags["dvc.stage"] == "train@adam"
+    assert run.data.tags["dvc.stage"] == "train@adam-42"
+    assert run.data.tags["optimizer"] == "adam" and run.data.tags["seed"] == "42"
     # The thread counts change the weights' last bits: both the run and the metrics say them.
     cores = runtime.available_cores()
     assert metrics["threads"] == {"intra_op": cores, "inter_op": 1}
@@ -196,12 +197,29 @@ def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path)
 
 def test_same_params_give_identical_results(processed: Path) -> None:
     run_train("sgd")
-    first = pd.read_csv(HISTORY_DIR / "sgd.csv")
+    first = pd.read_csv(HISTORY_DIR / "sgd-42.csv")
     keras.backend.clear_session()
     run_train("sgd")
-    second = pd.read_csv(HISTORY_DIR / "sgd.csv")
+    second = pd.read_csv(HISTORY_DIR / "sgd-42.csv")
     columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
     pd.testing.assert_frame_equal(first[columns], second[columns], check_exact=True)
+
+
+def test_each_seed_is_its_own_run(processed: Path) -> None:
+    Path("params.yaml").write_text(
+        Path("params.yaml").read_text().replace("seeds:\n  - 42\n", "seeds:\n  - 42\n  - 7\n")
+    )
+    run_train("sgd", 42)
+    keras.backend.clear_session()
+    run_train("sgd", 7)
+    columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
+    assert not pd.read_csv(HISTORY_DIR / "sgd-42.csv")[columns].equals(
+        pd.read_csv(HISTORY_DIR / "sgd-7.csv")[columns]
+    )
+    with pytest.raises(ParamsError, match=r"train.seeds: 8 is not one of \[42, 7\]"):
+        train.main(["sgd", "8"])
+    with pytest.raises(ParamsError, match="usage: python -m stages.train"):
+        train.main(["sgd"])
 
 
 def test_experiment_name_comes_from_params_or_the_environment(processed: Path, monkeypatch) -> None:
@@ -224,7 +242,7 @@ def test_unreachable_tracking_server_fails_before_training(processed: Path, monk
     with pytest.raises(
         TrackingError, match="is unreachable .*unset it to log to the local store mlflow.db"
     ):
-        train.main(["adam"])
+        train.main(["adam", "42"])
     assert not MODELS_DIR.exists() and not TRAIN_METRICS_DIR.exists()
 
 
@@ -233,7 +251,7 @@ def test_bad_params_fail_before_loading_any_data(project: Path) -> None:
     with pytest.raises(
         ParamsError, match="optimizers.lion: no such entry; entries: sgd, adagrad, adam, rmsprop"
     ):
-        train.main(["lion"])
+        train.main(["lion", "42"])
     params_text = (
         Path("params.yaml").read_text().replace("learning_rate: 0.001", "learning_rate: 1e-3x", 1)
     )
@@ -241,7 +259,7 @@ def test_bad_params_fail_before_loading_any_data(project: Path) -> None:
     with pytest.raises(
         ParamsError, match="optimizers.adagrad.learning_rate: expected a number, got '1e-3x'"
     ):
-        train.main(["adagrad"])
+        train.main(["adagrad", "42"])
 
 
 def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(
@@ -267,7 +285,7 @@ def test_mixed_bfloat16_trains_in_bf16_with_a_float32_softmax(processed: Path, m
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert metrics["precision"] == "mixed_bfloat16"
-    model = keras.saving.load_model(MODELS_DIR / "adam.keras")
+    model = keras.saving.load_model(MODELS_DIR / "adam-42.keras")
     assert model.layers[0].compute_dtype == "bfloat16" and model.layers[0].dtype == "float32"
     assert model.layers[-1].compute_dtype == "float32"
     run = mlflow.MlflowClient().get_run(metrics["mlflow_run_id"])
