@@ -289,6 +289,21 @@ def validate_optimizer_names(section: Any) -> dict[str, dict[str, Any]]:
     return result
 
 
+def validate_compare(section: Any, optimizers: Mapping[str, Any]) -> list[str]:
+    """Check `compare`: a non-empty list of distinct entries of `optimizers`."""
+    if not isinstance(section, list) or not section:
+        raise ParamsError(f"compare: expected a non-empty list of optimizer names, got {section!r}")
+    unknown = [name for name in section if name not in optimizers]
+    if unknown:
+        raise ParamsError(
+            f"compare: {', '.join(map(str, unknown))} not in `optimizers`; "
+            f"entries: {', '.join(optimizers)}"
+        )
+    if len(set(section)) != len(section):
+        raise ParamsError(f"compare: each optimizer once, got {section!r}")
+    return list(section)
+
+
 def validate_mlflow(section: Any) -> str:
     """Check the `mlflow` section; return the experiment name."""
     _check_keys(section, ("experiment_name",), "mlflow", ("experiment_name",))

@@ -1,6 +1,6 @@
 """Stage `evaluate`: test every trained model and write the side-by-side comparison.
 
-For each entry of `optimizers` and each of `train.seeds` it loads models/<name>-<seed>.keras
+For each optimizer named in `compare` and each of `train.seeds` it loads models/<name>-<seed>.keras
 (Keras safe mode) and metrics/train/<name>-<seed>.json, predicts the test set in large batches,
 and writes:
 
@@ -50,6 +50,7 @@ from stages.common import (
     read_json,
     run_key,
     run_stage,
+    validate_compare,
     validate_evaluate,
     validate_optimizer_names,
     validate_train,
@@ -438,7 +439,7 @@ def read_history(key: str) -> pd.DataFrame:
 
 def evaluate(params: dict[str, Any]) -> pd.DataFrame:
     """Evaluate every optimizer's models, write the reports and log them; return the table."""
-    names = list(validate_optimizer_names(params["optimizers"]))
+    names = validate_compare(params["compare"], validate_optimizer_names(params["optimizers"]))
     seeds = validate_train(params["train"]).seeds
     config = validate_evaluate(params["evaluate"])
     uri = tracking.connect()  # fail fast, before any model is loaded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,48 @@ def test_project_params_are_valid_and_match_the_reference_setup() -> None:
     assert common.validate_preprocess(DEFAULTS["preprocess"]) == common.PreprocessConfig(0.1, None)
     model = common.validate_model(DEFAULTS["model"])
     assert model.conv_blocks == ((32, 64), (64,)) and model.dense_units == (128,)
-    assert {name: spec["learning_rate"] for name, spec in DEFAULTS["optimizers"].items()} == {
+    compared = common.validate_compare(DEFAULTS["compare"], DEFAULTS["optimizers"])
+    assert {name: DEFAULTS["optimizers"][name]["learning_rate"] for name in compared} == {
         "sgd": 0.01,
         "adagrad": 0.001,
         "adam": 0.001,
         "rmsprop": 0.001,
     }
+
+
+def test_the_catalog_holds_every_keras_optimizer_the_issue_names() -> None:
+    from stages.train import build_optimizer
+
+    classes = {type(build_optimizer(n, s)).__name__ for n, s in DEFAULTS["optimizers"].items()}
+    assert classes >= {
+        "SGD",
+        "Adagrad",
+        "RMSprop",
+        "Adam",
+        "AdamW",
+        "Nadam",
+        "Adamax",
+        "Adadelta",
+        "Adafactor",
+        "Ftrl",
+        "Lion",
+        "Lamb",
+        "Muon",
+    }
+
+
+@pytest.mark.parametrize(
+    ("compare", "message"),
+    [
+        ([], "compare: expected a non-empty list of optimizer names, got []"),
+        ("adam", "compare: expected a non-empty list of optimizer names, got 'adam'"),
+        (["adam", "nosuch"], "compare: nosuch not in `optimizers`; entries: sgd, "),
+        (["adam", "adam"], "compare: each optimizer once, got ['adam', 'adam']"),
+    ],
+)
+def test_bad_compare_lists(compare: object, message: str) -> None:
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        common.validate_compare(compare, DEFAULTS["optimizers"])
     download = common.validate_download(DEFAULTS["download"])
     assert download.sha256["train-images-idx3-ubyte.gz"].startswith("ba891046")
 

@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from stages import evaluate, train
 from stages.common import EVALUATE_METRICS_FILE, REPORTS_DIR, PipelineError
@@ -125,12 +126,10 @@ def test_history_mean_has_a_band_over_seeds() -> None:
 @pytest.fixture
 def trained(processed: Path) -> Path:
     params = Path("params.yaml")
-    params.write_text(
-        params.read_text()
-        .replace("  adagrad:\n    learning_rate: 0.001\n", "")
-        .replace("  rmsprop:\n    learning_rate: 0.001\n", "")
-        .replace("seeds:\n  - 42\n", "seeds:\n  - 42\n  - 43\n")
-    )
+    values = yaml.safe_load(params.read_text())
+    values["compare"] = ["sgd", "adam"]
+    values["train"]["seeds"] = [42, 43]
+    params.write_text(yaml.safe_dump(values, sort_keys=False))
     for name in ("sgd", "adam"):
         for seed in ("42", "43"):
             keras.backend.clear_session()

@@ -156,7 +156,7 @@ def test_an_added_optimizer_gets_a_stage_in_a_temp_experiment_and_joins_the_tabl
         "-n",
         "with-nadam",
         "-S",
-        "+optimizers.nadam.learning_rate=0.001",
+        "compare=[sgd,adagrad,adam,rmsprop,nadam]",
     )
     assert stages_run(output) == ["train@nadam-42", "evaluate"]
     # The temporary copy logged into the project's store, not one of its own.
