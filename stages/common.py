@@ -31,6 +31,7 @@ PROCESSED_DIR = Path("data/processed")
 MODELS_DIR = Path("models")
 TRAIN_METRICS_DIR = Path("metrics/train")
 HISTORY_DIR = Path("metrics/history")
+TUNE_DIR = Path("metrics/tune")
 EVALUATE_METRICS_FILE = Path("metrics/evaluate.json")
 REPORTS_DIR = Path("reports")
 
@@ -165,6 +166,16 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    low: float  # the grid of learning rates: `points` values, log-spaced from low to high
+    high: float
+    points: int
+    images: int  # the budget of each trial: the first `images` training images ...
+    epochs: int  # ... for `epochs` epochs, judged on the whole validation split
+    seed: int
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int
     reference_val_accuracy: dict[str, float]  # optimizer name -> percent
@@ -257,10 +268,10 @@ def validate_train(section: Any) -> TrainConfig:
     )
 
 
-def run_key(optimizer: str, seed: int) -> str:
+def run_key(optimizer: str, seed: int, tuned: bool = False) -> str:
     """The name of one training run, as DVC names its stage (`train@adam-42`) and as its
-    files are named (models/adam-42.keras)."""
-    return f"{optimizer}-{seed}"
+    files are named (models/adam-42.keras; models/adam-42-tuned.keras with the tuned rate)."""
+    return f"{optimizer}-{seed}-tuned" if tuned else f"{optimizer}-{seed}"
 
 
 def validate_optimizer_names(section: Any) -> dict[str, dict[str, Any]]:
@@ -302,6 +313,30 @@ def validate_compare(section: Any, optimizers: Mapping[str, Any]) -> list[str]:
     if len(set(section)) != len(section):
         raise ParamsError(f"compare: each optimizer once, got {section!r}")
     return list(section)
+
+
+def validate_tune(section: Any) -> TuneConfig:
+    """Check the `tune` section: the learning-rate grid and each trial's budget."""
+    keys = ("low", "high", "points", "images", "epochs", "seed")
+    _check_keys(section, keys, "tune", keys)
+    low = finite_number(section["low"], "tune.low")
+    high = finite_number(section["high"], "tune.high")
+    if not 0 < low < high:
+        raise ParamsError(f"tune: expected 0 < low < high, got low {low!r}, high {high!r}")
+    points = positive_int(section["points"], "tune.points")
+    if points < 2:
+        raise ParamsError(f"tune.points: expected at least 2, got {points}")
+    seed = section["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ParamsError(f"tune.seed: expected a non-negative integer, got {seed!r}")
+    return TuneConfig(
+        low=low,
+        high=high,
+        points=points,
+        images=positive_int(section["images"], "tune.images"),
+        epochs=positive_int(section["epochs"], "tune.epochs"),
+        seed=seed,
+    )
 
 
 def validate_mlflow(section: Any) -> str:

@@ -121,10 +121,11 @@ def run_tags(stage: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def tracked_run(
-    experiment_id: str, run_name: str, tags: dict[str, str]
+    experiment_id: str, run_name: str, tags: dict[str, str], nested: bool = False
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start an MLflow run; end it FINISHED, KILLED on Ctrl-C, or FAILED on any error."""
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    """Start an MLflow run (a child of the active one when ``nested``); end it FINISHED,
+    KILLED on Ctrl-C, or FAILED on any error."""
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested)
     try:
         yield run
     except KeyboardInterrupt:

@@ -39,6 +39,7 @@ from stages.common import (
     MODELS_DIR,
     PROCESSED_DIR,
     TRAIN_METRICS_DIR,
+    TUNE_DIR,
     ModelConfig,
     ParamsError,
     TrainConfig,
@@ -296,11 +297,15 @@ def save_model(model: keras.Model, path: Path) -> None:
         model.save(tmp)
 
 
-def train(name: str, seed: int, params: dict[str, Any]) -> None:
-    """Validate everything, check the tracking store, then train, log and save."""
+def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> None:
+    """Validate everything, check the tracking store, then train, log and save. ``tuned``
+    trains with the best learning rate of `tune@<name>` (metrics/tune/<name>.json)."""
     specs = validate_optimizer_names(params["optimizers"])
     if name not in specs:
         raise ParamsError(f"optimizers.{name}: no such entry; entries: {', '.join(specs)}")
+    spec = specs[name]
+    if tuned:
+        spec = spec | {"learning_rate": read_json(TUNE_DIR / f"{name}.json")["best_learning_rate"]}
     model_config = validate_model(params["model"])
     train_config = validate_train(params["train"])
     if seed not in train_config.seeds:
@@ -309,9 +314,9 @@ def train(name: str, seed: int, params: dict[str, Any]) -> None:
     threads = runtime.configure_threads()  # before the first TensorFlow op
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    optimizer = build_optimizer(name, specs[name])
+    optimizer = build_optimizer(name, spec)
     experiment_id = tracking.setup_experiment(experiment_name)
-    key = run_key(name, seed)
+    key = run_key(name, seed, tuned)
 
     seconds: dict[str, float] = {}  # where the stage's time goes, for benchmarks/
     with timed(seconds, "load_data"):
@@ -324,7 +329,8 @@ def train(name: str, seed: int, params: dict[str, Any]) -> None:
     keras.mixed_precision.set_global_policy(precision)
     model = build_model(model_config, x_train.shape[1:])
 
-    tags = tracking.run_tags(f"train@{key}") | {"optimizer": name, "seed": str(seed)}
+    stage = f"train_tuned@{run_key(name, seed)}" if tuned else f"train@{key}"
+    tags = tracking.run_tags(stage) | {"optimizer": name, "seed": str(seed), "tuned": str(tuned)}
     with tracking.tracked_run(experiment_id, key, tags) as run:
         with timed(seconds, "mlflow_logging"):
             params = run_params(name, optimizer, model_config, train_config, model, data_summary)
@@ -371,14 +377,16 @@ def train(name: str, seed: int, params: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    usage = "usage: python -m stages.train <optimizer name from params.yaml> <seed>"
+    usage = "usage: python -m stages.train <optimizer name from params.yaml> <seed> [--tuned]"
+    tuned = "--tuned" in argv
+    argv = [arg for arg in argv if arg != "--tuned"]
     if len(argv) != 2:
         raise ParamsError(usage)
     try:
         seed = int(argv[1])
     except ValueError:
         raise ParamsError(f"{usage}; got seed {argv[1]!r}") from None
-    train(argv[0], seed, load_params())
+    train(argv[0], seed, load_params(), tuned)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,123 @@
+"""Stage `tune@<optimizer>`: a learning-rate grid for one optimizer, on a budget.
+
+Trains the CNN once per learning rate of the log-spaced grid in `tune` (params.yaml), each
+on the first `tune.images` training images for `tune.epochs` epochs, and judges it on the whole
+validation split: never on the test set, which would make the reported test accuracies
+optimistic. Every trial is an MLflow run nested under one parent run per optimizer
+(`tune adam`), so the UI shows the grid as a group. Writes metrics/tune/<optimizer>.json:
+the trials and the best learning rate, which the `train_tuned` stages train with.
+
+    python -m stages.tune adam       # what `dvc repro tune@adam` runs
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import keras
+import mlflow
+import pandas as pd
+import tensorflow as tf
+
+from stages import aggregate, runtime, tracking
+from stages.common import (
+    PROCESSED_DIR,
+    TUNE_DIR,
+    ParamsError,
+    load_arrays,
+    load_params,
+    run_stage,
+    validate_mlflow,
+    validate_model,
+    validate_optimizer_names,
+    validate_train,
+    validate_tune,
+    write_json_atomic,
+)
+from stages.train import build_model, build_optimizer, effective_precision, fit_model
+
+log = logging.getLogger(__name__)
+
+
+def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run the grid for optimizer ``name``; write and return its result."""
+    specs = validate_optimizer_names(params["optimizers"])
+    if name not in specs:
+        raise ParamsError(f"optimizers.{name}: no such entry; entries: {', '.join(specs)}")
+    model_config = validate_model(params["model"])
+    train_config = validate_train(params["train"])
+    config = validate_tune(params["tune"])
+    experiment_name = validate_mlflow(params["mlflow"])
+    grid = aggregate.log_grid(config.low, config.high, config.points)
+    for rate in grid:  # fail on a bad spec before any training, not at the third trial
+        build_optimizer(name, specs[name] | {"learning_rate": rate})
+    runtime.configure_threads()
+    tf.config.experimental.enable_op_determinism()
+    experiment_id = tracking.setup_experiment(experiment_name)
+
+    x_train, y_train, x_val, y_val = load_arrays(
+        PROCESSED_DIR, "x_train", "y_train", "x_val", "y_val"
+    )
+    data = {
+        "x_train": x_train[: config.images],
+        "y_train": y_train[: config.images],
+        "x_val": x_val,
+        "y_val": y_val,
+    }
+    keras.mixed_precision.set_global_policy(effective_precision(train_config.precision))
+
+    trials = []
+    tags = tracking.run_tags(f"tune@{name}") | {"optimizer": name}
+    with tracking.tracked_run(experiment_id, f"tune {name}", tags) as parent:
+        mlflow.log_params(
+            {
+                "optimizer": name,
+                "tune.grid": grid,
+                "tune.images": len(data["x_train"]),
+                "tune.epochs": config.epochs,
+                "tune.seed": config.seed,
+            }
+        )
+        for rate in grid:
+            keras.backend.clear_session()
+            keras.utils.set_random_seed(config.seed)
+            optimizer = build_optimizer(name, specs[name] | {"learning_rate": rate})
+            model = build_model(model_config, x_train.shape[1:])
+            with tracking.tracked_run(
+                experiment_id, f"{name} lr={rate:g}", tags | {"trial": "true"}, nested=True
+            ):
+                mlflow.log_params({"optimizer": name, "optimizer.learning_rate": rate})
+                tracker = fit_model(model, optimizer, data, config.epochs, train_config.batch_size)
+            last = tracker.history[-1]
+            # A diverged run (NaN loss) ranks last, not first.
+            val_accuracy = 0.0 if math.isnan(last["val_loss"]) else last["val_accuracy"]
+            trials.append(
+                {"learning_rate": rate, "val_accuracy": val_accuracy, "val_loss": last["val_loss"]}
+            )
+            log.info("tune@%s: lr %g -> val_accuracy %.4f", name, rate, val_accuracy)
+        best = aggregate.best_learning_rate(pd.DataFrame(trials))
+        mlflow.log_metric("best_learning_rate", best)
+        mlflow.set_tag("best_learning_rate", f"{best:g}")
+    result = {
+        "optimizer": name,
+        "best_learning_rate": best,
+        "trials": trials,
+        "images": len(data["x_train"]),
+        "epochs": config.epochs,
+        "mlflow_run_id": parent.info.run_id,
+    }
+    write_json_atomic(TUNE_DIR / f"{name}.json", result)
+    log.info("tune@%s: best learning rate %g", name, best)
+    return result
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise ParamsError("usage: python -m stages.tune <optimizer name from params.yaml>")
+    tune(argv[0], load_params())
+
+
+if __name__ == "__main__":
+    run_stage(main)
