@@ -122,6 +122,13 @@ def positive_int(value: Any, key: str) -> int:
     return value
 
 
+def non_negative_int(value: Any, key: str) -> int:
+    """Return ``value`` if it is an int >= 0, else raise a ParamsError naming ``key``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ParamsError(f"{key}: expected a non-negative integer, got {value!r}")
+    return value
+
+
 def finite_number(value: Any, key: str) -> float:
     """Return ``value`` as a float if it is a finite number, else raise a ParamsError."""
     if not _is_number(value) or not math.isfinite(value):

@@ -1,0 +1,139 @@
+"""Stage `gd_variants`: batch, stochastic and mini-batch gradient descent, side by side.
+
+The tutorial's lesson, measured: the same optimizer and model trained on the first
+`gd_variants.images` training images for `gd_variants.epochs` epochs with three batch sizes:
+the whole subset (batch gradient descent: one update per epoch), 1 (stochastic) and
+`gd_variants.mini_batch` (mini-batch). Writes reports/gd_variants.csv (per variant and epoch:
+updates so far, seconds so far, validation accuracy and loss) and logs each variant as an
+MLflow run; the report stage draws it.
+
+    python -m stages.gd_variants
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import mlflow
+import pandas as pd
+import tensorflow as tf
+
+from stages import runtime, tracking
+from stages.common import (
+    PROCESSED_DIR,
+    REPORTS_DIR,
+    ParamsError,
+    load_arrays,
+    load_params,
+    non_negative_int,
+    positive_int,
+    run_stage,
+    validate_mlflow,
+    validate_model,
+    validate_optimizer_names,
+    write_text_atomic,
+)
+from stages.train import build_model, build_optimizer, fit_model
+
+log = logging.getLogger(__name__)
+GD_CSV = REPORTS_DIR / "gd_variants.csv"
+
+
+@dataclass(frozen=True)
+class GDConfig:
+    optimizer: str  # an entry of `optimizers`
+    images: int
+    epochs: int
+    mini_batch: int
+    seed: int
+
+
+def validate_gd(section: Any, optimizers: dict[str, Any]) -> GDConfig:
+    """Check the `gd_variants` section."""
+    if not isinstance(section, dict):
+        raise ParamsError(f"gd_variants: expected a mapping, got {section!r}")
+    keys = {"optimizer", "images", "epochs", "mini_batch", "seed"}
+    if set(section) != keys:
+        raise ParamsError(f"gd_variants: expected the keys {', '.join(sorted(keys))}")
+    if section["optimizer"] not in optimizers:
+        raise ParamsError(
+            f"gd_variants.optimizer: {section['optimizer']!r} is not an entry of `optimizers`"
+        )
+    return GDConfig(
+        optimizer=section["optimizer"],
+        images=positive_int(section["images"], "gd_variants.images"),
+        epochs=positive_int(section["epochs"], "gd_variants.epochs"),
+        mini_batch=positive_int(section["mini_batch"], "gd_variants.mini_batch"),
+        seed=non_negative_int(section["seed"], "gd_variants.seed"),
+    )
+
+
+def batch_sizes(config: GDConfig, images: int) -> dict[str, int]:
+    """Variant name -> batch size."""
+    return {"batch": images, "stochastic": 1, "mini-batch": config.mini_batch}
+
+
+def updates_per_epoch(images: int, batch_size: int) -> int:
+    return -(-images // batch_size)  # the last, partial batch is an update too
+
+
+def gd_variants(params: dict[str, Any]) -> pd.DataFrame:
+    specs = validate_optimizer_names(params["optimizers"])
+    config = validate_gd(params["gd_variants"], specs)
+    model_config = validate_model(params["model"])
+    experiment_name = validate_mlflow(params["mlflow"])
+    runtime.configure_threads()
+    tf.config.experimental.enable_op_determinism()
+    experiment_id = tracking.setup_experiment(experiment_name)
+    x_train, y_train, x_val, y_val = load_arrays(
+        PROCESSED_DIR, "x_train", "y_train", "x_val", "y_val"
+    )
+    data = {
+        "x_train": x_train[: config.images],
+        "y_train": y_train[: config.images],
+        "x_val": x_val,
+        "y_val": y_val,
+    }
+    images = len(data["x_train"])
+    rows = []
+    for variant, batch_size in batch_sizes(config, images).items():
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(model_config, x_train.shape[1:])
+        optimizer = build_optimizer(config.optimizer, specs[config.optimizer])
+        tags = tracking.run_tags("gd_variants") | {"gd_variant": variant}
+        with tracking.tracked_run(experiment_id, f"gd {variant}", tags):
+            mlflow.log_params(
+                {"gd_variant": variant, "batch_size": batch_size, "images": images}
+                | {"optimizer": config.optimizer}
+            )
+            tracker = fit_model(model, optimizer, data, config.epochs, batch_size)
+        seconds = 0.0
+        for row in tracker.history:
+            seconds += row["epoch_seconds"]
+            rows.append(
+                {
+                    "variant": variant,
+                    "batch_size": batch_size,
+                    "epoch": row["epoch"],
+                    "updates": row["epoch"] * updates_per_epoch(images, batch_size),
+                    "seconds": round(seconds, 2),
+                    "val_accuracy": row["val_accuracy"],
+                    "val_loss": row["val_loss"],
+                }
+            )
+        log.info("gd_variants: %s -> val_accuracy %.4f", variant, rows[-1]["val_accuracy"])
+    table = pd.DataFrame(rows)
+    write_text_atomic(GD_CSV, table.to_csv(index=False, lineterminator="\n"))
+    return table
+
+
+def main(argv: list[str]) -> None:
+    print(gd_variants(load_params()).to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    run_stage(main)
