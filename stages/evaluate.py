@@ -43,6 +43,7 @@ from stages.common import (
     PROCESSED_DIR,
     REPORTS_DIR,
     TRAIN_METRICS_DIR,
+    TUNE_DIR,
     PipelineError,
     atomic_path,
     load_arrays,
@@ -115,13 +116,21 @@ class Run:
 
     optimizer: str
     seed: int
-    train: dict[str, Any]  # metrics/train/<optimizer>-<seed>.json
-    history: pd.DataFrame  # metrics/history/<optimizer>-<seed>.csv
+    tuned: bool  # trained with the best rate of tune@<optimizer>, not the one in params
+    train: dict[str, Any]  # metrics/train/<key>.json
+    history: pd.DataFrame  # metrics/history/<key>.csv
     evaluation: Evaluation
 
     @property
     def key(self) -> str:
-        return run_key(self.optimizer, self.seed)
+        return run_key(self.optimizer, self.seed, self.tuned)
+
+    @property
+    def setting(self) -> str:
+        return SETTINGS[self.tuned]
+
+
+SETTINGS = {False: "default", True: "tuned"}  # learning rate: from params.yaml, or tuned
 
 
 def target_label(target: float) -> str:
@@ -130,12 +139,15 @@ def target_label(target: float) -> str:
 
 
 def runs_table(runs: list[Run], targets: tuple[float, ...]) -> pd.DataFrame:
-    """One row per optimizer and seed: accuracies, loss, seconds, time to each target."""
+    """One row per run (setting, optimizer, seed): learning rate, accuracies, loss, seconds,
+    time to each target."""
     rows = []
     for run in runs:
         row = {
+            "setting": run.setting,
             "optimizer": run.optimizer,
             "seed": run.seed,
+            "learning_rate": run.train["learning_rate"],
             "val_accuracy": run.train["val_accuracy"],
             "test_accuracy": run.evaluation.test_accuracy,
             "test_loss": run.evaluation.test_loss,
@@ -178,8 +190,9 @@ def time_to_target_text(group: pd.DataFrame, target: float) -> str:
 def comparison_table(
     runs: pd.DataFrame, reference: dict[str, float], targets: tuple[float, ...], confidence: float
 ) -> pd.DataFrame:
-    """One row per optimizer: mean, spread and interval over seeds of validation and test
-    accuracy (%), the reference validation accuracy beside ours, the time to each target."""
+    """One row per optimizer of ``runs`` (one setting): mean, spread and interval over seeds of
+    validation and test accuracy (%), the reference validation accuracy beside ours, the time
+    to each target."""
     rows = []
     level = f"{100 * confidence:g}"
     for name, group in runs.groupby("optimizer", sort=False):
@@ -188,6 +201,7 @@ def comparison_table(
         ref = reference.get(name)
         row = {
             "optimizer": name,
+            "learning_rate": group["learning_rate"].iloc[0],
             "seeds": len(group),
             "val_accuracy_%": val["mean"],
             "val_std": val["std"],
@@ -247,17 +261,21 @@ def significance_markdown(table: pd.DataFrame, confidence: float) -> str:
 
 
 def history_table(runs: list[Run]) -> pd.DataFrame:
-    """Every run's per-epoch history in one long table with `optimizer` and `seed` columns."""
-    frames = [run.history.assign(optimizer=run.optimizer, seed=run.seed) for run in runs]
+    """Every run's per-epoch history in one long table with `setting`, `optimizer` and `seed`
+    columns."""
+    frames = [
+        run.history.assign(setting=run.setting, optimizer=run.optimizer, seed=run.seed)
+        for run in runs
+    ]
     history = pd.concat(frames, ignore_index=True)
-    first = ["optimizer", "seed"]
+    first = ["setting", "optimizer", "seed"]
     return history[first + [c for c in history.columns if c not in first]]
 
 
 def history_mean(history: pd.DataFrame) -> pd.DataFrame:
-    """Per optimizer and epoch: the mean over seeds and the band (min, max) of each metric."""
+    """Per setting, optimizer and epoch: the mean over seeds and the band (min, max)."""
     metrics = ["loss", "accuracy", "val_loss", "val_accuracy"]
-    grouped = history.groupby(["optimizer", "epoch"], sort=False)[metrics]
+    grouped = history.groupby(["setting", "optimizer", "epoch"], sort=False)[metrics]
     table = grouped.mean()
     for column in ("val_accuracy", "val_loss"):
         table[f"{column}_min"] = grouped[column].min()
@@ -318,33 +336,102 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
     write_text_atomic(path, frame.to_csv(index=False, lineterminator="\n"))
 
 
-def evaluate_metrics(table: pd.DataFrame, confidence: float) -> dict[str, dict[str, float]]:
-    """What `dvc metrics show` prints: per optimizer, the means over seeds (fractions, as the
-    training metrics are) and the intervals of validation and test accuracy."""
+def evaluate_metrics(
+    comparisons: dict[str, pd.DataFrame], confidence: float
+) -> dict[str, dict[str, dict[str, float]]]:
+    """What `dvc metrics show` prints: per setting and optimizer, the means over seeds
+    (fractions, as the training metrics are) and the intervals of validation and test
+    accuracy."""
     level = f"{100 * confidence:g}"
-    metrics = {}
-    for row in table.to_dict("records"):
-        entry = {"seeds": row["seeds"]}
-        for split in ("val", "test"):
-            entry[f"{split}_accuracy"] = row[f"{split}_accuracy_%"] / 100
-            for bound in ("low", "high"):
-                value = row[f"{split}_ci{level}_{bound}"]
-                entry[f"{split}_accuracy_ci_{bound}"] = None if pd.isna(value) else value / 100
-        entry["test_loss"] = row["test_loss"]
-        entry["train_seconds"] = row["train_seconds"]
-        metrics[row["optimizer"]] = entry
+    metrics: dict[str, dict[str, dict[str, float]]] = {}
+    for setting, table in comparisons.items():
+        for row in table.to_dict("records"):
+            entry = {"learning_rate": row["learning_rate"], "seeds": row["seeds"]}
+            for split in ("val", "test"):
+                entry[f"{split}_accuracy"] = row[f"{split}_accuracy_%"] / 100
+                for bound in ("low", "high"):
+                    value = row[f"{split}_ci{level}_{bound}"]
+                    entry[f"{split}_accuracy_ci_{bound}"] = None if pd.isna(value) else value / 100
+            entry["test_loss"] = row["test_loss"]
+            entry["train_seconds"] = row["train_seconds"]
+            metrics.setdefault(setting, {})[row["optimizer"]] = entry
     return metrics
 
 
-def confusion_frame(runs: list[Run], name: str, y_test: np.ndarray) -> pd.DataFrame:
-    """Actual and predicted digit per test image, every seed of optimizer ``name`` stacked."""
+def label(name: str, setting: str) -> str:
+    """File-name label of an optimizer in a setting: `adam`, `adam-tuned`."""
+    return name if setting == "default" else f"{name}-{setting}"
+
+
+def tuning_table(names: list[str]) -> pd.DataFrame:
+    """Every tune@<optimizer> trial: optimizer, learning rate, validation accuracy, chosen."""
+    rows = []
+    for name in names:
+        result = read_json(TUNE_DIR / f"{name}.json")
+        for trial in result["trials"]:
+            rows.append(
+                {
+                    "optimizer": name,
+                    "learning_rate": trial["learning_rate"],
+                    "val_accuracy": trial["val_accuracy"],
+                    "chosen": trial["learning_rate"] == result["best_learning_rate"],
+                    "images": result["images"],
+                    "epochs": result["epochs"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def plot_tuning(tuning: pd.DataFrame, path: Path) -> None:
+    """Validation accuracy against learning rate (log scale), a line per optimizer, the
+    chosen rate circled."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, group in tuning.groupby("optimizer", sort=False):
+        (line,) = ax.plot(group["learning_rate"], group["val_accuracy"], marker="o", label=name)
+        chosen = group[group["chosen"]]
+        ax.scatter(
+            chosen["learning_rate"],
+            chosen["val_accuracy"],
+            s=150,
+            facecolors="none",
+            edgecolors=line.get_color(),
+        )
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="learning rate",
+        ylabel="validation accuracy",
+        title="Learning-rate grid (circled: chosen on validation)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def comparison_markdown(comparisons: dict[str, pd.DataFrame], tuning: pd.DataFrame) -> str:
+    """The default-rate table and the tuned-rate table, one under the other."""
+    grid = ", ".join(f"{r:g}" for r in sorted(tuning["learning_rate"].unique()))
+    sections = {
+        "default": "## Learning rates from params.yaml",
+        "tuned": (
+            f"## Tuned learning rates (grid {grid}; each trial {tuning['images'].iloc[0]} "
+            f"training images x {tuning['epochs'].iloc[0]} epochs; chosen on validation "
+            "accuracy)"
+        ),
+    }
+    parts = []
+    for setting, table in comparisons.items():
+        parts += [sections[setting], "", table.to_markdown(index=False), ""]
+    return "\n".join(parts)
+
+
+def confusion_frame(runs: list[Run], y_test: np.ndarray) -> pd.DataFrame:
+    """Actual and predicted digit per test image, the seeds of ``runs`` stacked."""
     return pd.concat(
         [
             pd.DataFrame(
                 {"seed": run.seed, "actual": y_test, "predicted": run.evaluation.predictions}
             )
             for run in runs
-            if run.optimizer == name
         ],
         ignore_index=True,
     )
@@ -352,53 +439,79 @@ def confusion_frame(runs: list[Run], name: str, y_test: np.ndarray) -> pd.DataFr
 
 def write_reports(
     runs: list[Run],
-    tables: dict[str, pd.DataFrame],
+    tables: dict[str, Any],
     y_test: np.ndarray,
     confidence: float,
 ) -> list[Path]:
     """Write the tables, the plot data and the figures; return the files every run shares."""
-    names = list(dict.fromkeys(run.optimizer for run in runs))
-    for name in names:
-        confusion = confusion_frame(runs, name, y_test)
-        write_csv(CONFUSION_DIR / f"{name}.csv", confusion)
-        counts = sum(run.evaluation.confusion for run in runs if run.optimizer == name)
-        plot_confusion(counts, name, FIGURES_DIR / f"confusion_{name}.png")
+    groups = list(dict.fromkeys((run.optimizer, run.setting) for run in runs))
+    for name, setting in groups:
+        members = [r for r in runs if r.optimizer == name and r.setting == setting]
+        write_csv(CONFUSION_DIR / f"{label(name, setting)}.csv", confusion_frame(members, y_test))
+        counts = sum(run.evaluation.confusion for run in members)
+        plot_confusion(
+            counts, label(name, setting), FIGURES_DIR / f"confusion_{label(name, setting)}.png"
+        )
     per_class = (
         pd.DataFrame(
             {
-                name: np.mean(
-                    [r.evaluation.per_class_accuracy for r in runs if r.optimizer == name], axis=0
+                label(name, setting): np.mean(
+                    [
+                        r.evaluation.per_class_accuracy
+                        for r in runs
+                        if r.optimizer == name and r.setting == setting
+                    ],
+                    axis=0,
                 )
-                for name in names
+                for name, setting in groups
             }
         )
         .rename_axis("digit")
         .reset_index()
     )
     mean = tables["history_mean"]
-    plot_history(mean, "val_accuracy", FIGURES_DIR / "val_accuracy.png")
-    plot_history(mean, "val_loss", FIGURES_DIR / "val_loss.png")
+    figures = []
+    for setting in SETTINGS.values():
+        part = mean[mean["setting"] == setting]
+        for column in ("val_accuracy", "val_loss"):
+            path = FIGURES_DIR / f"{label(column, setting)}.png"
+            plot_history(part, column, path)
+            figures.append(path)
+    plot_tuning(tables["tuning"], FIGURES_DIR / "tuning.png")
     write_csv(REPORTS_DIR / "history.csv", tables["history"])
     write_csv(REPORTS_DIR / "history_mean.csv", mean)
     write_csv(REPORTS_DIR / "per_class_accuracy.csv", per_class)
     write_csv(REPORTS_DIR / "runs.csv", tables["runs"])
-    write_csv(REPORTS_DIR / "comparison.csv", tables["comparison"])
-    write_text_atomic(
-        REPORTS_DIR / "comparison.md", tables["comparison"].to_markdown(index=False) + "\n"
+    write_csv(REPORTS_DIR / "tuning.csv", tables["tuning"])
+    comparisons = tables["comparisons"]
+    write_csv(
+        REPORTS_DIR / "comparison.csv",
+        pd.concat([t.assign(setting=s) for s, t in comparisons.items()], ignore_index=True),
     )
-    write_csv(REPORTS_DIR / "significance.csv", tables["significance"])
+    write_text_atomic(
+        REPORTS_DIR / "comparison.md", comparison_markdown(comparisons, tables["tuning"])
+    )
+    significance = tables["significance"]
+    write_csv(
+        REPORTS_DIR / "significance.csv",
+        pd.concat([t.assign(setting=s) for s, t in significance.items()], ignore_index=True),
+    )
     write_text_atomic(
         REPORTS_DIR / "significance.md",
-        significance_markdown(tables["significance"], confidence),
+        "\n".join(
+            f"## {setting} learning rates\n\n{significance_markdown(table, confidence)}"
+            for setting, table in significance.items()
+        ),
     )
     return [
         REPORTS_DIR / "comparison.md",
         REPORTS_DIR / "comparison.csv",
         REPORTS_DIR / "significance.md",
         REPORTS_DIR / "runs.csv",
+        REPORTS_DIR / "tuning.csv",
         REPORTS_DIR / "per_class_accuracy.csv",
-        FIGURES_DIR / "val_accuracy.png",
-        FIGURES_DIR / "val_loss.png",
+        FIGURES_DIR / "tuning.png",
+        *figures,
     ]
 
 
@@ -423,9 +536,8 @@ def log_to_mlflow(uri: str, runs: list[Run], artifacts: list[Path]) -> None:
         }
         now = get_current_time_millis()
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-        client.log_artifact(
-            run_id, str(FIGURES_DIR / f"confusion_{run.optimizer}.png"), "evaluation"
-        )
+        confusion = FIGURES_DIR / f"confusion_{label(run.optimizer, run.setting)}.png"
+        client.log_artifact(run_id, str(confusion), "evaluation")
         for path in artifacts:
             client.log_artifact(run_id, str(path), "comparison")
 
@@ -437,45 +549,51 @@ def read_history(key: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def evaluate(params: dict[str, Any]) -> pd.DataFrame:
-    """Evaluate every optimizer's models, write the reports and log them; return the table."""
+def evaluate(params: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Evaluate every model (each optimizer, seed and setting), write the reports and log
+    them; return the comparison table of each setting."""
     names = validate_compare(params["compare"], validate_optimizer_names(params["optimizers"]))
     seeds = validate_train(params["train"]).seeds
     config = validate_evaluate(params["evaluate"])
     uri = tracking.connect()  # fail fast, before any model is loaded
     runtime.configure_threads()
-    keys = [(name, seed) for name in names for seed in seeds]
+    keys = [(name, seed, tuned) for tuned in SETTINGS for name in names for seed in seeds]
     train_metrics = {k: read_json(TRAIN_METRICS_DIR / f"{run_key(*k)}.json") for k in keys}
     histories = {k: read_history(run_key(*k)) for k in keys}
+    tuning = tuning_table(names)
     x_test, y_test = load_arrays(PROCESSED_DIR, "x_test", "y_test")
 
     runs = []
-    for name, seed in keys:
-        key = run_key(name, seed)
+    for k in keys:
         evaluation = evaluate_model(
-            load_model(MODELS_DIR / f"{key}.keras"), x_test, y_test, config.batch_size
+            load_model(MODELS_DIR / f"{run_key(*k)}.keras"), x_test, y_test, config.batch_size
         )
         keras.backend.clear_session()
-        log.info("%s: test accuracy %.4f", key, evaluation.test_accuracy)
-        runs.append(Run(name, seed, train_metrics[name, seed], histories[name, seed], evaluation))
+        log.info("%s: test accuracy %.4f", run_key(*k), evaluation.test_accuracy)
+        runs.append(Run(*k, train_metrics[k], histories[k], evaluation))
 
-    tables = {"runs": runs_table(runs, config.targets), "history": history_table(runs)}
+    table = runs_table(runs, config.targets)
+    by_setting = {s: table[table["setting"] == s] for s in SETTINGS.values()}
+    tables: dict[str, Any] = {"runs": table, "history": history_table(runs), "tuning": tuning}
     tables["history_mean"] = history_mean(tables["history"])
-    tables["comparison"] = comparison_table(
-        tables["runs"], config.reference_val_accuracy, config.targets, config.confidence
-    )
-    tables["significance"] = significance_table(tables["runs"], config.confidence)
+    tables["comparisons"] = {
+        s: comparison_table(t, config.reference_val_accuracy, config.targets, config.confidence)
+        for s, t in by_setting.items()
+    }
+    tables["significance"] = {
+        s: significance_table(t, config.confidence) for s, t in by_setting.items()
+    }
     artifacts = write_reports(runs, tables, y_test, config.confidence)
     write_json_atomic(
-        EVALUATE_METRICS_FILE, evaluate_metrics(tables["comparison"], config.confidence)
+        EVALUATE_METRICS_FILE, evaluate_metrics(tables["comparisons"], config.confidence)
     )
     log_to_mlflow(uri, runs, artifacts)
-    return tables["comparison"]
+    return tables["comparisons"]
 
 
 def main(argv: list[str]) -> None:
-    table = evaluate(load_params())
-    print(table.to_markdown(index=False))
+    for setting, table in evaluate(load_params()).items():
+        print(f"{setting} learning rates:\n{table.to_markdown(index=False)}\n")
 
 
 if __name__ == "__main__":

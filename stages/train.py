@@ -357,6 +357,8 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
         last = history[-1]
         metrics = {
             "optimizer_class": type(optimizer).__name__,
+            # As Keras holds it (float32), written the way it reads in params: 0.001.
+            "learning_rate": float(str(np.float32(optimizer.get_config()["learning_rate"]))),
             "precision": precision,
             "threads": asdict(threads),
             "epochs": len(history),

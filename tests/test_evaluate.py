@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages import evaluate, train
+from stages import evaluate, train, tune
 from stages.common import EVALUATE_METRICS_FILE, REPORTS_DIR, PipelineError
 
 
@@ -61,6 +61,7 @@ def runs_frame() -> pd.DataFrame:
         {
             "optimizer": ["adam"] * 3 + ["sgd"] * 3,
             "seed": [1, 2, 3] * 2,
+            "learning_rate": [0.001] * 3 + [0.01] * 3,
             "val_accuracy": [0.990, 0.991, 0.992, 0.970, 0.971, 0.972],
             "test_accuracy": [0.990, 0.992, 0.994, 0.970, 0.972, 0.974],
             "test_loss": [0.03, 0.03, 0.03, 0.09, 0.09, 0.09],
@@ -74,7 +75,7 @@ def runs_frame() -> pd.DataFrame:
 def test_comparison_gives_mean_spread_interval_and_time_to_target() -> None:
     table = evaluate.comparison_table(runs_frame(), {"adam": 98.97}, (0.98,), 0.95)
     adam, sgd = table.to_dict("records")
-    assert adam["seeds"] == 3
+    assert adam["seeds"] == 3 and adam["learning_rate"] == 0.001
     assert adam["val_accuracy_%"] == 99.1 and adam["val_std"] == 0.1
     # t(0.975, 2) = 4.3027; half-width 4.3027 * 0.1 / sqrt(3) = 0.248 points
     assert adam["val_ci95_low"] == pytest.approx(98.85) and adam["val_ci95_high"] == 99.35
@@ -129,20 +130,29 @@ def trained(processed: Path) -> Path:
     values = yaml.safe_load(params.read_text())
     values["compare"] = ["sgd", "adam"]
     values["train"]["seeds"] = [42, 43]
+    values["tune"] |= {"low": 0.001, "high": 0.1, "points": 3, "images": 60, "epochs": 1}
     params.write_text(yaml.safe_dump(values, sort_keys=False))
     for name in ("sgd", "adam"):
+        tune.main([name])
         for seed in ("42", "43"):
-            keras.backend.clear_session()
-            train.main([name, seed])
+            for flags in ([], ["--tuned"]):
+                keras.backend.clear_session()
+                train.main([name, seed, *flags])
     return processed
 
 
 def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(trained: Path) -> None:
     evaluate.main([])
-    metrics = json.loads(EVALUATE_METRICS_FILE.read_text())
+    every = json.loads(EVALUATE_METRICS_FILE.read_text())
+    assert list(every) == ["default", "tuned"]
+    metrics = every["default"]
     assert list(metrics) == ["sgd", "adam"]
-    assert metrics["adam"]["seeds"] == 2
-    runs = pd.read_csv(REPORTS_DIR / "runs.csv")
+    assert metrics["adam"]["seeds"] == 2 and metrics["adam"]["learning_rate"] == 0.001
+    best = json.loads(Path("metrics/tune/adam.json").read_text())["best_learning_rate"]
+    assert every["tuned"]["adam"]["learning_rate"] == pytest.approx(best)
+    all_runs = pd.read_csv(REPORTS_DIR / "runs.csv")
+    assert len(all_runs) == 8  # 2 optimizers x 2 seeds x (default, tuned)
+    runs = all_runs[all_runs["setting"] == "default"]
     assert list(zip(runs["optimizer"], runs["seed"])) == [
         ("sgd", 42),
         ("sgd", 43),
@@ -165,29 +175,41 @@ def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(trained
     )
 
     table = pd.read_csv(REPORTS_DIR / "comparison.csv")
-    assert list(table["optimizer"]) == ["sgd", "adam"]
+    assert list(zip(table["setting"], table["optimizer"])) == [
+        ("default", "sgd"),
+        ("default", "adam"),
+        ("tuned", "sgd"),
+        ("tuned", "adam"),
+    ]
+    table = table[table["setting"] == "default"]
     assert list(table["reference_val_accuracy_%"]) == [96.50, 98.97]
     assert "to_val_98%" in table and "to_val_97%" in table
     markdown = (REPORTS_DIR / "comparison.md").read_text()
     assert "| adam " in markdown and "98.97" in markdown
+    assert "## Tuned learning rates (grid 0.001, 0.01, 0.1;" in markdown
+    tuning = pd.read_csv(REPORTS_DIR / "tuning.csv")
+    assert len(tuning) == 6 and tuning.groupby("optimizer")["chosen"].sum().tolist() == [1, 1]
     assert "sgd" in (REPORTS_DIR / "significance.md").read_text()
     history = pd.read_csv(REPORTS_DIR / "history.csv")
-    assert list(history["seed"]) == [42, 43, 42, 43] and "val_accuracy" in history
-    assert len(pd.read_csv(REPORTS_DIR / "history_mean.csv")) == 2  # 2 optimizers x 1 epoch
-    for figure in ("val_accuracy", "val_loss", "confusion_sgd", "confusion_adam"):
+    assert list(history["seed"]) == [42, 43, 42, 43] * 2 and "val_accuracy" in history
+    # 2 settings x 2 optimizers x 1 epoch
+    assert len(pd.read_csv(REPORTS_DIR / "history_mean.csv")) == 4
+    figures = ["val_accuracy", "val_loss", "val_accuracy-tuned", "tuning", "confusion_sgd"]
+    for figure in [*figures, "confusion_adam", "confusion_adam-tuned"]:
         assert (REPORTS_DIR / "figures" / f"{figure}.png").read_bytes().startswith(b"\x89PNG")
 
     client = mlflow.MlflowClient()
-    for row in runs.itertuples():
-        key = f"{row.optimizer}-{row.seed}"
+    for row in all_runs.itertuples():
+        key = f"{row.optimizer}-{row.seed}" + ("-tuned" if row.setting == "tuned" else "")
         run_id = json.loads(Path(f"metrics/train/{key}.json").read_text())["mlflow_run_id"]
         run = client.get_run(run_id)
         assert run.data.metrics["test_accuracy"] == pytest.approx(row.test_accuracy)
         assert run.data.metrics["test_loss"] == pytest.approx(row.test_loss)
         artifacts = {a.path for a in client.list_artifacts(run_id, "comparison")}
         assert {"comparison/comparison.md", "comparison/significance.md"} <= artifacts
+        label = key.replace(f"-{row.seed}", "")
         assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == [
-            f"evaluation/confusion_{row.optimizer}.png"
+            f"evaluation/confusion_{label}.png"
         ]
 
 
@@ -197,7 +219,7 @@ def test_a_run_missing_from_the_store_is_skipped_with_a_warning(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained / 'other.db'}")
     evaluate.main([])
     assert "MLflow run" in caplog.text and "is not in sqlite:///" in caplog.text
-    assert json.loads(EVALUATE_METRICS_FILE.read_text())["adam"]["test_accuracy"] >= 0
+    assert json.loads(EVALUATE_METRICS_FILE.read_text())["default"]["adam"]["test_accuracy"] >= 0
 
 
 def test_a_missing_model_names_the_stage_to_run(trained: Path) -> None:
