@@ -47,11 +47,11 @@ from stages.common import (
     load_arrays,
     load_params,
     read_json,
+    run_key,
     run_stage,
     validate_mlflow,
     validate_model,
     validate_optimizer_names,
-    run_key,
     validate_train,
     write_json_atomic,
     write_text_atomic,
@@ -373,9 +373,9 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
         with timed(seconds, "save_model"):
             save_model(model, MODELS_DIR / f"{key}.keras")
         write_text_atomic(HISTORY_DIR / f"{key}.csv", history_csv(history))
-        rounded = {key: round(value, 3) for key, value in seconds.items()}
+        rounded = {part: round(value, 3) for part, value in seconds.items()}
         write_json_atomic(TRAIN_METRICS_DIR / f"{key}.json", metrics | {"seconds": rounded})
-    log.info("train@%s: val_accuracy %.4f in %.1f s", key, last["val_accuracy"], seconds["fit"])
+    log.info("%s: val_accuracy %.4f in %.1f s", stage, last["val_accuracy"], seconds["fit"])
 
 
 def main(argv: list[str]) -> None:
