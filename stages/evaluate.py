@@ -358,7 +358,7 @@ def evaluate_metrics(
     return metrics
 
 
-def label(name: str, setting: str) -> str:
+def file_label(name: str, setting: str) -> str:
     """File-name label of an optimizer in a setting: `adam`, `adam-tuned`."""
     return name if setting == "default" else f"{name}-{setting}"
 
@@ -447,15 +447,19 @@ def write_reports(
     groups = list(dict.fromkeys((run.optimizer, run.setting) for run in runs))
     for name, setting in groups:
         members = [r for r in runs if r.optimizer == name and r.setting == setting]
-        write_csv(CONFUSION_DIR / f"{label(name, setting)}.csv", confusion_frame(members, y_test))
+        write_csv(
+            CONFUSION_DIR / f"{file_label(name, setting)}.csv", confusion_frame(members, y_test)
+        )
         counts = sum(run.evaluation.confusion for run in members)
         plot_confusion(
-            counts, label(name, setting), FIGURES_DIR / f"confusion_{label(name, setting)}.png"
+            counts,
+            file_label(name, setting),
+            FIGURES_DIR / f"confusion_{file_label(name, setting)}.png",
         )
     per_class = (
         pd.DataFrame(
             {
-                label(name, setting): np.mean(
+                file_label(name, setting): np.mean(
                     [
                         r.evaluation.per_class_accuracy
                         for r in runs
@@ -474,7 +478,7 @@ def write_reports(
     for setting in SETTINGS.values():
         part = mean[mean["setting"] == setting]
         for column in ("val_accuracy", "val_loss"):
-            path = FIGURES_DIR / f"{label(column, setting)}.png"
+            path = FIGURES_DIR / f"{file_label(column, setting)}.png"
             plot_history(part, column, path)
             figures.append(path)
     plot_tuning(tables["tuning"], FIGURES_DIR / "tuning.png")
@@ -536,7 +540,7 @@ def log_to_mlflow(uri: str, runs: list[Run], artifacts: list[Path]) -> None:
         }
         now = get_current_time_millis()
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-        confusion = FIGURES_DIR / f"confusion_{label(run.optimizer, run.setting)}.png"
+        confusion = FIGURES_DIR / f"confusion_{file_label(run.optimizer, run.setting)}.png"
         client.log_artifact(run_id, str(confusion), "evaluation")
         for path in artifacts:
             client.log_artifact(run_id, str(path), "comparison")
