@@ -42,7 +42,18 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 
-SECTIONS = ("download", "preprocess", "model", "train", "optimizers", "mlflow", "evaluate")
+SECTIONS = (
+    "download",
+    "preprocess",
+    "model",
+    "train",
+    "compare",
+    "optimizers",
+    "tune",
+    "gd_variants",
+    "mlflow",
+    "evaluate",
+)
 
 log = logging.getLogger(__name__)
 

@@ -275,8 +275,8 @@ def history_table(runs: list[Run]) -> pd.DataFrame:
 def history_mean(history: pd.DataFrame) -> pd.DataFrame:
     """Per setting, optimizer and epoch: the mean over seeds and the band (min, max)."""
     metrics = ["loss", "accuracy", "val_loss", "val_accuracy"]
-    grouped = history.groupby(["setting", "optimizer", "epoch"], sort=False)[metrics]
-    table = grouped.mean()
+    grouped = history.groupby(["setting", "optimizer", "epoch"], sort=False)
+    table = grouped[metrics].mean()
     for column in ("val_accuracy", "val_loss"):
         table[f"{column}_min"] = grouped[column].min()
         table[f"{column}_max"] = grouped[column].max()

@@ -108,6 +108,7 @@ def test_significance_says_which_differences_are_real() -> None:
 def test_history_mean_has_a_band_over_seeds() -> None:
     history = pd.DataFrame(
         {
+            "setting": ["default"] * 4,
             "optimizer": ["adam"] * 4,
             "seed": [1, 1, 2, 2],
             "epoch": [1, 2, 1, 2],
