@@ -163,3 +163,26 @@ def test_an_added_optimizer_gets_a_stage_in_a_temp_experiment_and_joins_the_tabl
     dvc(root, env, "exp", "apply", "with-nadam")
     table = pd.read_csv(root / "reports" / "comparison.csv")
     assert list(table["optimizer"]) == [*OPTIMIZERS, "nadam"]
+
+
+def test_parallel_runner_trains_in_the_queue_and_repro_takes_the_run_cache(reproduced) -> None:
+    root, env, _ = reproduced
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["optimizers"]["sgd"]["learning_rate"] = 0.02
+    params["optimizers"]["adam"]["learning_rate"] = 0.003
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    output = run([sys.executable, "-m", "stages.parallel", "-j", "2"], root, env)
+
+    # The queue trained both; the final `dvc repro` took them from the run cache.
+    assert "Stage 'train@sgd' is cached - skipping run" in output
+    assert "Stage 'train@adam' is cached - skipping run" in output
+    assert stages_run(output) == ["evaluate"]
+    cores = len(os.sched_getaffinity(0))
+    for name in ("sgd", "adam"):
+        metrics = json.loads((root / "metrics" / "train" / f"{name}.json").read_text())
+        assert metrics["threads"]["intra_op"] == max(1, cores // 2)  # $PIPELINE_JOBS reached it
+    adam = runs_by_name(root)["adam"][-1]
+    assert adam.data.params["optimizer.learning_rate"] == "0.003"
+    assert adam.data.tags["dvc.experiment"]  # logged by a queued experiment
+    assert "Data and pipelines are up to date." in dvc(root, env, "status")

@@ -1,0 +1,121 @@
+"""`dvc repro` with the training stages run N at a time through DVC's experiment queue.
+
+    python -m stages.parallel          # two at a time
+    python -m stages.parallel -j 3
+
+Not a stage: a runner for them. On this project's 2-core machine, two at a time with one
+TensorFlow thread each finished the four optimizers faster than `dvc repro`'s one at a time
+with both cores (BENCHMARKS.md, "Parallel experiments"). It runs the steps DVC documents:
+
+1. `dvc repro preprocess`: the stages upstream of training, once, here;
+2. `dvc exp run --queue train@<name>` for each training stage `dvc status` says is stale;
+3. `PIPELINE_JOBS=N dvc queue start -j N`, so that each stage sizes TensorFlow's threads to
+   its share of the cores (stages/runtime.py), then waits for the queued runs;
+4. `dvc repro`: it checks each trained stage's outputs out of DVC's run cache, where the
+   queued runs left them, and runs evaluate.
+
+Models trained this way can differ from `dvc repro`'s in the last bits of their weights: the
+thread count changes how oneDNN splits its sums (stages/runtime.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from stages.common import PipelineError, run_stage
+
+log = logging.getLogger(__name__)
+TRAIN_PREFIX = "train@"
+POLL_SECONDS = 5.0
+
+
+def dvc(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run a dvc command; its output, or a PipelineError with it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env
+    )
+    if result.returncode != 0:
+        raise PipelineError(f"dvc {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def stale_training_stages(status_json: str) -> list[str]:
+    """The training stages `dvc status --json` lists as changed, in pipeline order."""
+    return [name for name in json.loads(status_json or "{}") if name.startswith(TRAIN_PREFIX)]
+
+
+def queued_task(output: str) -> str:
+    """The task id in `dvc exp run --queue`'s "Queued experiment '1a2b3c4' ..." line."""
+    match = re.search(r"Queued experiment '([0-9a-f]+)'", output)
+    if not match:
+        raise PipelineError(f"dvc exp run --queue said no task id:\n{output}")
+    return match.group(1)
+
+
+def task_states(status_output: str, tasks: Sequence[str]) -> dict[str, str]:
+    """The Status column of `dvc queue status` for each of ``tasks`` it lists."""
+    states = {}
+    for line in status_output.splitlines():
+        words = line.split()
+        for task in tasks:
+            if words and (words[0].startswith(task) or task.startswith(words[0])):
+                states[task] = words[-1]
+    return states
+
+
+def wait_for(tasks: Sequence[str]) -> dict[str, str]:
+    """Poll `dvc queue status` until none of ``tasks`` is queued or running."""
+    while True:
+        states = task_states(dvc("queue", "status"), tasks)
+        missing = [task for task in tasks if task not in states]
+        if missing:
+            raise PipelineError(f"dvc queue status does not list {', '.join(missing)}")
+        if not {"Queued", "Running"} & set(states.values()):
+            return states
+        time.sleep(POLL_SECONDS)
+
+
+def run_parallel(jobs: int) -> list[str]:
+    """Train every stale training stage ``jobs`` at a time, then `dvc repro`; return the
+    stages trained in the queue."""
+    if jobs < 1:
+        raise PipelineError(f"-j: expected a positive number of jobs, got {jobs}")
+    status = dvc("queue", "status")
+    if re.search(r"\b(Queued|Running)\s*$", status, re.M):
+        raise PipelineError(
+            "the experiment queue already holds queued or running tasks; wait for them or "
+            "clear it (dvc queue status, dvc queue remove --queued)"
+        )
+    log.info("stages upstream of training, once: dvc repro preprocess")
+    dvc("repro", "preprocess")
+    stages = stale_training_stages(dvc("status", "--json"))
+    if stages:
+        tasks = [queued_task(dvc("exp", "run", "--queue", stage)) for stage in stages]
+        log.info("queued %s; starting %d workers", ", ".join(stages), jobs)
+        dvc("queue", "start", "-j", str(jobs), env=os.environ | {"PIPELINE_JOBS": str(jobs)})
+        states = wait_for(tasks)
+        failed = [task for task, state in states.items() if state != "Success"]
+        if failed:
+            logs = "\n".join(dvc("queue", "logs", task) for task in failed)
+            raise PipelineError(f"queued runs {', '.join(failed)} did not succeed:\n{logs}")
+    log.info("dvc repro: trained stages from the run cache, then evaluate")
+    print(dvc("repro"), end="")
+    return stages
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.parallel", description=__doc__)
+    parser.add_argument("-j", "--jobs", type=int, default=2, help="stages at a time (2)")
+    run_parallel(parser.parse_args(argv).jobs)
+
+
+if __name__ == "__main__":
+    run_stage(main)

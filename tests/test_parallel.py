@@ -1,0 +1,46 @@
+"""The parallel runner's reading of DVC's output (its end-to-end run is in test_pipeline.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stages import parallel
+from stages.common import PipelineError
+
+
+def test_stale_training_stages_in_pipeline_order() -> None:
+    status = {
+        "train@adam": [{"changed deps": {"params.yaml": "modified"}}],
+        "train@sgd": ["changed outs"],
+        "evaluate": [{"changed deps": {"models": "modified"}}],
+    }
+    assert parallel.stale_training_stages(json.dumps(status)) == ["train@adam", "train@sgd"]
+    assert parallel.stale_training_stages("{}") == []
+    assert parallel.stale_training_stages("") == []
+
+
+def test_queued_task_id() -> None:
+    assert parallel.queued_task("Queued experiment '1a2b3c4' for future execution.\n") == "1a2b3c4"
+    with pytest.raises(PipelineError, match="said no task id"):
+        parallel.queued_task("ERROR: something else\n")
+
+
+def test_task_states_only_for_our_tasks() -> None:
+    status = """Task     Name        Created    Status
+1a2b3c4  ready-fees  05:43 PM   Success
+9f9f9f9  old-run     04:00 PM   Failed
+5e6f7a8  hulky-quey  05:43 PM   Running
+
+Worker status: 1 active, 0 idle
+"""
+    assert parallel.task_states(status, ["1a2b3c4", "5e6f7a8"]) == {
+        "1a2b3c4": "Success",
+        "5e6f7a8": "Running",
+    }
+
+
+def test_a_bad_job_count_is_refused() -> None:
+    with pytest.raises(PipelineError, match="-j: expected a positive number of jobs, got 0"):
+        parallel.run_parallel(0)
