@@ -94,19 +94,6 @@ def test_report_takes_ratios_per_pair_and_shares_of_the_stage() -> None:
     )
 
 
-def test_queue_status_parsing() -> None:
-    output = """Task     Name        Created    Status
-314d40a  ready-fees  05:43 PM   Success
-c39b491  hulky-quey  05:43 PM   Running
-36ecc33             05:43 PM   Queued
-ae9bf25  front-rise  05:43 PM   Failed
-
-Worker status: 1 active, 0 idle
-"""
-    assert run.queue_states(output) == ["Success", "Running", "Queued", "Failed"]
-    assert run.queue_states("No experiment tasks in the queue.\n") == []
-
-
 def test_report_of_threads_input_and_parallel_runs() -> None:
     def probe(images_per_second: float, intra: int, inter: int) -> dict:
         return {"images_per_second": images_per_second, "intra_op": intra, "inter_op": inter}
