@@ -670,8 +670,8 @@ def report_parallel(rows: list[dict]) -> list[str]:
         "| | wall seconds |",
         "|---|---|",
         f"| one at a time, all cores each (`dvc repro`) | {fmt(summary(seq), 1)} |",
-        f"| two at a time (`python -m stages.parallel -j 2`: `dvc exp run --queue "
-        f"train@<name>` x4, `PIPELINE_JOBS=2 dvc queue start -j 2`, then `dvc repro`), "
+        f"| two at a time (the steps of `python -m stages.parallel -j 2`: `dvc exp run "
+        f"--queue train@<name>` x4, `PIPELINE_JOBS=2 dvc queue start -j 2`, `dvc repro`), "
         f"{threads['intra_op']} intra-op thread each | {fmt(summary(par), 1)} |",
         f"| ratio, two at a time / one at a time | {fmt(summary(ratios), 3)}x |",
         "",
