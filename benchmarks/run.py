@@ -639,11 +639,12 @@ def report_threads(rows: dict[str, list[dict]]) -> list[str]:
         "setting for the same number of jobs, within the same run (0 threads: TensorFlow's "
         "default, one per core).",
         "",
-        "| setting | intra-op | inter-op | images/s | ratio to the stage setting |",
-        "|---|---|---|---|---|",
+        "| setting | intra-op | inter-op | images/s | each run | ratio to the stage setting |",
+        "|---|---|---|---|---|---|",
     ]
     for name, runs in rows.items():
         reference = rows[f"{name.split(',')[0]}, stage setting"]
+        each = ", ".join(f"{r['images_per_second']:.0f}" for r in runs)
         ratios = [
             r["images_per_second"] / b["images_per_second"]
             for r, b in zip(runs, reference, strict=True)
@@ -651,9 +652,16 @@ def report_threads(rows: dict[str, list[dict]]) -> list[str]:
         lines.append(
             f"| {name} | {runs[0]['intra_op']} | {runs[0]['inter_op']} | "
             f"{fmt(summary([r['images_per_second'] for r in runs]), 0)} | "
+            f"{each} | "
             f"{fmt(summary(ratios), 3)}x |"
         )
-    lines.append("")
+    lines += [
+        "",
+        "This machine runs in two speed phases (see the README); a setting measured in both "
+        "shows two values in 'each run'. Compare settings within a run whose values share "
+        "a phase.",
+        "",
+    ]
     return lines
 
 
@@ -662,7 +670,10 @@ def report_parallel(rows: list[dict]) -> list[str]:
     seq = [r["sequential_seconds"] for r in rows]
     par = [r["parallel_seconds"] for r in rows]
     ratios = [p / s for p, s in zip(par, seq, strict=True)]
-    faster = "two at a time" if statistics.median(ratios) < 1 else "one at a time"
+    if min(ratios) < 1 < max(ratios):
+        faster = "neither: the per-run ratios fall on both sides of 1"
+    else:
+        faster = "two at a time" if statistics.median(ratios) < 1 else "one at a time"
     threads = rows[0]["parallel_threads"]
     return [
         "## Parallel experiments (four optimizers + evaluate, full MNIST, 5 epochs)",

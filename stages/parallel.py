@@ -3,9 +3,10 @@
     python -m stages.parallel          # two at a time
     python -m stages.parallel -j 3
 
-Not a stage: a runner for them. On this project's 2-core machine, two at a time with one
-TensorFlow thread each finished the four optimizers faster than `dvc repro`'s one at a time
-with both cores (BENCHMARKS.md, "Parallel experiments"). It runs the steps DVC documents:
+Not a stage: a runner for them. On this project's 2-core machine it is no faster than
+`dvc repro`, which runs one stage at a time on all cores: 0.99x its wall time, 0.955x to 1.032x
+over three alternating runs (BENCHMARKS.md, "Parallel experiments"), so `dvc repro` stays the
+way the README gives. It runs the steps DVC documents:
 
 1. `dvc repro preprocess`: the stages upstream of training, once, here;
 2. `dvc exp run --queue train@<name>` for each training stage `dvc status` says is stale;
@@ -53,20 +54,21 @@ def stale_training_stages(status_json: str) -> list[str]:
 
 
 def queued_task(output: str) -> str:
-    """The task id in `dvc exp run --queue`'s "Queued experiment '1a2b3c4' ..." line."""
-    match = re.search(r"Queued experiment '([0-9a-f]+)'", output)
+    """The experiment in `dvc exp run --queue`'s "Queued experiment 'irony-nowt' ..." line."""
+    match = re.search(r"Queued experiment '([^']+)'", output)
     if not match:
-        raise PipelineError(f"dvc exp run --queue said no task id:\n{output}")
+        raise PipelineError(f"dvc exp run --queue named no experiment:\n{output}")
     return match.group(1)
 
 
 def task_states(status_output: str, tasks: Sequence[str]) -> dict[str, str]:
-    """The Status column of `dvc queue status` for each of ``tasks`` it lists."""
+    """The Status column of `dvc queue status` for each of ``tasks`` (experiment names, or
+    task ids) it lists: the first two columns are the task id and the name."""
     states = {}
     for line in status_output.splitlines():
         words = line.split()
         for task in tasks:
-            if words and (words[0].startswith(task) or task.startswith(words[0])):
+            if task in words[:2]:
                 states[task] = words[-1]
     return states
 

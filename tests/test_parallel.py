@@ -21,9 +21,10 @@ def test_stale_training_stages_in_pipeline_order() -> None:
     assert parallel.stale_training_stages("") == []
 
 
-def test_queued_task_id() -> None:
-    assert parallel.queued_task("Queued experiment '1a2b3c4' for future execution.\n") == "1a2b3c4"
-    with pytest.raises(PipelineError, match="said no task id"):
+def test_queued_experiment_name() -> None:
+    output = "Queued experiment 'irony-nowt' for future execution.\n"
+    assert parallel.queued_task(output) == "irony-nowt"
+    with pytest.raises(PipelineError, match="named no experiment"):
         parallel.queued_task("ERROR: something else\n")
 
 
@@ -35,9 +36,9 @@ def test_task_states_only_for_our_tasks() -> None:
 
 Worker status: 1 active, 0 idle
 """
-    assert parallel.task_states(status, ["1a2b3c4", "5e6f7a8"]) == {
-        "1a2b3c4": "Success",
-        "5e6f7a8": "Running",
+    assert parallel.task_states(status, ["ready-fees", "hulky-quey"]) == {
+        "ready-fees": "Success",
+        "hulky-quey": "Running",
     }
 
 
