@@ -330,7 +330,11 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
     model = build_model(model_config, x_train.shape[1:])
 
     stage = f"train_tuned@{run_key(name, seed)}" if tuned else f"train@{key}"
-    tags = tracking.run_tags(stage) | {"optimizer": name, "seed": str(seed), "tuned": str(tuned)}
+    tags = tracking.run_tags(stage) | {
+        "optimizer": name,
+        "seed": str(seed),
+        "tuned": str(tuned).lower(),
+    }
     with tracking.tracked_run(experiment_id, key, tags) as run:
         with timed(seconds, "mlflow_logging"):
             params = run_params(name, optimizer, model_config, train_config, model, data_summary)

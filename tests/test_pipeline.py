@@ -84,35 +84,87 @@ def reproduced(repo) -> tuple[Path, dict[str, str], str]:
     return root, env, output
 
 
+TRAINING = [
+    *(f"train@{n}-42" for n in OPTIMIZERS),
+    *(f"tune@{n}" for n in OPTIMIZERS),
+    *(f"train_tuned@{n}-42" for n in OPTIMIZERS),
+    "gd_variants",
+]
+
+
 def test_dvc_repro_runs_every_stage(reproduced) -> None:
     root, _, output = reproduced
-    expected = ["download", "preprocess", *(f"train@{n}-42" for n in OPTIMIZERS), "evaluate"]
-    assert stages_run(output) == expected
+    ran = stages_run(output)
+    assert ran[:2] == ["download", "preprocess"] and ran[-2:] == ["evaluate", "report"]
+    assert sorted(ran[2:-2]) == sorted(TRAINING)
+    # Each optimizer's grid comes before the runs that train its best rate.
+    for name in OPTIMIZERS:
+        assert ran.index(f"tune@{name}") < ran.index(f"train_tuned@{name}-42")
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert sorted(lock["stages"]) == sorted(expected)
+    assert sorted(lock["stages"]) == sorted(ran)
     assert lock["stages"]["train@adam-42"]["params"]["params.yaml"]["optimizers.adam"] == {
         "learning_rate": 0.001
     }
 
 
-def test_mlflow_holds_one_complete_run_per_optimizer(reproduced) -> None:
+def test_mlflow_holds_one_complete_run_per_training(reproduced) -> None:
     root, _, _ = reproduced
     runs = runs_by_name(root)
-    assert sorted(runs) == sorted(f"{n}-42" for n in OPTIMIZERS)
-    assert all(len(r) == 1 for r in runs.values())
+    trained = [f"{n}-42{s}" for n in OPTIMIZERS for s in ("", "-tuned")]
+    assert set(trained) <= set(runs)
     client = client_for(root)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    for name, (r,) in runs.items():
-        assert r.info.status == "FINISHED" and r.data.tags["dvc.stage"] == f"train@{name}"
+    for name in trained:
+        (r,) = runs[name]
+        stage = f"train_tuned@{name[:-6]}" if name.endswith("-tuned") else f"train@{name}"
+        assert r.info.status == "FINISHED" and r.data.tags["dvc.stage"] == stage
         assert r.data.tags["seed"] == "42"
+        assert r.data.tags["tuned"] == str(name.endswith("-tuned")).lower()
         assert r.data.tags["mlflow.source.git.commit"]
         assert "optimizer.learning_rate" in r.data.params and r.data.params["train.epochs"] == "1"
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")] == [1]
         assert "test_accuracy" in r.data.metrics
         # The artifacts live beside mlflow.db, not in a relative ./mlruns.
         assert r.info.artifact_uri.startswith((root / "mlartifacts").as_uri())
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"evaluation", "comparison", "report"} <= artifacts
         assert mlflow.keras.load_model(f"runs:/{r.info.run_id}/model").output_shape == (None, 10)
     assert not (root / "mlruns").exists()
+
+
+def test_each_grid_is_a_parent_run_with_one_child_per_rate(reproduced) -> None:
+    root, _, _ = reproduced
+    runs = runs_by_name(root)
+    for name in OPTIMIZERS:
+        (parent,) = runs[f"tune {name}"]
+        best = parent.data.metrics["best_learning_rate"]
+        children = [
+            r
+            for rs in runs.values()
+            for r in rs
+            if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        ]
+        rates = sorted(float(r.data.params["optimizer.learning_rate"]) for r in children)
+        assert rates == pytest.approx([0.001, 0.01, 0.1])
+        assert all(r.info.status == "FINISHED" for r in children)
+        # The best rate is the child with the highest validation accuracy, and the tuned
+        # run trained with it.
+        top = max(children, key=lambda r: r.data.metrics["val_accuracy"])
+        assert float(top.data.params["optimizer.learning_rate"]) == pytest.approx(best)
+        tuned = json.loads((root / "metrics" / "train" / f"{name}-42-tuned.json").read_text())
+        assert tuned["learning_rate"] == pytest.approx(best, rel=1e-6)
+
+
+def test_report_page_holds_both_tables_and_every_figure(reproduced) -> None:
+    root, _, _ = reproduced
+    page = (root / "reports" / "report" / "report.html").read_text()
+    for name in OPTIMIZERS:
+        assert f"<td>{name}</td>" in page
+    assert page.count('src="data:image/png;base64,') >= 5
+    markdown = (root / "reports" / "report" / "report.md").read_text()
+    assert "tuned" in markdown.lower() and "gradient-descent variants" in markdown.lower()
+    variants = pd.read_csv(root / "reports" / "gd_variants.csv")
+    assert set(variants["variant"]) == {"batch", "stochastic", "mini-batch"}
 
 
 def test_metrics_table_and_plots_are_there_for_a_user(reproduced) -> None:
@@ -120,10 +172,13 @@ def test_metrics_table_and_plots_are_there_for_a_user(reproduced) -> None:
     metrics = json.loads(dvc(root, env, "metrics", "show", "--json"))
     (workspace,) = metrics.values()  # keyed by revision: "" (DVC 3.67) or "workspace"
     shown = workspace["data"]["metrics/evaluate.json"]["data"]
-    assert sorted(shown) == sorted(OPTIMIZERS) and "test_accuracy" in shown["adam"]
+    assert sorted(shown) == ["default", "tuned"]
+    assert sorted(shown["default"]) == sorted(OPTIMIZERS)
+    assert "test_accuracy" in shown["tuned"]["adam"]
     table = pd.read_csv(root / "reports" / "comparison.csv")
-    assert list(table["optimizer"]) == OPTIMIZERS
-    assert list(table["reference_val_accuracy_%"]) == [96.50, 89.28, 98.97, 98.95]
+    default = table[table["setting"] == "default"]
+    assert list(default["optimizer"]) == OPTIMIZERS
+    assert list(default["reference_val_accuracy_%"]) == [96.50, 89.28, 98.97, 98.95]
     dvc(root, env, "plots", "show", "-o", "plots_html")
     page = (root / "plots_html" / "index.html").read_text()
     for name in OPTIMIZERS:
@@ -136,7 +191,14 @@ def test_changing_one_learning_rate_reruns_only_that_optimizer(reproduced) -> No
     output = dvc(
         root, env, "exp", "run", "-S", "optimizers.adam.learning_rate=0.002", "-n", "adam-lr"
     )
-    assert stages_run(output) == ["train@adam-42", "evaluate"]
+    # Adam's entry is also its grid's and its tuned runs' definition.
+    assert stages_run(output) == [
+        "train@adam-42",
+        "tune@adam",
+        "train_tuned@adam-42",
+        "evaluate",
+        "report",
+    ]
     adam_runs = runs_by_name(root)["adam-42"]
     assert len(adam_runs) == 2
     assert adam_runs[-1].data.params["optimizer.learning_rate"] == "0.002"
@@ -158,16 +220,48 @@ def test_an_added_optimizer_gets_a_stage_in_a_temp_experiment_and_joins_the_tabl
         "-S",
         "compare=[sgd,adagrad,adam,rmsprop,nadam]",
     )
-    assert stages_run(output) == ["train@nadam-42", "evaluate"]
+    assert stages_run(output) == [
+        "train@nadam-42",
+        "tune@nadam",
+        "train_tuned@nadam-42",
+        "evaluate",
+        "report",
+    ]
     # The temporary copy logged into the project's store, not one of its own.
     nadam = runs_by_name(root)["nadam-42"]
     assert len(nadam) == 1 and "test_accuracy" in nadam[0].data.metrics
     dvc(root, env, "exp", "apply", "with-nadam")
     table = pd.read_csv(root / "reports" / "comparison.csv")
-    assert list(table["optimizer"]) == [*OPTIMIZERS, "nadam"]
+    assert list(table[table["setting"] == "default"]["optimizer"]) == [*OPTIMIZERS, "nadam"]
 
 
 def test_adding_a_seed_trains_only_the_new_runs(reproduced) -> None:
     root, env, _ = reproduced
+    compare = yaml.safe_load((root / "params.yaml").read_text())["compare"]  # nadam applied
     output = dvc(root, env, "exp", "run", "--temp", "-S", "train.seeds=[42,43]")
-    assert stages_run(output) == [*(f"train@{n}-43" for n in OPTIMIZERS), "evaluate"]
+    assert stages_run(output) == [
+        *(f"{t}@{n}-43" for t in ("train", "train_tuned") for n in compare),
+        "evaluate",
+        "report",
+    ]
+
+
+def test_parallel_runner_trains_in_the_queue_and_repro_takes_the_run_cache(reproduced) -> None:
+    root, env, _ = reproduced
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["optimizers"]["sgd"]["learning_rate"] = 0.02
+    params["optimizers"]["adam"]["learning_rate"] = 0.003
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    output = run([sys.executable, "-m", "stages.parallel", "-j", "2"], root, env)
+
+    # The queue trained every changed stage; the final `dvc repro` ran only what follows.
+    assert stages_run(output) == ["evaluate", "report"]
+    cores = len(os.sched_getaffinity(0))
+    for name in ("sgd", "adam"):
+        metrics = json.loads((root / "metrics" / "train" / f"{name}-42.json").read_text())
+        assert metrics["threads"]["intra_op"] == max(1, cores // 2)  # $PIPELINE_JOBS reached it
+    adam = runs_by_name(root)["adam-42"][-1]
+    assert adam.data.params["optimizer.learning_rate"] == "0.003"
+    assert adam.data.tags["dvc.experiment"]  # logged by a queued experiment
+    assert "Data and pipelines are up to date." in dvc(root, env, "status")
