@@ -464,6 +464,20 @@ def load_arrays(data_dir: Path, *names: str) -> list[np.ndarray]:
         raise PipelineError(f"{exc.filename}: not found; run the preprocess stage first") from None
 
 
+def load_training_data(images: int | None = None) -> dict[str, np.ndarray]:
+    """The processed training arrays (the first ``images`` of them, or all) and the whole
+    validation set, keyed as ``train.fit_model`` takes them."""
+    x_train, y_train, x_val, y_val = load_arrays(
+        PROCESSED_DIR, "x_train", "y_train", "x_val", "y_val"
+    )
+    return {
+        "x_train": x_train[:images],
+        "y_train": y_train[:images],
+        "x_val": x_val,
+        "y_val": y_val,
+    }
+
+
 # --------------------------------------------------------------------------- entry points
 
 

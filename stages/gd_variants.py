@@ -23,10 +23,9 @@ import tensorflow as tf
 
 from stages import runtime, tracking
 from stages.common import (
-    PROCESSED_DIR,
     REPORTS_DIR,
     ParamsError,
-    load_arrays,
+    load_training_data,
     load_params,
     non_negative_int,
     positive_int,
@@ -88,21 +87,13 @@ def gd_variants(params: dict[str, Any]) -> pd.DataFrame:
     runtime.configure_threads()
     tf.config.experimental.enable_op_determinism()
     experiment_id = tracking.setup_experiment(experiment_name)
-    x_train, y_train, x_val, y_val = load_arrays(
-        PROCESSED_DIR, "x_train", "y_train", "x_val", "y_val"
-    )
-    data = {
-        "x_train": x_train[: config.images],
-        "y_train": y_train[: config.images],
-        "x_val": x_val,
-        "y_val": y_val,
-    }
+    data = load_training_data(config.images)
     images = len(data["x_train"])
     rows = []
     for variant, batch_size in batch_sizes(config, images).items():
         keras.backend.clear_session()
         keras.utils.set_random_seed(config.seed)
-        model = build_model(model_config, x_train.shape[1:])
+        model = build_model(model_config, data["x_train"].shape[1:])
         optimizer = build_optimizer(config.optimizer, specs[config.optimizer])
         tags = tracking.run_tags("gd_variants") | {"gd_variant": variant}
         with tracking.tracked_run(experiment_id, f"gd {variant}", tags):

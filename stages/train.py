@@ -44,7 +44,7 @@ from stages.common import (
     ParamsError,
     TrainConfig,
     atomic_path,
-    load_arrays,
+    load_training_data,
     load_params,
     read_json,
     run_key,
@@ -320,14 +320,11 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
 
     seconds: dict[str, float] = {}  # where the stage's time goes, for benchmarks/
     with timed(seconds, "load_data"):
-        x_train, y_train, x_val, y_val = load_arrays(
-            PROCESSED_DIR, "x_train", "y_train", "x_val", "y_val"
-        )
+        data = load_training_data()
         data_summary = read_json(PROCESSED_DIR / "data.json")
-    data = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
     precision = effective_precision(train_config.precision)
     keras.mixed_precision.set_global_policy(precision)
-    model = build_model(model_config, x_train.shape[1:])
+    model = build_model(model_config, data["x_train"].shape[1:])
 
     stage = f"train_tuned@{run_key(name, seed)}" if tuned else f"train@{key}"
     tags = tracking.run_tags(stage) | {
@@ -355,7 +352,7 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
         seconds["fit"] -= tracker.logging_seconds
         seconds["mlflow_logging"] += tracker.logging_seconds
         with timed(seconds, "mlflow_logging"):
-            log_model(model, example=x_val[:5])
+            log_model(model, example=data["x_val"][:5])
             mlflow.log_metric("train_seconds", seconds["fit"])
         history = tracker.history
         last = history[-1]

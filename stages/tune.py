@@ -23,10 +23,9 @@ import tensorflow as tf
 
 from stages import aggregate, runtime, tracking
 from stages.common import (
-    PROCESSED_DIR,
     TUNE_DIR,
     ParamsError,
-    load_arrays,
+    load_training_data,
     load_params,
     run_stage,
     validate_mlflow,
@@ -57,15 +56,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
     tf.config.experimental.enable_op_determinism()
     experiment_id = tracking.setup_experiment(experiment_name)
 
-    x_train, y_train, x_val, y_val = load_arrays(
-        PROCESSED_DIR, "x_train", "y_train", "x_val", "y_val"
-    )
-    data = {
-        "x_train": x_train[: config.images],
-        "y_train": y_train[: config.images],
-        "x_val": x_val,
-        "y_val": y_val,
-    }
+    data = load_training_data(config.images)
     keras.mixed_precision.set_global_policy(effective_precision(train_config.precision))
 
     trials = []
@@ -84,7 +75,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
             keras.backend.clear_session()
             keras.utils.set_random_seed(config.seed)
             optimizer = build_optimizer(name, specs[name] | {"learning_rate": rate})
-            model = build_model(model_config, x_train.shape[1:])
+            model = build_model(model_config, data["x_train"].shape[1:])
             with tracking.tracked_run(
                 experiment_id, f"{name} lr={rate:g}", tags | {"trial": "true"}, nested=True
             ):
