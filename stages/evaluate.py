@@ -407,7 +407,41 @@ def plot_tuning(tuning: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
-def comparison_markdown(comparisons: dict[str, pd.DataFrame], tuning: pd.DataFrame) -> str:
+def _mean_std(mean: float, std: float | None) -> str:
+    return f"{mean:.2f}" if std is None or pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return "" if low is None or pd.isna(low) else f"[{low:.2f}, {high:.2f}]"
+
+
+def readable_table(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """The comparison table for people: mean ± std and the interval of each accuracy in one
+    cell each (comparison.csv keeps every number in its own column)."""
+    level = f"{100 * confidence:g}"
+    rows = []
+    for row in table.to_dict("records"):
+        out = {"optimizer": row["optimizer"], "learning rate": f"{row['learning_rate']:g}"}
+        out["seeds"] = row["seeds"]
+        for kind in ("val", "test"):
+            out[f"{kind} accuracy % (mean ± std)"] = _mean_std(
+                row[f"{kind}_accuracy_%"], row[f"{kind}_std"]
+            )
+            out[f"{kind} {level}% interval"] = _interval(
+                row[f"{kind}_ci{level}_low"], row[f"{kind}_ci{level}_high"]
+            )
+        ref = row["reference_val_accuracy_%"]
+        out["tutorial val %"] = "" if ref is None or pd.isna(ref) else f"{ref:.2f}"
+        out["test loss"] = f"{row['test_loss']:.4f}"
+        out["training s"] = f"{row['train_seconds']:.0f}"
+        out |= {k.replace("to_val_", "to val "): v for k, v in row.items() if k.startswith("to_")}
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def comparison_markdown(
+    comparisons: dict[str, pd.DataFrame], tuning: pd.DataFrame, confidence: float
+) -> str:
     """The default-rate table and the tuned-rate table, one under the other."""
     grid = ", ".join(f"{r:g}" for r in sorted(tuning["learning_rate"].unique()))
     sections = {
@@ -420,7 +454,8 @@ def comparison_markdown(comparisons: dict[str, pd.DataFrame], tuning: pd.DataFra
     }
     parts = []
     for setting, table in comparisons.items():
-        parts += [sections[setting], "", table.to_markdown(index=False), ""]
+        readable = readable_table(table, confidence)
+        parts += [sections[setting], "", readable.to_markdown(index=False), ""]
     return "\n".join(parts)
 
 
@@ -493,7 +528,8 @@ def write_reports(
         pd.concat([t.assign(setting=s) for s, t in comparisons.items()], ignore_index=True),
     )
     write_text_atomic(
-        REPORTS_DIR / "comparison.md", comparison_markdown(comparisons, tables["tuning"])
+        REPORTS_DIR / "comparison.md",
+        comparison_markdown(comparisons, tables["tuning"], confidence),
     )
     significance = tables["significance"]
     write_csv(

@@ -187,6 +187,11 @@ def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(trained
     assert "to_val_98%" in table and "to_val_97%" in table
     markdown = (REPORTS_DIR / "comparison.md").read_text()
     assert "| adam " in markdown and "98.97" in markdown
+    # Mean ± std and the interval over the two seeds, one cell each.
+    adam_row = next(line for line in markdown.splitlines() if line.startswith("| adam "))
+    val = adam["val_accuracy"] * 100
+    assert f"{val.mean():.2f} ± {val.std():.2f}" in adam_row
+    assert "95% interval" in markdown and adam_row.count("[") == 2
     assert "## Tuned learning rates (grid 0.001, 0.01, 0.1;" in markdown
     tuning = pd.read_csv(REPORTS_DIR / "tuning.csv")
     assert len(tuning) == 6 and tuning.groupby("optimizer")["chosen"].sum().tolist() == [1, 1]
