@@ -4,11 +4,19 @@ By default runs go to a SQLite store, `mlflow.db` at the project root, with arti
 `mlartifacts/` beside it. The root is `$DVC_ROOT` when DVC sets it: `dvc exp run --temp`
 and `--queue` run stages in a temporary copy of the repo but point `DVC_ROOT` at the
 original, so their runs land in the same store. `MLFLOW_TRACKING_URI` overrides all of it.
+
+SQLite takes one writer at a time. Two stages at once (`dvc queue start -j 2`) are safe:
+the first to open a new store creates its tables while holding a lock file beside it
+(`mlflow.db.lock`), since MLflow's schema migration is not safe to run twice at once, and
+every writer waits up to SQLITE_TIMEOUT_SECONDS for the other's write to end instead of
+failing with "database is locked". Many machines, or many writers, need the tracking server
+(README: Team mode).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import subprocess
@@ -25,6 +33,8 @@ from stages.common import PipelineError
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 HEALTH_TIMEOUT_SECONDS = 5
+# How long a SQLite writer waits for another's write before "database is locked".
+SQLITE_TIMEOUT_SECONDS = 60
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,35 @@ def project_root() -> Path:
 def tracking_uri() -> str:
     """`$MLFLOW_TRACKING_URI`, or the SQLite store at the project root as an absolute URI."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / STORE_FILE}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (query string dropped), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").partition("?")[0])
+
+
+def with_sqlite_timeout(uri: str) -> str:
+    """A SQLite URI whose connections wait for other writers (sqlite3's `timeout`), unless
+    it sets a timeout of its own; any other URI unchanged."""
+    if sqlite_path(uri) is None or "timeout=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_TIMEOUT_SECONDS}"
+
+
+def init_sqlite_store(uri: str) -> None:
+    """Create or upgrade the tables of a SQLite store, one process at a time."""
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)  # migrates if needed
+        except MlflowException as exc:
+            raise TrackingError(f"MLflow tracking store {uri}: {exc.message}") from None
 
 
 def check_tracking_server(uri: str) -> None:
@@ -66,8 +105,9 @@ def check_tracking_server(uri: str) -> None:
 
 def connect() -> str:
     """Point MLflow at the tracking store, checked reachable; return its URI."""
-    uri = tracking_uri()
+    uri = with_sqlite_timeout(tracking_uri())
     check_tracking_server(uri)
+    init_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -83,7 +123,7 @@ def setup_experiment(name: str) -> str:
         if experiment is not None:
             return experiment.experiment_id
         location = None
-        if uri.startswith("sqlite:///"):
+        if sqlite_path(uri) is not None:
             location = (project_root() / ARTIFACTS_DIR).as_uri()
         try:
             return client.create_experiment(name, artifact_location=location)
