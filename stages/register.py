@@ -2,9 +2,10 @@
 
 After evaluate, the model with the highest validation accuracy (never test accuracy: test
 stays an unbiased estimate) among every optimizer, seed and setting in reports/runs.csv is
-registered as `mnist-cnn`, and the alias `champion` is moved to it. The version is tagged
-with its optimizer, setting, seed, learning rate, validation accuracy, MLflow run and DVC
-experiment. Registering the same run again adds no version: the existing one is reused.
+registered as `mnist-cnn`, and the alias `champion` is moved to it, unless the version the
+alias holds has a higher validation accuracy. The version is tagged with its optimizer,
+setting, seed, learning rate, validation accuracy, MLflow run and DVC experiment.
+Registering the same run again adds no version: the existing one is reused.
 
     dvc repro register
     mlflow models serve -m models:/mnist-cnn@champion --env-manager local
@@ -112,9 +113,21 @@ def existing_version(client: mlflow.MlflowClient, run_id: str) -> ModelVersion |
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def register(candidate: Candidate, run: Run) -> tuple[ModelVersion, bool]:
-    """Register the candidate's model (unless a version from its run exists) and point the
-    alias at it; return the version and whether it is new."""
+def current_champion(client: mlflow.MlflowClient) -> ModelVersion | None:
+    """The version the alias points to, or None before the first registration."""
+    try:
+        return client.get_model_version_by_alias(MODEL_NAME, ALIAS)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in exc.message.lower():
+            return None
+        raise
+
+
+def register(candidate: Candidate, run: Run) -> tuple[ModelVersion, bool, ModelVersion]:
+    """Register the candidate's model (unless a version from its run exists) and move the
+    alias to it unless the current champion has a higher validation accuracy (a quick
+    `dvc exp run -S train.epochs=1` must not dethrone a real one). Return the version,
+    whether it is new, and the version the alias points to afterwards."""
     client = mlflow.MlflowClient()
     version = existing_version(client, run.info.run_id)
     created = version is None
@@ -122,14 +135,22 @@ def register(candidate: Candidate, run: Run) -> tuple[ModelVersion, bool]:
         version = mlflow.register_model(
             logged_model_uri(run), MODEL_NAME, tags=version_tags(candidate, run)
         )
-    current = None
-    try:
-        current = client.get_model_version_by_alias(MODEL_NAME, ALIAS)
-    except MlflowException:
-        pass  # no champion yet
-    if current is None or current.version != version.version:
-        client.set_registered_model_alias(MODEL_NAME, ALIAS, version.version)
-    return version, created
+    current = current_champion(client)
+    if current is not None and int(current.version) == int(version.version):
+        return version, created, current
+    if current is not None:
+        held = float(current.tags.get(SELECTION_METRIC, "nan"))
+        if held > candidate.val_accuracy:
+            log.warning(
+                "@%s stays on %s version %s: its validation accuracy %.4f beats this "
+                "pipeline's best, %.4f. To move it anyway: MlflowClient()"
+                ".set_registered_model_alias(%r, %r, %s)",
+                ALIAS, MODEL_NAME, current.version, held, candidate.val_accuracy,
+                MODEL_NAME, ALIAS, version.version,
+            )  # fmt: skip
+            return version, created, current
+    client.set_registered_model_alias(MODEL_NAME, ALIAS, version.version)
+    return version, created, client.get_model_version_by_alias(MODEL_NAME, ALIAS)
 
 
 def champion(run_ids: dict[str, str], runs: pd.DataFrame) -> dict[str, Any]:
@@ -144,26 +165,37 @@ def champion(run_ids: dict[str, str], runs: pd.DataFrame) -> dict[str, Any]:
     client = mlflow.MlflowClient()
     try:
         run = client.get_run(run_id)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise tracking.TrackingError(f"MLflow tracking store {uri}: {exc.message}") from None
         # Trained elsewhere and restored from DVC's run cache: its run is in another store.
         log.warning(
             "%s: MLflow run %s is not in %s (trained against another tracking store?); "
             "not registering it. Point MLFLOW_TRACKING_URI at the store it was logged to.",
-            candidate.key, run_id, uri,
+            candidate.key,
+            run_id,
+            uri,
         )
         return summary | {"registered": False}
     try:
-        version, created = register(candidate, run)
+        version, created, holder = register(candidate, run)
     except MlflowException as exc:
         raise tracking.TrackingError(f"MLflow model registry at {uri}: {exc.message}") from None
     log.info(
-        "%s: %s (validation accuracy %.4f) is %s version %s, alias @%s",
+        "%s %s (validation accuracy %.4f) as %s version %s; @%s is version %s",
         "registered" if created else "already registered",
-        candidate.key, candidate.val_accuracy, MODEL_NAME, version.version, ALIAS,
+        candidate.key,
+        candidate.val_accuracy,
+        MODEL_NAME,
+        version.version,
+        ALIAS,
+        holder.version,
     )
     return summary | {
         "registered": True,
         "version": int(version.version),
+        "champion": int(holder.version) == int(version.version),
+        "champion_version": int(holder.version),
         "model_uri": f"models:/{MODEL_NAME}@{ALIAS}",
     }
 
@@ -172,9 +204,7 @@ def main(argv: list[str]) -> None:
     if not RUNS_FILE.exists():
         raise PipelineError(f"{RUNS_FILE} is missing: run the evaluate stage first")
     runs = pd.read_csv(RUNS_FILE)
-    keys = {
-        run_key(str(r.optimizer), int(r.seed), r.setting == "tuned") for r in runs.itertuples()
-    }
+    keys = {run_key(str(r.optimizer), int(r.seed), r.setting == "tuned") for r in runs.itertuples()}
     run_ids = {k: read_json(TRAIN_METRICS_DIR / f"{k}.json").get("mlflow_run_id") for k in keys}
     write_json_atomic(CHAMPION_FILE, champion(run_ids, runs))
 

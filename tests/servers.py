@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,7 +27,9 @@ POSTGRES_ENV = "TEST_POSTGRES_URI"
 INSTALL_POSTGRES = "install PostgreSQL (Debian/Ubuntu: apt-get install postgresql) or set " + (
     f"{POSTGRES_ENV} to a server's URI"
 )
-INSTALL_CHROMIUM = "install Chromium and ChromeDriver (Debian: apt-get install chromium chromium-driver)"
+INSTALL_CHROMIUM = (
+    "install Chromium and ChromeDriver (Debian: apt-get install chromium chromium-driver)"
+)
 
 
 def free_port() -> int:
@@ -91,15 +94,18 @@ def server(
 
 
 @contextlib.contextmanager
-def postgres(folder: Path) -> Iterator[str]:
-    """A PostgreSQL server: `$TEST_POSTGRES_URI`, or a throwaway cluster in ``folder`` started
-    by scripts/postgres-local on a free port. Yields the URI of a database to connect to."""
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server: `$TEST_POSTGRES_URI`, or a throwaway cluster started by
+    scripts/postgres-local on a free port and deleted after. Yields a database's URI."""
     if uri := os.environ.get(POSTGRES_ENV):
         yield uri
         return
     if not shutil.which("pg_ctl") and not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         pytest.skip(f"PostgreSQL is not installed: {INSTALL_POSTGRES}")
     script = str(SCRIPTS / "postgres-local")
+    # Under the system temp folder, not pytest's: run as root, the script hands the cluster
+    # to user `postgres`, who cannot enter pytest's root-only folders.
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-test-pg-"))
     started = subprocess.run(
         [script, "start", str(folder), str(free_port())], capture_output=True, text=True
     )
@@ -110,6 +116,7 @@ def postgres(folder: Path) -> Iterator[str]:
         yield started.stdout.strip()
     finally:
         subprocess.run([script, "stop", str(folder)], capture_output=True, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def create_database(server_uri: str, name: str) -> str:
@@ -125,7 +132,10 @@ def create_database(server_uri: str, name: str) -> str:
 
 @contextlib.contextmanager
 def tracking_server(
-    backend_uri: str, folder: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None
+    backend_uri: str,
+    folder: Path,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """scripts/tracking-server on ``backend_uri``, artifacts in ``folder``; yields its URL."""
     port = free_port()

@@ -4,16 +4,17 @@ server on PostgreSQL; that server's run comparison seen in headless Chromium."""
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
+import requests
 
 from . import servers
 from .conftest import copy_project, tiny_params, write_params
@@ -142,7 +143,7 @@ def test_queued_experiments_reach_the_sqlite_store_exactly_once(tmp_path, tiny_m
 def server_experiments(tmp_path_factory, tiny_mirror):
     """A tracking server on PostgreSQL that the 8 queued experiments logged to."""
     folder = tmp_path_factory.mktemp("team")
-    with servers.postgres(folder / "pg") as pg:
+    with servers.postgres() as pg:
         backend = servers.create_database(pg, "mlflow_queue")
         with servers.tracking_server(backend, folder / "artifacts") as url:
             root = folder / "project"
@@ -157,3 +158,127 @@ def test_queued_experiments_reach_the_tracking_server_exactly_once(server_experi
     check_each_experiment_logged_once(mlflow.MlflowClient(url))
     # Nothing fell back to a local store.
     assert not (root / "mlflow.db").exists()
+
+
+SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "mlflow-compare.png"
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    # This machine has no internet: without these, Chromium keeps calling home and failing.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--window-size=1920,2200",  # wide enough to draw all four columns
+)
+
+
+def browser():
+    """Headless Debian Chromium driven by its ChromeDriver (no download of either)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = servers.require_chromium()
+    options = Options()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+GRID_CELLS = "//div[contains(@class, 'ReactVirtualized__Grid__innerScrollContainer')]/div"
+
+
+def metric_row(driver, metric: str) -> list[float]:
+    """The values of ``metric`` in the run comparison's Metrics table, left to right: the
+    cells level with its name cell. The table is a virtualized grid that draws only the rows
+    in view, so scroll it until the row is drawn."""
+    from selenium.webdriver.common.by import By
+
+    for _ in range(20):
+        labels = driver.find_elements(By.XPATH, f"{GRID_CELLS}[normalize-space()='{metric}']")
+        if labels:
+            break
+        driver.execute_script(
+            "document.querySelectorAll('.ReactVirtualized__Grid').forEach(g => g.scrollTop += 90)"
+        )
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"the Metrics table shows no row {metric}")
+    label = labels[0].location
+    cells = [
+        cell
+        for cell in driver.find_elements(By.XPATH, GRID_CELLS)
+        if cell.location["y"] == label["y"] and cell.location["x"] > label["x"]
+    ]
+    return [float(cell.text) for cell in sorted(cells, key=lambda cell: cell.location["x"])]
+
+
+def test_the_ui_compares_the_four_training_runs_in_chromium(server_experiments) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, url, _ = server_experiments
+    client = mlflow.MlflowClient(url)
+    experiment = client.get_experiment_by_name("mnist-optimizers")
+    chosen = [exp for exp in EXPERIMENTS if exp.endswith(("lr0.05", "lr0.001"))]
+    runs = [
+        client.search_runs([experiment.experiment_id], f"tags.`dvc.experiment` = '{exp}'")[0]
+        for exp in chosen
+    ]
+    names = [r.info.run_name for r in runs]
+    assert sorted(names) == ["adagrad-42", "adam-42", "rmsprop-42", "sgd-42"]
+    query = urllib.parse.urlencode(
+        {
+            "runs": json.dumps([r.info.run_id for r in runs]),
+            "experiments": json.dumps([experiment.experiment_id]),
+        }
+    )
+    driver = browser()
+    try:
+        driver.get(f"{url}/#/compare-runs?{query}")
+        wait = WebDriverWait(driver, 60)
+        wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "Run Name:"))
+        wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "val_accuracy"))
+        # The assistant's side panel hides part of the table: close it, as a user would.
+        for button in driver.find_elements(By.XPATH, "//button[@aria-label='Close']"):
+            button.click()
+        name_row = driver.find_element(By.XPATH, "//tr[th[normalize-space()='Run Name:']]")
+        shown_names = [td.text for td in name_row.find_elements(By.XPATH, "./td")]
+        shown = metric_row(driver, "val_accuracy")
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        driver.save_screenshot(str(SCREENSHOT))
+    finally:
+        driver.quit()
+
+    assert shown_names == names
+    # The UI rounds to 3 decimals: each column shows its own run's final val_accuracy.
+    expected = [r.data.metrics["val_accuracy"] for r in runs]
+    assert shown == pytest.approx(expected, abs=0.0005)
+
+
+def test_basic_authentication_turns_away_anonymous_clients(tmp_path) -> None:
+    password = "a-test-password-0"
+    with servers.postgres() as pg:
+        backend = servers.create_database(pg, "mlflow_auth")
+        with servers.tracking_server(
+            backend, tmp_path / "artifacts", ["--auth"], {"MLFLOW_AUTH_ADMIN_PASSWORD": password}
+        ) as url:
+            search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+            assert requests.get(search, timeout=10).status_code == 401
+            assert requests.get(search, auth=("admin", "wrong"), timeout=10).status_code == 401
+            assert requests.get(search, auth=("admin", password), timeout=10).status_code == 200
+            # The pipeline's client logs with the credentials from the environment.
+            env = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+            with pytest.MonkeyPatch.context() as mp:
+                for key, value in env.items():
+                    mp.setenv(key, value)
+                client = mlflow.MlflowClient(url)
+                run = client.create_run(client.create_experiment("auth-check"))
+                client.log_metric(run.info.run_id, "val_accuracy", 0.5)
+                assert client.get_run(run.info.run_id).data.metrics == {"val_accuracy": 0.5}
