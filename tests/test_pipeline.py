@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,30 +16,12 @@ import requests
 import yaml
 
 from . import servers
-from .conftest import copy_project, tiny_params, write_params
+from .cli import dvc, project_repo, run, stages_run
+from .conftest import tiny_params
 
 pytestmark = pytest.mark.e2e
 
 OPTIMIZERS = ["sgd", "adagrad", "adam", "rmsprop"]
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    """Run a command; fail the test with its output if it exits non-zero."""
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}:\n{output[-5000:]}"
-    return output
-
-
-def dvc(root: Path, env: dict[str, str], *args: str) -> str:
-    """Run the real DVC CLI in ``root``."""
-    return run([sys.executable, "-m", "dvc", *args], root, env)
-
-
-def stages_run(output: str) -> list[str]:
-    return [
-        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +29,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, tiny_mirror) -> tuple[Path, d
     """A fresh git repo holding the project, with tiny params; and the environment to run it."""
     mirror, sha256 = tiny_mirror
     root = tmp_path_factory.mktemp("project")
-    copy_project(root)
-    write_params(root, tiny_params(sha256))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env |= {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "MNIST_MIRROR": str(mirror),
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.com",
-    }
-    run(["git", "init", "-q"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "project"], root, env)
-    return root, env
+    return root, project_repo(root, mirror, tiny_params(sha256))
 
 
 def client_for(root: Path) -> mlflow.MlflowClient:

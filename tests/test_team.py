@@ -5,7 +5,6 @@ server on PostgreSQL; that server's run comparison seen in headless Chromium."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ import pytest
 import requests
 
 from . import servers
-from .conftest import copy_project, tiny_params, write_params
+from .cli import dvc, project_repo
+from .conftest import tiny_params
 
 pytestmark = pytest.mark.e2e
 
@@ -36,37 +36,12 @@ EXPERIMENTS = {
 QUEUE_TIMEOUT_SECONDS = 900
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}:\n{output[-5000:]}"
-    return output
-
-
-def dvc(root: Path, env: dict[str, str], *args: str) -> str:
-    return run([sys.executable, "-m", "dvc", *args], root, env)
-
-
 def make_repo(root: Path, tiny_mirror) -> dict[str, str]:
     """The project in a fresh git repo at ``root`` on tiny data; the environment to run it."""
     mirror, sha256 = tiny_mirror
-    root.mkdir(parents=True)
-    copy_project(root)
     params = tiny_params(sha256)
     params["train"]["epochs"] = EPOCHS
-    write_params(root, params)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env |= servers.tool_env() | {
-        "MNIST_MIRROR": str(mirror),
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.com",
-    }
-    run(["git", "init", "-q"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "project"], root, env)
-    return env
+    return project_repo(root, mirror, params)
 
 
 def queue_statuses(root: Path, env: dict[str, str]) -> dict[str, str]:
