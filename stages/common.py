@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -87,6 +88,15 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+def yaml_error_text(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: where it is, then what is wrong."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    what = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    text = ", ".join(part for part in what if part) or str(exc).splitlines()[0]
+    return f"{where}: {text}"
+
+
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     """Read params.yaml; a missing file, a YAML error or an unknown section is a ParamsError."""
     try:
@@ -96,7 +106,7 @@ def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     try:
         params = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        raise ParamsError(f"{path}: not valid YAML{yaml_error_text(exc)}") from None
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: expected a mapping of sections {', '.join(SECTIONS)}")
     _check_keys(params, SECTIONS, str(path), required=SECTIONS)
@@ -488,11 +498,28 @@ def setup_logging() -> None:
     )
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (`kill`, a closing terminal, `dvc queue kill`): unwinds the stage like
+    Ctrl-C's KeyboardInterrupt, so that no output is written and the MLflow run is ended."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run_stage(main: Callable[[list[str]], None]) -> None:
-    """Run a stage's ``main``; a PipelineError becomes one clear line and exit status 1."""
+    """Run a stage's ``main``; a PipelineError becomes one clear line and exit status 1.
+    SIGINT (Ctrl-C) and SIGTERM stop it at once, writing nothing, with status 130 or 143."""
     setup_logging()
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         main(sys.argv[1:])
     except PipelineError as exc:
         log.error("%s", exc)
         sys.exit(1)
+    except KeyboardInterrupt:
+        log.error("interrupted (SIGINT): no output written; `dvc repro` runs the stage again")
+        sys.exit(128 + signal.SIGINT)
+    except Terminated:
+        log.error("terminated (SIGTERM): no output written; `dvc repro` runs the stage again")
+        sys.exit(128 + signal.SIGTERM)
