@@ -414,22 +414,40 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     A failure (or Ctrl-C) removes the temporary file, so ``path`` is either the old file or
-    the complete new one, never half-written. ``suffix`` keeps an extension that a writer
-    needs (Keras saves only to names ending in `.keras`).
+    the complete new one, never half-written. A full disk or any other OS error becomes
+    one WriteError that names the file. ``suffix`` keeps an extension that a writer needs
+    (Keras saves only to names ending in `.keras`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        os.close(fd)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     tmp = Path(tmp_name)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(path, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class WriteError(PipelineError):
+    """An output could not be written (a full disk, a read-only folder); nothing replaced."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        super().__init__(
+            f"{path}: cannot write it: {reason}; "
+            + ("the previous file is unchanged" if path.exists() else "nothing was written")
+        )
 
 
 def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
@@ -467,11 +485,21 @@ def read_json(path: Path) -> Any:
 
 
 def load_arrays(data_dir: Path, *names: str) -> list[np.ndarray]:
-    """Load processed arrays by name, with a clear error if one is missing."""
-    try:
-        return [np.load(data_dir / f"{name}.npy", allow_pickle=False) for name in names]
-    except FileNotFoundError as exc:
-        raise PipelineError(f"{exc.filename}: not found; run the preprocess stage first") from None
+    """Load processed arrays by name, with a clear error if one is missing. Never unpickles:
+    a file holding Python objects is refused, not run."""
+    arrays = []
+    for name in names:
+        path = data_dir / f"{name}.npy"
+        try:
+            arrays.append(np.load(path, allow_pickle=False))
+        except FileNotFoundError:
+            raise PipelineError(f"{path}: not found; run the preprocess stage first") from None
+        except ValueError as exc:
+            raise PipelineError(
+                f"{path}: refused, not a plain numeric array ({exc}); "
+                "rerun the preprocess stage: dvc repro --force preprocess"
+            ) from None
+    return arrays
 
 
 def load_training_data(images: int | None = None) -> dict[str, np.ndarray]:
