@@ -35,6 +35,8 @@ HISTORY_DIR = Path("metrics/history")
 TUNE_DIR = Path("metrics/tune")
 EVALUATE_METRICS_FILE = Path("metrics/evaluate.json")
 REPORTS_DIR = Path("reports")
+# Epoch checkpoints of interrupted trainings (train.resume): not DVC outputs, not in git.
+CHECKPOINTS_DIR = Path(".checkpoints")
 
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -191,6 +193,7 @@ class TrainConfig:
     batch_size: int
     seeds: tuple[int, ...]  # one training run per optimizer and seed
     precision: str = "float32"  # a Keras dtype policy: float32, or mixed_bfloat16 (opt-in)
+    resume: bool = False  # keep an epoch checkpoint and continue from it after a stop
 
 
 @dataclass(frozen=True)
@@ -270,7 +273,7 @@ def validate_model(section: Any) -> ModelConfig:
 def validate_train(section: Any) -> TrainConfig:
     """Check the `train` section: positive epochs and batch size, a list of distinct
     non-negative integer seeds, a precision."""
-    keys = ("epochs", "batch_size", "seeds", "precision")
+    keys = ("epochs", "batch_size", "seeds", "precision", "resume")
     _check_keys(section, keys, "train", ("epochs", "batch_size", "seeds"))
     seeds = section["seeds"]
     if (
@@ -288,11 +291,15 @@ def validate_train(section: Any) -> TrainConfig:
         raise ParamsError(
             f"train.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}"
         )
+    resume = section.get("resume", False)
+    if not isinstance(resume, bool):
+        raise ParamsError(f"train.resume: expected true or false, got {resume!r}")
     return TrainConfig(
         epochs=positive_int(section["epochs"], "train.epochs"),
         batch_size=positive_int(section["batch_size"], "train.batch_size"),
         seeds=tuple(seeds),
         precision=precision,
+        resume=resume,
     )
 
 

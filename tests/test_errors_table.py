@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from stages import common
 from stages.common import PipelineError
 
 ERRORS_DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -36,8 +37,8 @@ def params_text(params: dict[str, Any], change: str) -> str:
     """The params.yaml a user would have after typing ``change`` (`dotted.key: yaml value`):
     a value that is not YAML goes into the file as typed, breaking it the way it would."""
     key, _, typed = change.partition(": ")
-    try:
-        value = yaml.safe_load(typed)
+    try:  # read as the pipeline reads params.yaml (`1e-3` is a number)
+        value = yaml.load(typed, Loader=common._Yaml12Loader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError:
         value = RAW
     params = copy.deepcopy(params)

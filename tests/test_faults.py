@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -28,9 +29,9 @@ CODE = {"PYTHONPATH": str(servers.PROJECT_ROOT)}
 OUTPUTS = ("models/adam-42.keras", "metrics/history/adam-42.csv", "metrics/train/adam-42.json")
 
 
-def long_training(project: Path) -> None:
+def long_training(project: Path, **train: Any) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["epochs"] = EPOCHS
+    params["train"] |= {"epochs": EPOCHS} | train
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -77,15 +78,13 @@ def train_to_the_end(project: Path) -> dict:
     return json.loads((project / "metrics" / "train" / "adam-42.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_mirror) -> tuple[dict, list[np.ndarray]]:
-    """The metrics and weights of the same training, never interrupted."""
+def train_uninterrupted(folder: Path, tiny_mirror, **train: Any) -> tuple[dict, list[np.ndarray]]:
+    """The metrics and weights of a training never interrupted, in ``folder``."""
     import keras
 
     from stages import download, preprocess
 
     mirror, sha256 = tiny_mirror
-    folder = tmp_path_factory.mktemp("uninterrupted")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         mp.setenv("MNIST_MIRROR", str(mirror))
@@ -93,12 +92,22 @@ def uninterrupted(tmp_path_factory, tiny_mirror) -> tuple[dict, list[np.ndarray]
         from .conftest import tiny_params, write_params
 
         write_params(folder, tiny_params(sha256))
-        long_training(folder)
+        long_training(folder, **train)
         download.main([])
         preprocess.main([])
         metrics = train_to_the_end(folder)
     weights = keras.models.load_model(folder / "models" / "adam-42.keras").get_weights()
     return metrics, weights
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_mirror) -> tuple[dict, list[np.ndarray]]:
+    return train_uninterrupted(tmp_path_factory.mktemp("uninterrupted"), tiny_mirror)
+
+
+# Resume: few epochs of small batches, stopped early, so that the weights are still moving
+# (on the tiny data 40 epochs saturate the loss, and any order of batches would end equal).
+RESUME = {"epochs": 6, "batch_size": 4, "resume": True}
 
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -210,3 +219,48 @@ def test_the_tracking_server_going_away_mid_training_fails_the_stage_cleanly(
     assert f"MLflow tracking store {url} failed during run" in log, log[-3000:]
     assert "nothing was written" in log
     assert not [p for p in OUTPUTS if (processed / p).exists()]
+
+
+def test_with_resume_an_interrupted_training_continues_from_its_last_epoch(
+    processed: Path, tmp_path_factory, tiny_mirror
+) -> None:
+    import keras
+
+    expected_metrics, expected_weights = train_uninterrupted(
+        tmp_path_factory.mktemp("uninterrupted-resume"), tiny_mirror, **RESUME
+    )
+    long_training(processed, **RESUME)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    process = start_training(processed)
+    try:
+        wait_for_epochs(uri, process, processed, epochs=2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 143
+    finally:
+        process.kill()
+    (checkpoint,) = (processed / ".checkpoints").iterdir()
+    done = len(json.loads((checkpoint / "history.json").read_text()))
+    assert 2 <= done < RESUME["epochs"]
+    assert not [p for p in OUTPUTS if (processed / p).exists()]
+
+    metrics = train_to_the_end(processed)
+
+    history = (processed / "metrics" / "history" / "adam-42.csv").read_text().splitlines()
+    assert len(history) == RESUME["epochs"] + 1  # header + every epoch, resumed ones included
+    finished = [
+        r
+        for r in client(processed).search_runs(
+            [client(processed).get_experiment_by_name("mnist-optimizers").experiment_id],
+            "attributes.status = 'FINISHED'",
+        )
+    ]
+    (run,) = finished
+    assert run.data.tags["resumed_after_epoch"] == str(done)
+    steps = [m.step for m in client(processed).get_metric_history(run.info.run_id, "val_accuracy")]
+    assert sorted(steps) == list(range(1, RESUME["epochs"] + 1))
+    assert not (processed / ".checkpoints" / checkpoint.name).exists()  # removed once complete
+    weights = keras.models.load_model(processed / "models" / "adam-42.keras").get_weights()
+    gaps = {k: abs(metrics[k] - expected_metrics[k]) for k in ("loss", "val_loss", "val_accuracy")}
+    same_weights = all(np.array_equal(a, b) for a, b in zip(weights, expected_weights, strict=True))
+    print(f"resumed after epoch {done}: differences {gaps}, identical weights: {same_weights}")
+    assert gaps["val_accuracy"] == 0 and same_weights
