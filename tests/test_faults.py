@@ -240,7 +240,9 @@ def test_with_resume_an_interrupted_training_continues_from_its_last_epoch(
         process.kill()
     (checkpoint,) = (processed / ".checkpoints").iterdir()
     done = len(json.loads((checkpoint / "history.json").read_text()))
-    assert 2 <= done < RESUME["epochs"]
+    # MLflow had 2 epochs when the signal went; the checkpoint of the 2nd may not be
+    # written yet (it follows the logging), and then the last complete one is the 1st.
+    assert 1 <= done < RESUME["epochs"]
     assert not [p for p in OUTPUTS if (processed / p).exists()]
 
     metrics = train_to_the_end(processed)
