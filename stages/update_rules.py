@@ -18,6 +18,9 @@ confirmed by those tests):
   keeps the running maximum of the *uncorrected* ``v``.
 - SGD's momentum keeps a velocity that already includes the learning rate
   (``v = momentum * v - lr * g``); Nesterov then steps by ``momentum * v - lr * g``.
+- Precision: the learning rate lives in a float32 variable, and ``ops.cast`` of a Python
+  float goes through float32, so SGD's momentum and Adam's beta powers are float32-rounded
+  even for float64 weights (``as_keras_casts``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 State = dict[str, np.ndarray]
+
+
+def as_keras_casts(value: float) -> float:
+    """``value`` as Keras' ``ops.cast(value, "float64")`` gives it: a Python float becomes a
+    float32 tensor first, so the result is float32-rounded (0.9 -> 0.8999999761581421)."""
+    return float(np.float32(value))
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,9 @@ def sgd(learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = Fal
     def step(w: np.ndarray, g: np.ndarray, state: State, t: int) -> tuple[np.ndarray, State]:
         if not momentum:
             return w - learning_rate * g, state
-        v = momentum * state["v"] - learning_rate * g
-        w = w + (momentum * v - learning_rate * g if nesterov else v)
+        mu = as_keras_casts(momentum)  # ops.cast(self.momentum, variable.dtype)
+        v = mu * state["v"] - learning_rate * g
+        w = w + (mu * v - learning_rate * g if nesterov else v)
         return w, {"v": v}
 
     return Rule(
@@ -171,7 +181,11 @@ def adam(
         if amsgrad:
             new["v_max"] = np.maximum(state["v_max"], v)
             v = new["v_max"]
-        alpha = learning_rate * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        # ops.power(ops.cast(beta, dtype), t): float32-rounded betas in the bias correction
+        # only; the moving averages multiply by the exact 1 - beta.
+        beta_1_power = as_keras_casts(beta_1) ** t
+        beta_2_power = as_keras_casts(beta_2) ** t
+        alpha = learning_rate * np.sqrt(1 - beta_2_power) / (1 - beta_1_power)
         return w - alpha * m / (np.sqrt(v) + epsilon), new
 
     return Rule(
