@@ -101,3 +101,50 @@ def trajectory(
         if not np.all(np.isfinite(point)):
             break
     return np.array(points)
+
+
+def losses(function: TestFunction, points: np.ndarray) -> np.ndarray:
+    """The function's value at each point."""
+    return np.array([function.f(x, y) for x, y in points])
+
+
+def plot(name: str, function: TestFunction, paths: dict[str, np.ndarray], path) -> None:
+    """Contour plot with every optimizer's path (left) and the loss per step (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from stages.common import atomic_path
+
+    x_min, x_max, y_min, y_max = function.window
+    xs, ys = np.meshgrid(np.linspace(x_min, x_max, 300), np.linspace(y_min, y_max, 300))
+    zs = np.vectorize(function.f)(xs, ys)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    shifted = zs - zs.min() + 1e-3  # log levels need positive values (the saddle has none)
+    left.contour(
+        xs,
+        ys,
+        shifted,
+        levels=np.geomspace(shifted.min(), shifted.max(), 30),
+        cmap="Greys",
+        linewidths=0.6,
+    )
+    for label, points in paths.items():
+        inside = points[np.all(np.isfinite(points), axis=1)]
+        (line,) = left.plot(inside[:, 0], inside[:, 1], marker=".", markersize=3, label=label)
+        right.plot(losses(function, inside), color=line.get_color(), label=label)
+    left.plot(*function.start, "ko")
+    if function.minimum:
+        left.plot(*function.minimum, "k*", markersize=12)
+    left.set(
+        xlim=(x_min, x_max), ylim=(y_min, y_max), title=f"{name}: paths", xlabel="x", ylabel="y"
+    )
+    right.set(title=f"{name}: loss per step", xlabel="step", ylabel="f(x, y)")
+    if function.minimum:
+        right.set_yscale("symlog", linthresh=1e-4)
+    left.legend(fontsize="small")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
