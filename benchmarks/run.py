@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from stages.common import run_key
+
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = (
     "noop",
@@ -45,12 +47,7 @@ PARTS = (
 )
 OPTIMIZERS = ("sgd", "adagrad", "adam", "rmsprop")
 SEED = 42  # the seed of the runs timed one at a time: train@adam-42
-ADAM = f"train@adam-{SEED}"
-
-
-def run_name(name: str, seed: int = SEED) -> str:
-    """The training stage's outputs' name: `adam-42`."""
-    return f"{name}-{seed}"
+ADAM = f"train@{run_key('adam', SEED)}"
 
 
 @dataclass(frozen=True)
@@ -167,7 +164,7 @@ def bench_pipeline(clone: Path, runs: int, log: Path) -> dict:
     rows = []
     for i in range(runs):
         stage = measure(dvc_command("repro", "-f", "-s", ADAM), clone, log)
-        stage_metrics = train_metrics(clone, run_name("adam"))
+        stage_metrics = train_metrics(clone, run_key("adam", SEED))
         plain_out = clone / "plain.json"
         plain = measure(
             [
@@ -248,7 +245,7 @@ def achieved_flops(clone: Path, flops: dict) -> dict:
     """FLOP/s of train@adam's median float32 epoch: its training images forward and backward,
     its validation images forward."""
     counts = json.loads((clone / "data" / "processed" / "data.json").read_text())["counts"]
-    seconds = statistics.median(epoch_seconds(clone, run_name("adam")))
+    seconds = statistics.median(epoch_seconds(clone, run_key("adam", SEED)))
     work = (
         counts["train"] * flops["train_flops_per_image"]
         + counts["val"] * flops["forward_flops_per_image"]
@@ -305,7 +302,7 @@ def bench_precision(clone: Path, log: Path) -> dict:
         for precision in ("float32", "mixed_bfloat16"):
             set_params(clone, train__precision=precision)
             measure([sys.executable, "-m", "stages.train", name, str(SEED)], clone, log)
-            metrics = train_metrics(clone, run_name(name))
+            metrics = train_metrics(clone, run_key(name, SEED))
             row[precision] = {
                 "precision_used": metrics["precision"],
                 "epoch_seconds": epoch_seconds(clone, name),
@@ -427,7 +424,7 @@ def bench_parallel(clone: Path, runs: int, log: Path) -> dict:
             else:
                 run_parallel(clone, 2, log)
             row[f"{mode}_seconds"] = time.perf_counter() - start
-            metrics = {name: train_metrics(clone, run_name(name, seed)) for name in OPTIMIZERS}
+            metrics = {name: train_metrics(clone, run_key(name, seed)) for name in OPTIMIZERS}
             row[f"{mode}_threads"] = metrics["adam"]["threads"]
             row[f"{mode}_val_accuracy"] = {n: m["val_accuracy"] for n, m in metrics.items()}
         rows.append(row)

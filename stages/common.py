@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -34,6 +35,8 @@ HISTORY_DIR = Path("metrics/history")
 TUNE_DIR = Path("metrics/tune")
 EVALUATE_METRICS_FILE = Path("metrics/evaluate.json")
 REPORTS_DIR = Path("reports")
+# Epoch checkpoints of interrupted trainings (train.resume): not DVC outputs, not in git.
+CHECKPOINTS_DIR = Path(".checkpoints")
 
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -87,6 +90,15 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+def yaml_error_text(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: where it is, then what is wrong."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    what = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    text = ", ".join(part for part in what if part) or str(exc).splitlines()[0]
+    return f"{where}: {text}"
+
+
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     """Read params.yaml; a missing file, a YAML error or an unknown section is a ParamsError."""
     try:
@@ -96,7 +108,7 @@ def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     try:
         params = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        raise ParamsError(f"{path}: not valid YAML{yaml_error_text(exc)}") from None
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: expected a mapping of sections {', '.join(SECTIONS)}")
     _check_keys(params, SECTIONS, str(path), required=SECTIONS)
@@ -181,6 +193,7 @@ class TrainConfig:
     batch_size: int
     seeds: tuple[int, ...]  # one training run per optimizer and seed
     precision: str = "float32"  # a Keras dtype policy: float32, or mixed_bfloat16 (opt-in)
+    resume: bool = False  # keep an epoch checkpoint and continue from it after a stop
 
 
 @dataclass(frozen=True)
@@ -260,7 +273,7 @@ def validate_model(section: Any) -> ModelConfig:
 def validate_train(section: Any) -> TrainConfig:
     """Check the `train` section: positive epochs and batch size, a list of distinct
     non-negative integer seeds, a precision."""
-    keys = ("epochs", "batch_size", "seeds", "precision")
+    keys = ("epochs", "batch_size", "seeds", "precision", "resume")
     _check_keys(section, keys, "train", ("epochs", "batch_size", "seeds"))
     seeds = section["seeds"]
     if (
@@ -278,11 +291,15 @@ def validate_train(section: Any) -> TrainConfig:
         raise ParamsError(
             f"train.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}"
         )
+    resume = section.get("resume", False)
+    if not isinstance(resume, bool):
+        raise ParamsError(f"train.resume: expected true or false, got {resume!r}")
     return TrainConfig(
         epochs=positive_int(section["epochs"], "train.epochs"),
         batch_size=positive_int(section["batch_size"], "train.batch_size"),
         seeds=tuple(seeds),
         precision=precision,
+        resume=resume,
     )
 
 
@@ -404,22 +421,40 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     A failure (or Ctrl-C) removes the temporary file, so ``path`` is either the old file or
-    the complete new one, never half-written. ``suffix`` keeps an extension that a writer
-    needs (Keras saves only to names ending in `.keras`).
+    the complete new one, never half-written. A full disk or any other OS error becomes
+    one WriteError that names the file. ``suffix`` keeps an extension that a writer needs
+    (Keras saves only to names ending in `.keras`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        os.close(fd)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     tmp = Path(tmp_name)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(path, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class WriteError(PipelineError):
+    """An output could not be written (a full disk, a read-only folder); nothing replaced."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        super().__init__(
+            f"{path}: cannot write it: {reason}; "
+            + ("the previous file is unchanged" if path.exists() else "nothing was written")
+        )
 
 
 def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
@@ -457,11 +492,21 @@ def read_json(path: Path) -> Any:
 
 
 def load_arrays(data_dir: Path, *names: str) -> list[np.ndarray]:
-    """Load processed arrays by name, with a clear error if one is missing."""
-    try:
-        return [np.load(data_dir / f"{name}.npy", allow_pickle=False) for name in names]
-    except FileNotFoundError as exc:
-        raise PipelineError(f"{exc.filename}: not found; run the preprocess stage first") from None
+    """Load processed arrays by name, with a clear error if one is missing. Never unpickles:
+    a file holding Python objects is refused, not run."""
+    arrays = []
+    for name in names:
+        path = data_dir / f"{name}.npy"
+        try:
+            arrays.append(np.load(path, allow_pickle=False))
+        except FileNotFoundError:
+            raise PipelineError(f"{path}: not found; run the preprocess stage first") from None
+        except ValueError as exc:
+            raise PipelineError(
+                f"{path}: refused, not a plain numeric array ({exc}); "
+                "rerun the preprocess stage: dvc repro --force preprocess"
+            ) from None
+    return arrays
 
 
 def load_training_data(images: int | None = None) -> dict[str, np.ndarray]:
@@ -488,11 +533,28 @@ def setup_logging() -> None:
     )
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (`kill`, a closing terminal, `dvc queue kill`): unwinds the stage like
+    Ctrl-C's KeyboardInterrupt, so that no output is written and the MLflow run is ended."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run_stage(main: Callable[[list[str]], None]) -> None:
-    """Run a stage's ``main``; a PipelineError becomes one clear line and exit status 1."""
+    """Run a stage's ``main``; a PipelineError becomes one clear line and exit status 1.
+    SIGINT (Ctrl-C) and SIGTERM stop it at once, writing nothing, with status 130 or 143."""
     setup_logging()
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         main(sys.argv[1:])
     except PipelineError as exc:
         log.error("%s", exc)
         sys.exit(1)
+    except KeyboardInterrupt:
+        log.error("interrupted (SIGINT): no output written; `dvc repro` runs the stage again")
+        sys.exit(128 + signal.SIGINT)
+    except Terminated:
+        log.error("terminated (SIGTERM): no output written; `dvc repro` runs the stage again")
+        sys.exit(128 + signal.SIGTERM)

@@ -82,10 +82,19 @@ class Evaluation:
 
 
 def load_model(path: Path) -> keras.Model:
-    """Load a trained model in Keras' safe mode, with a clear error if it is missing."""
+    """Load a trained model in Keras' safe mode: a model file that would run Python code
+    (a Lambda layer, a pickled function) is refused with a clear error, never executed."""
     if not path.exists():
         raise PipelineError(f"{path}: not found; run its training stage (dvc repro)")
-    return keras.saving.load_model(path, safe_mode=True)
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except ValueError as exc:
+        if "safe_mode" not in str(exc) and "unsafe" not in str(exc).lower():
+            raise
+        raise PipelineError(
+            f"{path}: refused: it holds Python code, which Keras' safe mode does not run "
+            "(this pipeline never saves such a model); retrain it: dvc repro --force"
+        ) from None
 
 
 def evaluate_model(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> Evaluation:

@@ -4,13 +4,22 @@ By default runs go to a SQLite store, `mlflow.db` at the project root, with arti
 `mlartifacts/` beside it. The root is `$DVC_ROOT` when DVC sets it: `dvc exp run --temp`
 and `--queue` run stages in a temporary copy of the repo but point `DVC_ROOT` at the
 original, so their runs land in the same store. `MLFLOW_TRACKING_URI` overrides all of it.
+
+SQLite takes one writer at a time. Two stages at once (`dvc queue start -j 2`) are safe:
+the first to open a new store creates its tables while holding a lock file beside it
+(`mlflow.db.lock`), since MLflow's schema migration is not safe to run twice at once, and
+every writer waits up to SQLITE_TIMEOUT_SECONDS for the other's write to end instead of
+failing with "database is locked". Many machines, or many writers, need the tracking server
+(README: Team mode).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +29,14 @@ import requests
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
-from stages.common import PipelineError
+from stages.common import PipelineError, Terminated
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 HEALTH_TIMEOUT_SECONDS = 5
+HOST_TAG, PID_TAG = "pipeline.host", "pipeline.pid"
+# How long a SQLite writer waits for another's write before "database is locked".
+SQLITE_TIMEOUT_SECONDS = 60
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +53,35 @@ def project_root() -> Path:
 def tracking_uri() -> str:
     """`$MLFLOW_TRACKING_URI`, or the SQLite store at the project root as an absolute URI."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / STORE_FILE}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (query string dropped), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").partition("?")[0])
+
+
+def with_sqlite_timeout(uri: str) -> str:
+    """A SQLite URI whose connections wait for other writers (sqlite3's `timeout`), unless
+    it sets a timeout of its own; any other URI unchanged."""
+    if sqlite_path(uri) is None or "timeout=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_TIMEOUT_SECONDS}"
+
+
+def init_sqlite_store(uri: str) -> None:
+    """Create or upgrade the tables of a SQLite store, one process at a time."""
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)  # migrates if needed
+        except MlflowException as exc:
+            raise TrackingError(f"MLflow tracking store {uri}: {exc.message}") from None
 
 
 def check_tracking_server(uri: str) -> None:
@@ -66,8 +107,9 @@ def check_tracking_server(uri: str) -> None:
 
 def connect() -> str:
     """Point MLflow at the tracking store, checked reachable; return its URI."""
-    uri = tracking_uri()
+    uri = with_sqlite_timeout(tracking_uri())
     check_tracking_server(uri)
+    init_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -83,7 +125,7 @@ def setup_experiment(name: str) -> str:
         if experiment is not None:
             return experiment.experiment_id
         location = None
-        if uri.startswith("sqlite:///"):
+        if sqlite_path(uri) is not None:
             location = (project_root() / ARTIFACTS_DIR).as_uri()
         try:
             return client.create_experiment(name, artifact_location=location)
@@ -109,8 +151,13 @@ def git_commit() -> str | None:
 
 
 def run_tags(stage: str) -> dict[str, str]:
-    """Tags that tie a run to its DVC stage, git commit and DVC experiment."""
-    tags = {"dvc.stage": os.environ.get("DVC_STAGE", stage)}
+    """Tags that tie a run to its DVC stage, git commit and DVC experiment, and to the
+    process that logs it (so a later run can tell it was orphaned: end_orphaned_runs)."""
+    tags = {
+        "dvc.stage": os.environ.get("DVC_STAGE", stage),
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
+    }
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -119,19 +166,82 @@ def run_tags(stage: str) -> dict[str, str]:
     return tags
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process of this machine running a pipeline stage."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # the number may have been reused by another program since
+        return b"stages." in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
+def end_orphaned_runs(experiment_id: str, stage: str) -> list[str]:
+    """Mark FAILED the runs of ``stage`` still RUNNING whose process on this machine is gone
+    (killed with SIGKILL, or the machine lost power): nothing else will ever end them.
+    Runs of other machines, or of live processes (a parallel experiment), are left alone.
+    Return the ids of the runs ended."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    running = client.search_runs(
+        [experiment_id],
+        f"tags.`dvc.stage` = '{stage}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    ended = []
+    for run in running:
+        tags = run.data.tags
+        if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
+            continue
+        if process_alive(int(tags[PID_TAG])):
+            continue
+        client.set_tag(run.info.run_id, "pipeline.end_reason", "its process died (found later)")
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        ended.append(run.info.run_id)
+        log.warning(
+            "MLflow run %s (%s) was left RUNNING by process %s, which is gone: marked FAILED",
+            run.info.run_id, run.info.run_name, tags[PID_TAG],
+        )  # fmt: skip
+    return ended
+
+
+def _end_run_quietly(status: RunStatus) -> None:
+    """End the active run (MLflow drops it from its stack first); if the store itself is
+    what failed, the run stays RUNNING there, and the next run of the stage ends it."""
+    try:
+        mlflow.end_run(RunStatus.to_string(status))
+    except Exception:  # noqa: BLE001 - the store is down: nothing more can be recorded
+        log.warning("could not mark the MLflow run %s", RunStatus.to_string(status))
+
+
 @contextlib.contextmanager
 def tracked_run(
     experiment_id: str, run_name: str, tags: dict[str, str], nested: bool = False
 ) -> Iterator[mlflow.ActiveRun]:
     """Start an MLflow run (a child of the active one when ``nested``); end it FINISHED,
-    KILLED on Ctrl-C, or FAILED on any error."""
+    KILLED on Ctrl-C or SIGTERM, or FAILED on any error. A top-level run first ends the
+    orphaned runs of its stage. If the store stops answering mid-run, the stage fails with
+    a TrackingError: it never succeeds with its run missing from MLflow."""
+    if not nested:
+        end_orphaned_runs(experiment_id, tags["dvc.stage"])
     run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested)
     try:
         yield run
-    except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+    except (KeyboardInterrupt, Terminated):
+        _end_run_quietly(RunStatus.KILLED)
         raise
+    except MlflowException as exc:
+        _end_run_quietly(RunStatus.FAILED)
+        raise TrackingError(
+            f"MLflow tracking store {mlflow.get_tracking_uri()} failed during run "
+            f"{run.info.run_id} ({run_name}): {exc.message}; nothing was written. "
+            "Rerun when it answers, or point MLFLOW_TRACKING_URI elsewhere."
+        ) from None
     except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        _end_run_quietly(RunStatus.FAILED)
         raise
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import inspect
 import io
+import json
 import logging
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -35,6 +38,7 @@ from mlflow.models import infer_signature
 
 from stages import runtime, tracking
 from stages.common import (
+    CHECKPOINTS_DIR,
     HISTORY_DIR,
     MODELS_DIR,
     PROCESSED_DIR,
@@ -165,9 +169,10 @@ class EpochTracker(keras.callbacks.Callback):
     """Times each epoch, adds `epoch_seconds` to its logs and sends them to MLflow
     with step = epochs completed (1, 2, ...); counts the seconds spent logging."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: list[dict[str, float]] | None = None) -> None:
+        """``history``: the epochs a resumed training already has."""
         super().__init__()
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = list(history or [])
         self.logging_seconds = 0.0
         self._start = 0.0
 
@@ -184,24 +189,87 @@ class EpochTracker(keras.callbacks.Callback):
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
 
 
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch, save the weights and optimizer state as `epoch-<n>.weights.h5`,
+    then the history so far as `history.json`, each atomically: a stop at any moment
+    leaves the last complete pair. (Keras' BackupAndRestore writes its file in place, and a
+    SIGTERM during that write left a file it could not load.)"""
+
+    def __init__(self, folder: Path, tracker: EpochTracker) -> None:
+        super().__init__()
+        self.folder = folder
+        self.tracker = tracker
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        weights = self.folder / f"epoch-{epoch + 1}.weights.h5"
+        with atomic_path(weights, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp, overwrite=True)
+        write_json_atomic(self.folder / HISTORY_FILE, self.tracker.history)
+        for old in self.folder.glob("epoch-*.weights.h5"):
+            if old != weights:
+                old.unlink(missing_ok=True)
+
+
+HISTORY_FILE = "history.json"
+
+
+def checkpoint_dir(key: str, config: dict[str, Any]) -> Path:
+    """The checkpoint folder of one training and configuration: a checkpoint made with other
+    params or data is never resumed, it is simply not found."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    return CHECKPOINTS_DIR / f"{key}-{digest[:16]}"
+
+
+def resume_from(folder: Path, model: keras.Model) -> list[dict[str, float]]:
+    """Load the last complete checkpoint in ``folder`` into ``model`` (weights and optimizer
+    state); return the history of the epochs it holds, or [] to start from scratch."""
+    try:
+        history = json.loads((folder / HISTORY_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    weights = folder / f"epoch-{len(history)}.weights.h5"
+    if not history or not weights.exists():
+        return []
+    model.optimizer.build(model.trainable_variables)  # so that its state can be loaded
+    model.load_weights(weights)
+    return history
+
+
 def fit_model(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
     data: dict[str, np.ndarray],
     epochs: int,
     batch_size: int,
+    checkpoint: Path | None = None,
 ) -> EpochTracker:
-    """Compile and fit; return the tracker that holds one row per epoch and its seconds."""
+    """Compile and fit; return the tracker that holds one row per epoch and its seconds.
+    With ``checkpoint``, keep the weights, optimizer state and history there after every
+    epoch, and continue from them if an earlier run left them."""
     # Integer labels with the sparse loss: the same categorical cross-entropy, no one-hot copy.
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    tracker = EpochTracker()
+    done: list[dict[str, float]] = []
+    if checkpoint is not None:
+        done = resume_from(checkpoint, model)
+        if done:
+            log.info("resuming from %s after epoch %d of %d", checkpoint, len(done), epochs)
+            for row in done:  # the new MLflow run gets the whole history
+                mlflow.log_metrics(
+                    {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]
+                )
+            mlflow.set_tag("resumed_after_epoch", str(len(done)))
+    tracker = EpochTracker(done)
+    callbacks: list[keras.callbacks.Callback] = [tracker]
+    if checkpoint is not None:
+        callbacks.append(EpochCheckpoint(checkpoint, tracker))
     model.fit(
         data["x_train"],
         data["y_train"],
         validation_data=(data["x_val"], data["y_val"]),
         epochs=epochs,
         batch_size=batch_size,
-        callbacks=[tracker],
+        callbacks=callbacks,
+        initial_epoch=len(done),
         verbose=2,
     )
     return tracker
@@ -344,9 +412,12 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
                     "runtime.inter_op_threads": threads.inter_op,
                 }
             )
+        checkpoint = None
+        if train_config.resume:
+            checkpoint = checkpoint_dir(key, {"params": params, "seed": seed, "data": data_summary})
         with timed(seconds, "fit"):
             tracker = fit_model(
-                model, optimizer, data, train_config.epochs, train_config.batch_size
+                model, optimizer, data, train_config.epochs, train_config.batch_size, checkpoint
             )
         # The per-epoch metrics were logged during fit: count them as logging, not fitting.
         seconds["fit"] -= tracker.logging_seconds
@@ -376,6 +447,8 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
         write_text_atomic(HISTORY_DIR / f"{key}.csv", history_csv(history))
         rounded = {part: round(value, 3) for part, value in seconds.items()}
         write_json_atomic(TRAIN_METRICS_DIR / f"{key}.json", metrics | {"seconds": rounded})
+    if checkpoint is not None:
+        shutil.rmtree(checkpoint, ignore_errors=True)  # the outputs are complete
     log.info("%s: val_accuracy %.4f in %.1f s", stage, last["val_accuracy"], seconds["fit"])
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import gzip
 import http.server
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,8 +35,10 @@ def http_mirror(tiny_mirror) -> Iterator[str]:
         server.server_close()
 
 
-def config(sha256: dict[str, str], mirrors: tuple[str, ...] = ()) -> DownloadConfig:
-    return DownloadConfig(mirrors=mirrors, sha256=sha256, timeout_seconds=5)
+def config(
+    sha256: dict[str, str], mirrors: tuple[str, ...] = (), timeout: float = 5
+) -> DownloadConfig:
+    return DownloadConfig(mirrors=mirrors, sha256=sha256, timeout_seconds=timeout)
 
 
 def test_env_mirror_comes_first_and_relative_folders_resolve_against_the_root(
@@ -115,3 +119,44 @@ def test_checksum_is_of_the_decompressed_content() -> None:
     assert download.decompressed_sha256(wrapped_twice[0]) == download.decompressed_sha256(
         wrapped_twice[1]
     )
+
+
+@pytest.fixture
+def hanging_mirror() -> Iterator[str]:
+    """A mirror that accepts the connection and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        listener.close()
+
+
+def test_a_mirror_that_times_out_is_skipped_for_the_next(
+    tmp_path: Path, tiny_mirror, hanging_mirror: str
+) -> None:
+    good, sha256 = tiny_mirror
+    out = tmp_path / "raw"
+    started = time.monotonic()
+    download.download_all(config(sha256, timeout=0.5), [hanging_mirror, str(good)], out)
+    assert time.monotonic() - started < 4 * 0.5 * len(MNIST_FILES) + 5
+    for name in MNIST_FILES:
+        assert (out / name).read_bytes() == (good / name).read_bytes()
+
+
+def test_a_corrupted_byte_is_caught_and_nothing_unverified_is_kept(
+    tmp_path: Path, tiny_mirror
+) -> None:
+    good, sha256 = tiny_mirror
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for name in MNIST_FILES:
+        data = bytearray((good / name).read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte in the compressed stream
+        (corrupt / name).write_bytes(bytes(data))
+    out = tmp_path / "raw"
+    with pytest.raises(download.DownloadError) as error:
+        download.download_all(config(sha256), [str(corrupt)], out)
+    assert f"{corrupt}: " in str(error.value)
+    assert not out.exists() or not any(out.iterdir())

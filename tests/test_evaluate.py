@@ -235,3 +235,24 @@ def test_a_missing_model_names_the_stage_to_run(trained: Path) -> None:
     ):
         evaluate.main([])
     assert not EVALUATE_METRICS_FILE.exists()
+
+
+def test_a_model_file_holding_code_is_refused_not_run(tmp_path: Path) -> None:
+    """Keras' safe mode: a Lambda layer's Python function in a model file never runs."""
+    marker = tmp_path / "code-ran"
+    code = f"lambda x: (open({str(marker)!r}, 'w').close(), x)[1]"
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(eval(code))])  # noqa: S307
+    path = tmp_path / "adam-42.keras"
+    model.save(path)
+    marker.unlink()  # building the model ran it once, here, in the test
+    with pytest.raises(PipelineError, match="refused: it holds Python code"):
+        evaluate.load_model(path)
+    assert not marker.exists()
+
+
+def test_processed_arrays_are_never_unpickled(tmp_path: Path) -> None:
+    from stages.common import load_arrays
+
+    np.save(tmp_path / "x_test.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(PipelineError, match="refused, not a plain numeric array"):
+        load_arrays(tmp_path, "x_test")

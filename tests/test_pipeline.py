@@ -5,39 +5,23 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
+import requests
 import yaml
 
-from .conftest import copy_project, tiny_params, write_params
+from . import servers
+from .cli import dvc, project_repo, run, stages_run
+from .conftest import tiny_params
 
 pytestmark = pytest.mark.e2e
 
 OPTIMIZERS = ["sgd", "adagrad", "adam", "rmsprop"]
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    """Run a command; fail the test with its output if it exits non-zero."""
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}:\n{output[-5000:]}"
-    return output
-
-
-def dvc(root: Path, env: dict[str, str], *args: str) -> str:
-    """Run the real DVC CLI in ``root``."""
-    return run([sys.executable, "-m", "dvc", *args], root, env)
-
-
-def stages_run(output: str) -> list[str]:
-    return [
-        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -45,21 +29,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, tiny_mirror) -> tuple[Path, d
     """A fresh git repo holding the project, with tiny params; and the environment to run it."""
     mirror, sha256 = tiny_mirror
     root = tmp_path_factory.mktemp("project")
-    copy_project(root)
-    write_params(root, tiny_params(sha256))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env |= {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "MNIST_MIRROR": str(mirror),
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.com",
-    }
-    run(["git", "init", "-q"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "project"], root, env)
-    return root, env
+    return root, project_repo(root, mirror, tiny_params(sha256))
 
 
 def client_for(root: Path) -> mlflow.MlflowClient:
@@ -90,13 +60,14 @@ TRAINING = [
     *(f"train_tuned@{n}-42" for n in OPTIMIZERS),
     "gd_variants",
 ]
+AFTER_TRAINING = ["evaluate", "report", "register"]
 
 
 def test_dvc_repro_runs_every_stage(reproduced) -> None:
     root, _, output = reproduced
     ran = stages_run(output)
-    assert ran[:2] == ["download", "preprocess"] and ran[-2:] == ["evaluate", "report"]
-    assert sorted(ran[2:-2]) == sorted(TRAINING)
+    assert ran[:2] == ["download", "preprocess"] and ran[-3:] == AFTER_TRAINING
+    assert sorted(ran[2:-3]) == sorted(TRAINING)
     # Each optimizer's grid comes before the runs that train its best rate.
     for name in OPTIMIZERS:
         assert ran.index(f"tune@{name}") < ran.index(f"train_tuned@{name}-42")
@@ -130,6 +101,58 @@ def test_mlflow_holds_one_complete_run_per_training(reproduced) -> None:
         assert {"evaluation", "comparison", "report"} <= artifacts
         assert mlflow.keras.load_model(f"runs:/{r.info.run_id}/model").output_shape == (None, 10)
     assert not (root / "mlruns").exists()
+
+
+def test_the_best_model_by_validation_accuracy_is_registered_once_as_champion(
+    reproduced,
+) -> None:
+    root, env, _ = reproduced
+    runs = pd.read_csv(root / "reports" / "runs.csv")
+    best = runs.loc[runs["val_accuracy"].idxmax()]  # validation, never test
+    champion = json.loads((root / "reports" / "champion.json").read_text())
+    assert (champion["optimizer"], champion["seed"], champion["setting"]) == (
+        best["optimizer"], best["seed"], best["setting"]
+    )  # fmt: skip
+    client = client_for(root)
+    version = client.get_model_version_by_alias("mnist-cnn", "champion")
+    assert int(version.version) == champion["version"]
+    assert version.run_id == champion["mlflow_run_id"]
+    run = client.get_run(version.run_id)
+    key = f"{best['optimizer']}-{best['seed']}{'-tuned' if best['setting'] == 'tuned' else ''}"
+    assert run.info.run_name == key
+    assert version.tags["optimizer"] == best["optimizer"]
+    assert version.tags["mlflow.run_id"] == run.info.run_id
+    assert version.tags["dvc.experiment"] == "workspace"  # a plain `dvc repro`
+    assert float(version.tags["val_accuracy"]) == pytest.approx(best["val_accuracy"])
+
+    # Nothing changed: DVC skips the stage; forced, it finds the version and adds none.
+    assert "register" not in stages_run(dvc(root, env, "repro", "register"))
+    assert "register" in stages_run(dvc(root, env, "repro", "--force", "--single-item", "register"))
+    versions = client.search_model_versions("name = 'mnist-cnn'")
+    assert [int(v.version) for v in versions] == [int(version.version)]
+
+
+def test_the_served_champion_predicts_real_test_images(reproduced) -> None:
+    root, env, _ = reproduced
+    x_test = np.load(root / "data" / "processed" / "x_test.npy")[:20]
+    y_test = np.load(root / "data" / "processed" / "y_test.npy")[:20]
+    port = servers.free_port()
+    serve = [
+        str(Path(sys.executable).parent / "mlflow"), "models", "serve",
+        "-m", "models:/mnist-cnn@champion", "--env-manager", "local",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    serve_env = env | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    url = f"http://127.0.0.1:{port}"
+    with servers.server(serve, f"{url}/ping", root.parent / "serve.log", serve_env, timeout=120):
+        response = requests.post(
+            f"{url}/invocations", json={"inputs": x_test.tolist()}, timeout=120
+        )
+    assert response.status_code == 200, response.text
+    probabilities = np.array(response.json()["predictions"])
+    assert probabilities.shape == (20, 10)
+    correct = int((probabilities.argmax(axis=1) == y_test).sum())
+    assert correct >= 19, f"{correct}/20 test images right"
 
 
 def test_each_grid_is_a_parent_run_with_one_child_per_rate(reproduced) -> None:
@@ -196,8 +219,7 @@ def test_changing_one_learning_rate_reruns_only_that_optimizer(reproduced) -> No
         "train@adam-42",
         "tune@adam",
         "train_tuned@adam-42",
-        "evaluate",
-        "report",
+        *AFTER_TRAINING,
     ]
     adam_runs = runs_by_name(root)["adam-42"]
     assert len(adam_runs) == 2
@@ -224,8 +246,7 @@ def test_an_added_optimizer_gets_a_stage_in_a_temp_experiment_and_joins_the_tabl
         "train@nadam-42",
         "tune@nadam",
         "train_tuned@nadam-42",
-        "evaluate",
-        "report",
+        *AFTER_TRAINING,
     ]
     # The temporary copy logged into the project's store, not one of its own.
     nadam = runs_by_name(root)["nadam-42"]
@@ -241,8 +262,7 @@ def test_adding_a_seed_trains_only_the_new_runs(reproduced) -> None:
     output = dvc(root, env, "exp", "run", "--temp", "-S", "train.seeds=[42,43]")
     assert stages_run(output) == [
         *(f"{t}@{n}-43" for t in ("train", "train_tuned") for n in compare),
-        "evaluate",
-        "report",
+        *AFTER_TRAINING,
     ]
 
 
@@ -256,7 +276,7 @@ def test_parallel_runner_trains_in_the_queue_and_repro_takes_the_run_cache(repro
     output = run([sys.executable, "-m", "stages.parallel", "-j", "2"], root, env)
 
     # The queue trained every changed stage; the final `dvc repro` ran only what follows.
-    assert stages_run(output) == ["evaluate", "report"]
+    assert stages_run(output) == AFTER_TRAINING
     cores = len(os.sched_getaffinity(0))
     for name in ("sgd", "adam"):
         metrics = json.loads((root / "metrics" / "train" / f"{name}-42.json").read_text())
@@ -265,3 +285,59 @@ def test_parallel_runner_trains_in_the_queue_and_repro_takes_the_run_cache(repro
     assert adam.data.params["optimizer.learning_rate"] == "0.003"
     assert adam.data.tags["dvc.experiment"]  # logged by a queued experiment
     assert "Data and pipelines are up to date." in dvc(root, env, "status")
+
+
+def test_a_second_clone_takes_results_from_the_dvc_remote_and_trains_nothing(
+    reproduced, tmp_path: Path
+) -> None:
+    """Team storage: one clone pushes its data, models and run cache to a DVC remote; a
+    second clone pulls them and `dvc repro` trains nothing, for the committed params and
+    for params that only the first clone's experiments ran."""
+    root, env, _ = reproduced
+    remote = str(tmp_path / "dvc-remote")  # a local folder here; S3 or SSH for a team (README)
+    # Each clone's own config (.dvc/config.local): `dvc exp apply` below leaves it alone.
+    dvc(root, env, "remote", "add", "--local", "--default", "shared", remote)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "results"], root, env)
+    dvc(root, env, "push", "--run-cache")
+    # Also the outputs of an experiment never committed (adam at 0.002, from an earlier test).
+    dvc(root, env, "exp", "apply", "adam-lr")
+    dvc(root, env, "push", "--run-cache")
+    run(["git", "checkout", "-q", "--", "."], root, env)
+    dvc(root, env, "checkout")
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    dvc(clone, env, "remote", "add", "--local", "--default", "shared", remote)
+    dvc(clone, env, "pull", "--run-cache")
+    assert "Data and pipelines are up to date." in dvc(clone, env, "status")
+    assert stages_run(dvc(clone, env, "repro")) == []
+    for path in ("metrics/evaluate.json", "metrics/train/adam-42.json"):
+        assert json.loads((clone / path).read_text()) == json.loads((root / path).read_text())
+
+    # The learning rate of that experiment: the run cache holds its training, and
+    # `--pull` fetches the outputs it names, so only the stages after training run.
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["optimizers"]["adam"]["learning_rate"] = 0.002
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = dvc(clone, env, "repro", "--pull")
+    assert stages_run(output) == AFTER_TRAINING, output
+    for stage in ("train@adam-42", "tune@adam", "train_tuned@adam-42"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output
+    restored = json.loads((clone / "metrics" / "train" / "adam-42.json").read_text())
+    (trained,) = [
+        r for r in runs_by_name(root)["adam-42"] if r.data.tags.get("dvc.experiment") == "adam-lr"
+    ]
+    assert restored["mlflow_run_id"] == trained.info.run_id
+    assert restored["val_accuracy"] == pytest.approx(trained.data.metrics["val_accuracy"])
+    # The clone's own MLflow store saw no training run.
+    assert not runs_by_name_or_empty(clone)
+
+
+def runs_by_name_or_empty(root: Path) -> dict[str, list]:
+    if not (root / "mlflow.db").exists():
+        return {}
+    client = client_for(root)
+    if client.get_experiment_by_name("mnist-optimizers") is None:
+        return {}
+    return runs_by_name(root)

@@ -1,0 +1,78 @@
+"""docs/errors.md, row by row: each bad params.yaml input, written into a real params file,
+stops the stage a user runs with exactly the message the table shows."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stages import common
+from stages.common import PipelineError
+
+ERRORS_DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+# | 3 | `train.epochs: 0` | train | `` train.epochs: expected a positive integer, got 0 `` |
+ROW = re.compile(
+    r"^\| *\d+ *\| *`(?P<change>[^`]+)` *\| *(?P<stage>\w+) *\| *`` (?P<message>.+) `` *\|$"
+)
+STAGE_ARGS = {"train": ["adam", "42"], "tune": ["adam"]}
+RAW = "typed0as0is0"  # a plain scalar: YAML writes it unquoted
+
+
+def table_rows() -> list[tuple[str, str, str]]:
+    """(change, stage, message) for every row of the bad-params table in docs/errors.md."""
+    rows = []
+    for line in ERRORS_DOC.read_text(encoding="utf-8").splitlines():
+        if match := ROW.match(line):
+            rows.append((match["change"], match["stage"], match["message"]))
+    return rows
+
+
+def params_text(params: dict[str, Any], change: str) -> str:
+    """The params.yaml a user would have after typing ``change`` (`dotted.key: yaml value`):
+    a value that is not YAML goes into the file as typed, breaking it the way it would."""
+    key, _, typed = change.partition(": ")
+    try:  # read as the pipeline reads params.yaml (`1e-3` is a number)
+        value = yaml.load(typed, Loader=common._Yaml12Loader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError:
+        value = RAW
+    params = copy.deepcopy(params)
+    *parents, last = key.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return yaml.safe_dump(params, sort_keys=False).replace(RAW, typed)
+
+
+def stage_message(stage: str) -> str:
+    """What `python -m stages.<stage>` stops with (run_stage prints exactly this)."""
+    module = importlib.import_module(f"stages.{stage}")
+    with pytest.raises(PipelineError) as caught:
+        module.main(STAGE_ARGS.get(stage, []))
+    return str(caught.value)
+
+
+ROWS = table_rows()
+
+
+def test_the_table_covers_at_least_twenty_bad_inputs() -> None:
+    assert len(ROWS) >= 20
+    assert len({change for change, _, _ in ROWS}) == len(ROWS)
+
+
+@pytest.mark.parametrize(("change", "stage", "message"), ROWS, ids=[r[0] for r in ROWS])
+def test_each_bad_input_stops_its_stage_with_the_documented_message(
+    project: Path, change: str, stage: str, message: str
+) -> None:
+    from stages import download
+
+    download.main([])  # the tiny data, so that data-dependent checks see real files
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    (project / "params.yaml").write_text(params_text(params, change))
+    assert stage_message(stage) == message

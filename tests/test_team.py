@@ -1,0 +1,259 @@
+"""Team mode against real servers: 8 experiments queued with `dvc exp run --queue` and run
+by `dvc queue start -j 2`, logged once each to the SQLite store and to an MLflow tracking
+server on PostgreSQL; that server's run comparison seen in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+
+from . import servers
+from .cli import dvc, project_repo
+from .conftest import tiny_params
+
+pytestmark = pytest.mark.e2e
+
+EPOCHS = 2
+# The four optimizers at two learning rates each: 8 experiments, each training one model.
+EXPERIMENTS = {
+    f"{name}-lr{lr}": (name, lr)
+    for name, rates in {
+        "sgd": (0.05, 0.1),
+        "adagrad": (0.05, 0.1),
+        "adam": (0.001, 0.003),
+        "rmsprop": (0.001, 0.003),
+    }.items()
+    for lr in rates
+}
+QUEUE_TIMEOUT_SECONDS = 900
+
+
+def make_repo(root: Path, tiny_mirror) -> dict[str, str]:
+    """The project in a fresh git repo at ``root`` on tiny data; the environment to run it."""
+    mirror, sha256 = tiny_mirror
+    params = tiny_params(sha256)
+    params["train"]["epochs"] = EPOCHS
+    return project_repo(root, mirror, params)
+
+
+def queue_statuses(root: Path, env: dict[str, str]) -> dict[str, str]:
+    """Experiment name -> status, from `dvc queue status` (task, name, created, status)."""
+    statuses = {}
+    for line in dvc(root, env, "queue", "status").splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[1] in EXPERIMENTS:
+            statuses[words[1]] = words[-1]
+    return statuses
+
+
+def run_queue(root: Path, env: dict[str, str], jobs: int = 2) -> dict[str, str]:
+    """Queue every experiment of EXPERIMENTS (the `train` stages only), run the queue
+    ``jobs`` at a time, wait for it; return each experiment's final status."""
+    for exp, (name, lr) in EXPERIMENTS.items():
+        dvc(
+            root, env, "exp", "run", "--queue", "train", "--name", exp,
+            "-S", f"compare=[{name}]", "-S", f"optimizers.{name}.learning_rate={lr}",
+        )  # fmt: skip
+    assert set(queue_statuses(root, env)) == set(EXPERIMENTS)  # all 8 queued
+    dvc(root, env, "queue", "start", "--jobs", str(jobs))
+    deadline = time.monotonic() + QUEUE_TIMEOUT_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            statuses = queue_statuses(root, env)
+            if not {"Queued", "Running"} & set(statuses.values()):
+                return statuses
+            time.sleep(3)
+        pytest.fail(f"the queue did not finish in {QUEUE_TIMEOUT_SECONDS} s: {statuses}")
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "queue", "stop"], cwd=root, env=env, capture_output=True
+        )
+
+
+def check_each_experiment_logged_once(client: mlflow.MlflowClient) -> list:
+    """Every experiment is exactly one finished MLflow run with its learning rate, a
+    val_accuracy per epoch and a logged model; return the runs."""
+    experiment = client.get_experiment_by_name("mnist-optimizers")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    by_exp: dict[str, list] = {}
+    for r in runs:
+        by_exp.setdefault(r.data.tags.get("dvc.experiment", ""), []).append(r)
+    assert {exp: len(rs) for exp, rs in by_exp.items()} == dict.fromkeys(EXPERIMENTS, 1)
+    for exp, (name, lr) in EXPERIMENTS.items():
+        (r,) = by_exp[exp]
+        assert r.info.status == "FINISHED"
+        assert r.info.run_name == f"{name}-42"
+        assert r.data.tags["optimizer"] == name
+        assert float(r.data.params["optimizer.learning_rate"]) == lr
+        history = client.get_metric_history(r.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+        (model,) = r.outputs.model_outputs
+        files = {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+        assert "MLmodel" in files, files
+    return runs
+
+
+def test_queued_experiments_reach_the_sqlite_store_exactly_once(tmp_path, tiny_mirror) -> None:
+    root = tmp_path / "project"
+    env = make_repo(root, tiny_mirror)
+
+    statuses = run_queue(root, env)
+
+    assert statuses == dict.fromkeys(EXPERIMENTS, "Success")
+    # Queued experiments run in copies of the repo; DVC_ROOT leads them to its mlflow.db.
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    check_each_experiment_logged_once(client)
+
+
+@pytest.fixture(scope="module")
+def server_experiments(tmp_path_factory, tiny_mirror):
+    """A tracking server on PostgreSQL that the 8 queued experiments logged to."""
+    folder = tmp_path_factory.mktemp("team")
+    with servers.postgres() as pg:
+        backend = servers.create_database(pg, "mlflow_queue")
+        with servers.tracking_server(backend, folder / "artifacts") as url:
+            root = folder / "project"
+            env = make_repo(root, tiny_mirror) | {"MLFLOW_TRACKING_URI": url}
+            statuses = run_queue(root, env)
+            yield root, url, statuses
+
+
+def test_queued_experiments_reach_the_tracking_server_exactly_once(server_experiments) -> None:
+    root, url, statuses = server_experiments
+    assert statuses == dict.fromkeys(EXPERIMENTS, "Success")
+    check_each_experiment_logged_once(mlflow.MlflowClient(url))
+    # Nothing fell back to a local store.
+    assert not (root / "mlflow.db").exists()
+
+
+SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "mlflow-compare.png"
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    # This machine has no internet: without these, Chromium keeps calling home and failing.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--window-size=1920,2200",  # wide enough to draw all four columns
+)
+
+
+def browser():
+    """Headless Debian Chromium driven by its ChromeDriver (no download of either)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = servers.require_chromium()
+    options = Options()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+GRID_CELLS = "//div[contains(@class, 'ReactVirtualized__Grid__innerScrollContainer')]/div"
+
+
+def metric_row(driver, metric: str) -> list[float]:
+    """The values of ``metric`` in the run comparison's Metrics table, left to right: the
+    cells level with its name cell. The table is a virtualized grid that draws only the rows
+    in view, so scroll it until the row is drawn."""
+    from selenium.webdriver.common.by import By
+
+    for _ in range(20):
+        labels = driver.find_elements(By.XPATH, f"{GRID_CELLS}[normalize-space()='{metric}']")
+        if labels:
+            break
+        driver.execute_script(
+            "document.querySelectorAll('.ReactVirtualized__Grid').forEach(g => g.scrollTop += 90)"
+        )
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"the Metrics table shows no row {metric}")
+    label = labels[0].location
+    cells = [
+        cell
+        for cell in driver.find_elements(By.XPATH, GRID_CELLS)
+        if cell.location["y"] == label["y"] and cell.location["x"] > label["x"]
+    ]
+    return [float(cell.text) for cell in sorted(cells, key=lambda cell: cell.location["x"])]
+
+
+def test_the_ui_compares_the_four_training_runs_in_chromium(server_experiments) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, url, _ = server_experiments
+    client = mlflow.MlflowClient(url)
+    experiment = client.get_experiment_by_name("mnist-optimizers")
+    chosen = [exp for exp in EXPERIMENTS if exp.endswith(("lr0.05", "lr0.001"))]
+    runs = [
+        client.search_runs([experiment.experiment_id], f"tags.`dvc.experiment` = '{exp}'")[0]
+        for exp in chosen
+    ]
+    names = [r.info.run_name for r in runs]
+    assert sorted(names) == ["adagrad-42", "adam-42", "rmsprop-42", "sgd-42"]
+    query = urllib.parse.urlencode(
+        {
+            "runs": json.dumps([r.info.run_id for r in runs]),
+            "experiments": json.dumps([experiment.experiment_id]),
+        }
+    )
+    driver = browser()
+    try:
+        driver.get(f"{url}/#/compare-runs?{query}")
+        wait = WebDriverWait(driver, 60)
+        wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "Run Name:"))
+        wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "val_accuracy"))
+        # The assistant's side panel hides part of the table: close it, as a user would.
+        for button in driver.find_elements(By.XPATH, "//button[@aria-label='Close']"):
+            button.click()
+        name_row = driver.find_element(By.XPATH, "//tr[th[normalize-space()='Run Name:']]")
+        shown_names = [td.text for td in name_row.find_elements(By.XPATH, "./td")]
+        shown = metric_row(driver, "val_accuracy")
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        driver.save_screenshot(str(SCREENSHOT))
+    finally:
+        driver.quit()
+
+    assert shown_names == names
+    # The UI rounds to 3 decimals: each column shows its own run's final val_accuracy.
+    expected = [r.data.metrics["val_accuracy"] for r in runs]
+    assert shown == pytest.approx(expected, abs=0.0005)
+
+
+def test_basic_authentication_turns_away_anonymous_clients(tmp_path) -> None:
+    password = "a-test-password-0"
+    with servers.postgres() as pg:
+        backend = servers.create_database(pg, "mlflow_auth")
+        with servers.tracking_server(
+            backend, tmp_path / "artifacts", ["--auth"], {"MLFLOW_AUTH_ADMIN_PASSWORD": password}
+        ) as url:
+            search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+            assert requests.get(search, timeout=10).status_code == 401
+            assert requests.get(search, auth=("admin", "wrong"), timeout=10).status_code == 401
+            assert requests.get(search, auth=("admin", password), timeout=10).status_code == 200
+            # The pipeline's client logs with the credentials from the environment.
+            env = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+            with pytest.MonkeyPatch.context() as mp:
+                for key, value in env.items():
+                    mp.setenv(key, value)
+                client = mlflow.MlflowClient(url)
+                run = client.create_run(client.create_experiment("auth-check"))
+                client.log_metric(run.info.run_id, "val_accuracy", 0.5)
+                assert client.get_run(run.info.run_id).data.metrics == {"val_accuracy": 0.5}
