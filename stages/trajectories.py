@@ -13,10 +13,26 @@ optimizer, x, y, loss: the data behind `dvc plots`), and logs them to MLflow.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from stages.common import (
+    REPORTS_DIR,
+    ParamsError,
+    _check_keys,
+    load_params,
+    positive_int,
+    run_stage,
+    validate_mlflow,
+    validate_optimizer_names,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +97,55 @@ FUNCTIONS: dict[str, TestFunction] = {
 }
 
 
+OUT_DIR = REPORTS_DIR / "trajectories"
+
+
+@dataclass(frozen=True)
+class TrajectoriesConfig:
+    functions: tuple[str, ...]
+    optimizers: tuple[str, ...]
+    steps: int
+    learning_rates: dict[str, dict[str, float]]  # function -> optimizer -> rate
+
+
+def validate_trajectories(section: Any, optimizers: dict[str, Any]) -> TrajectoriesConfig:
+    """Check the `trajectories` section: known functions, optimizers that are entries of
+    `optimizers`, a positive step count, and a positive learning rate for every pair."""
+    keys = ("functions", "optimizers", "steps", "learning_rates")
+    _check_keys(section, keys, "trajectories", keys)
+    functions, names = section["functions"], section["optimizers"]
+    if not isinstance(functions, list) or not functions or set(functions) - set(FUNCTIONS):
+        raise ParamsError(
+            f"trajectories.functions: expected a non-empty list of {', '.join(FUNCTIONS)}, "
+            f"got {functions!r}"
+        )
+    if not isinstance(names, list) or not names or set(names) - set(optimizers):
+        raise ParamsError(
+            "trajectories.optimizers: expected a non-empty list of entries of `optimizers`, "
+            f"got {names!r}"
+        )
+    rates = section["learning_rates"]
+    for function in functions:
+        row = rates.get(function) if isinstance(rates, dict) else None
+        for name in names:
+            rate = row.get(name) if isinstance(row, dict) else None
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+                raise ParamsError(
+                    f"trajectories.learning_rates.{function}.{name}: expected a positive "
+                    f"number, got {rate!r}"
+                )
+    return TrajectoriesConfig(
+        functions=tuple(functions),
+        optimizers=tuple(names),
+        steps=positive_int(section["steps"], "trajectories.steps"),
+        learning_rates={f: {n: float(rates[f][n]) for n in names} for f in functions},
+    )
+
+
 def trajectory(
     function: TestFunction,
-    optimizer,
-    steps: int,  # a keras.optimizers.Optimizer
+    optimizer,  # a keras.optimizers.Optimizer
+    steps: int,
 ) -> np.ndarray:
     """The points (steps + 1, 2) ``optimizer`` visits from the function's start, on the
     exact gradient, in float64."""
@@ -148,3 +209,80 @@ def plot(name: str, function: TestFunction, paths: dict[str, np.ndarray], path) 
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def path_table(paths: dict[str, np.ndarray], function: TestFunction) -> pd.DataFrame:
+    """One row per optimizer and step: x, y and the loss there (the data of `dvc plots`)."""
+    frames = []
+    for name, points in paths.items():
+        frame = pd.DataFrame(points, columns=["x", "y"])
+        frame.insert(0, "step", range(len(points)))
+        frame.insert(1, "optimizer", name)
+        frame["loss"] = losses(function, points)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def run(config: TrajectoriesConfig, optimizers: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Every optimizer on every function; write the figures and tables; return the tables."""
+    from stages.train import build_optimizer
+
+    tables = {}
+    for function_name in config.functions:
+        function = FUNCTIONS[function_name]
+        paths = {}
+        for name in config.optimizers:
+            rate = config.learning_rates[function_name][name]
+            optimizer = build_optimizer(name, optimizers[name] | {"learning_rate": rate})
+            with np.errstate(over="ignore", invalid="ignore"):
+                paths[f"{name} ({rate:g})"] = trajectory(function, optimizer, config.steps)
+        with np.errstate(over="ignore", invalid="ignore"):
+            table = path_table(paths, function)
+            plot(function_name, function, paths, OUT_DIR / f"{function_name}.png")
+        write_text_atomic(OUT_DIR / f"{function_name}.csv", table.to_csv(index=False))
+        tables[function_name] = table
+        for label, points in paths.items():
+            final = table[table["optimizer"] == label]["loss"].iloc[-1]
+            log.info(
+                "%s, %s: loss %.4g after %d steps", function_name, label, final, len(points) - 1
+            )
+    return tables
+
+
+def log_to_mlflow(config: TrajectoriesConfig, tables: dict[str, pd.DataFrame], name: str) -> None:
+    """One MLflow run `trajectories`: the rates, each path's final loss, the figures."""
+    import mlflow
+
+    from stages import tracking
+
+    experiment_id = tracking.setup_experiment(name)
+    with tracking.tracked_run(experiment_id, "trajectories", tracking.run_tags("trajectories")):
+        mlflow.log_params(
+            {
+                f"lr.{function}.{optimizer}": rate
+                for function, rates in config.learning_rates.items()
+                for optimizer, rate in rates.items()
+            }
+            | {"steps": config.steps}
+        )
+        for function, table in tables.items():
+            for label, rows in table.groupby("optimizer", sort=False):
+                final = rows["loss"].iloc[-1]
+                if math.isfinite(final):
+                    key = f"final_loss.{function}.{label.split(' ')[0]}"
+                    mlflow.log_metric(key, float(final))
+        mlflow.log_artifacts(str(OUT_DIR), "trajectories")
+
+
+def main(argv: list[str]) -> None:
+    params = load_params()
+    optimizers = validate_optimizer_names(params["optimizers"])
+    config = validate_trajectories(params["trajectories"], optimizers)
+    experiment_name = validate_mlflow(params["mlflow"])
+    tables = run(config, optimizers)
+    log_to_mlflow(config, tables, experiment_name)
+    print(Path(OUT_DIR))
+
+
+if __name__ == "__main__":
+    run_stage(main)
