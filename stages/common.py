@@ -54,6 +54,7 @@ SECTIONS = (
     "optimizers",
     "tune",
     "gd_variants",
+    "trajectories",
     "mlflow",
     "evaluate",
 )

@@ -86,6 +86,7 @@ def tiny_params(sha256: dict[str, str]) -> dict[str, Any]:
     params["tune"] |= {"low": 0.001, "high": 0.1, "points": 3, "images": 100, "epochs": 1}
     params["gd_variants"] |= {"images": 64, "epochs": 1, "mini_batch": 16}
     params["evaluate"]["batch_size"] = 64
+    params["trajectories"]["steps"] = 20
     return params
 
 
