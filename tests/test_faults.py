@@ -37,34 +37,32 @@ def long_training(project: Path, **train: Any) -> None:
 
 def start_training(project: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`python -m stages.train adam 42` as DVC starts it, with its output in train.log."""
-    log = (project / "train.log").open("w")
-    return subprocess.Popen(
-        [sys.executable, "-m", "stages.train", "adam", "42"],
-        cwd=project,
-        env=servers.tool_env(CODE | (env or {})),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with (project / "train.log").open("w") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "stages.train", "adam", "42"],
+            cwd=project,
+            env=servers.tool_env(CODE | (env or {})),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
-def client(project: Path) -> mlflow.MlflowClient:
+def store_client() -> mlflow.MlflowClient:
+    """A client of the test project's store (the `project` fixture sets the URI)."""
     return mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
 
 
 def wait_for_epochs(uri: str, process: subprocess.Popen, project: Path, epochs: int = 2):
     """Wait until the stage's MLflow run has logged ``epochs`` epochs; return the run."""
+    c = mlflow.MlflowClient(uri)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, (project / "train.log").read_text()[-3000:]
-        with pytest.MonkeyPatch.context():
-            c = mlflow.MlflowClient(uri)
-            experiment = c.get_experiment_by_name("mnist-optimizers")
-            if experiment is not None:
-                for run in c.search_runs(
-                    [experiment.experiment_id], "attributes.status = 'RUNNING'"
-                ):
-                    if len(c.get_metric_history(run.info.run_id, "val_accuracy")) >= epochs:
-                        return run
+        experiment = c.get_experiment_by_name("mnist-optimizers")
+        if experiment is not None:
+            for run in c.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
+                if len(c.get_metric_history(run.info.run_id, "val_accuracy")) >= epochs:
+                    return run
         time.sleep(0.2)
     pytest.fail(f"no epoch logged in 120 s:\n{(project / 'train.log').read_text()[-3000:]}")
 
@@ -131,7 +129,7 @@ def test_a_signal_mid_epoch_stops_the_stage_cleanly_and_the_rerun_matches(
     assert stopped_in < 10, f"took {stopped_in:.1f} s to stop"
     assert "no output written" in log and "Traceback" not in log, log[-3000:]
     assert not [p for p in OUTPUTS if (processed / p).exists()]
-    assert client(processed).get_run(run.info.run_id).info.status == "KILLED"
+    assert store_client().get_run(run.info.run_id).info.status == "KILLED"
 
     metrics = train_to_the_end(processed)  # what `dvc repro` runs next
 
@@ -152,17 +150,17 @@ def test_after_sigkill_the_next_run_marks_the_orphan_failed(processed: Path) -> 
         process.wait(timeout=30)
     finally:
         process.kill()
-    assert client(processed).get_run(orphan.info.run_id).info.status == "RUNNING"
+    assert store_client().get_run(orphan.info.run_id).info.status == "RUNNING"
     assert not [p for p in OUTPUTS if (processed / p).exists()]
 
     train_to_the_end(processed)
 
-    ended = client(processed).get_run(orphan.info.run_id)
+    ended = store_client().get_run(orphan.info.run_id)
     assert ended.info.status == "FAILED"
     assert ended.data.tags["pipeline.end_reason"] == "its process died (found later)"
     statuses = [
         r.info.status
-        for r in client(processed).search_runs(
+        for r in store_client().search_runs(
             [ended.info.experiment_id], "tags.`dvc.stage` = 'train@adam-42'"
         )
     ]
@@ -251,14 +249,14 @@ def test_with_resume_an_interrupted_training_continues_from_its_last_epoch(
     assert len(history) == RESUME["epochs"] + 1  # header + every epoch, resumed ones included
     finished = [
         r
-        for r in client(processed).search_runs(
-            [client(processed).get_experiment_by_name("mnist-optimizers").experiment_id],
+        for r in store_client().search_runs(
+            [store_client().get_experiment_by_name("mnist-optimizers").experiment_id],
             "attributes.status = 'FINISHED'",
         )
     ]
     (run,) = finished
     assert run.data.tags["resumed_after_epoch"] == str(done)
-    steps = [m.step for m in client(processed).get_metric_history(run.info.run_id, "val_accuracy")]
+    steps = [m.step for m in store_client().get_metric_history(run.info.run_id, "val_accuracy")]
     assert sorted(steps) == list(range(1, RESUME["epochs"] + 1))
     assert not (processed / ".checkpoints" / checkpoint.name).exists()  # removed once complete
     weights = keras.models.load_model(processed / "models" / "adam-42.keras").get_weights()
