@@ -3,13 +3,13 @@ project, with an environment that carries nothing of the developer's MLflow or D
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from .conftest import copy_project, write_params
-from .servers import tool_env
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -39,8 +39,9 @@ def project_repo(root: Path, mirror: Path, params: dict[str, Any]) -> dict[str, 
     root.mkdir(parents=True, exist_ok=True)
     copy_project(root)
     write_params(root, params)
-    env = {k: v for k, v in tool_env().items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env |= {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         "MNIST_MIRROR": str(mirror),
         "GIT_AUTHOR_NAME": "test",
         "GIT_AUTHOR_EMAIL": "test@example.com",
