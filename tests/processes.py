@@ -1,0 +1,64 @@
+"""Find and stop the processes a test (or a CI run) started, daemons included: each gets an
+environment variable with a tag, which every process it starts inherits, even one that left
+its parent's process tree (DVC's queue workers do).
+
+    python -m tests.processes TAG     # stop every process tagged TAG; list them; exit 1 if any
+
+Standard library only: `.ci/run` calls it after the tests, whatever state the venv is in.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+TAG_VARIABLE = "PIPELINE_PROCESS_TAG"
+PROC = Path("/proc")
+
+
+def tagged(tag: str) -> dict[int, str]:
+    """pid -> command line of each live process whose environment holds ``tag``; not this
+    process or its parent (the shell that runs it)."""
+    needle = f"{TAG_VARIABLE}={tag}".encode()
+    found = {}
+    for entry in PROC.glob("[0-9]*"):
+        pid = int(entry.name)
+        if pid in (os.getpid(), os.getppid()):
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+        except OSError:  # gone, or not ours to read
+            continue
+        if cmdline:  # a zombie has none: it is dead, waiting to be reaped
+            found[pid] = cmdline.decode(errors="replace")
+    return found
+
+
+def stop_tagged(tag: str, grace: float) -> dict[int, str]:
+    """Wait up to ``grace`` seconds for the processes tagged ``tag`` to end, then SIGKILL the
+    rest; return those that were still alive after the wait."""
+    deadline = time.monotonic() + grace
+    while (left := tagged(tag)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def describe(processes: dict[int, str]) -> str:
+    return "\n".join(f"  pid {pid}: {cmdline[:300]}" for pid, cmdline in processes.items())
+
+
+if __name__ == "__main__":
+    left = stop_tagged(sys.argv[1], grace=float(sys.argv[2]) if len(sys.argv) > 2 else 5.0)
+    if left:
+        print(f"processes left running, now killed:\n{describe(left)}", file=sys.stderr)
+    sys.exit(1 if left else 0)
