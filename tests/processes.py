@@ -2,7 +2,10 @@
 environment variable with a tag, which every process it starts inherits, even one that left
 its parent's process tree (DVC's queue workers do).
 
-    python -m tests.processes TAG     # stop every process tagged TAG; list them; exit 1 if any
+    python -m tests.processes NAME=TAG [GRACE]   # stop what is tagged; list it; exit 1 if any
+
+A test's tag is in PIPELINE_PROCESS_TAG (tests/cli.py sets one per project repo); `.ci/run`
+puts its own in PIPELINE_CI_TAG, so that one sweep finds whatever the whole run left.
 
 Standard library only: `.ci/run` calls it after the tests, whatever state the venv is in.
 """
@@ -19,10 +22,10 @@ TAG_VARIABLE = "PIPELINE_PROCESS_TAG"
 PROC = Path("/proc")
 
 
-def tagged(tag: str) -> dict[int, str]:
-    """pid -> command line of each live process whose environment holds ``tag``; not this
-    process or its parent (the shell that runs it)."""
-    needle = f"{TAG_VARIABLE}={tag}".encode()
+def tagged(tag: str, variable: str = TAG_VARIABLE) -> dict[int, str]:
+    """pid -> command line of each live process whose environment sets ``variable`` to
+    ``tag``; not this process or its parent (the shell that runs it)."""
+    needle = f"{variable}={tag}".encode()
     found = {}
     for entry in PROC.glob("[0-9]*"):
         pid = int(entry.name)
@@ -39,11 +42,11 @@ def tagged(tag: str) -> dict[int, str]:
     return found
 
 
-def stop_tagged(tag: str, grace: float) -> dict[int, str]:
+def stop_tagged(tag: str, grace: float, variable: str = TAG_VARIABLE) -> dict[int, str]:
     """Wait up to ``grace`` seconds for the processes tagged ``tag`` to end, then SIGKILL the
     rest; return those that were still alive after the wait."""
     deadline = time.monotonic() + grace
-    while (left := tagged(tag)) and time.monotonic() < deadline:
+    while (left := tagged(tag, variable)) and time.monotonic() < deadline:
         time.sleep(0.5)
     for pid in left:
         try:
@@ -58,7 +61,8 @@ def describe(processes: dict[int, str]) -> str:
 
 
 if __name__ == "__main__":
-    left = stop_tagged(sys.argv[1], grace=float(sys.argv[2]) if len(sys.argv) > 2 else 5.0)
+    name, _, value = sys.argv[1].partition("=")
+    left = stop_tagged(value, float(sys.argv[2]) if len(sys.argv) > 2 else 5.0, name)
     if left:
         print(f"processes left running, now killed:\n{describe(left)}", file=sys.stderr)
     sys.exit(1 if left else 0)

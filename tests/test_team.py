@@ -1,12 +1,10 @@
 """Team mode against real servers: 8 experiments queued with `dvc exp run --queue` and run
-by `dvc queue start -j 2`, logged once each to the SQLite store and to an MLflow tracking
+by DVC's queue workers two at a time (the runner of stages/parallel.py), logged once each to the SQLite store and to an MLflow tracking
 server on PostgreSQL; that server's run comparison seen in headless Chromium."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -15,8 +13,10 @@ import mlflow
 import pytest
 import requests
 
+from stages import parallel
+
 from . import servers
-from .cli import dvc, project_repo
+from .cli import check_no_processes_left, dvc, project_repo
 from .conftest import tiny_params
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +33,7 @@ EXPERIMENTS = {
     }.items()
     for lr in rates
 }
-QUEUE_TIMEOUT_SECONDS = 900
+TASK_TIMEOUT_SECONDS = 300  # one experiment: 2 epochs on 200 images
 
 
 def make_repo(root: Path, tiny_mirror) -> dict[str, str]:
@@ -56,26 +56,19 @@ def queue_statuses(root: Path, env: dict[str, str]) -> dict[str, str]:
 
 def run_queue(root: Path, env: dict[str, str], jobs: int = 2) -> dict[str, str]:
     """Queue every experiment of EXPERIMENTS (the `train` stages only), run the queue
-    ``jobs`` at a time, wait for it; return each experiment's final status."""
+    ``jobs`` at a time with the project's queue runner, wait for it; return each experiment's
+    final status. No process of it outlives the call."""
     for exp, (name, lr) in EXPERIMENTS.items():
         dvc(
             root, env, "exp", "run", "--queue", "train", "--name", exp,
             "-S", f"compare=[{name}]", "-S", f"optimizers.{name}.learning_rate={lr}",
         )  # fmt: skip
     assert set(queue_statuses(root, env)) == set(EXPERIMENTS)  # all 8 queued
-    dvc(root, env, "queue", "start", "--jobs", str(jobs))
-    deadline = time.monotonic() + QUEUE_TIMEOUT_SECONDS
+    queue = parallel.QueueRun(root, jobs, TASK_TIMEOUT_SECONDS, env)
     try:
-        while time.monotonic() < deadline:
-            statuses = queue_statuses(root, env)
-            if not {"Queued", "Running"} & set(statuses.values()):
-                return statuses
-            time.sleep(3)
-        pytest.fail(f"the queue did not finish in {QUEUE_TIMEOUT_SECONDS} s: {statuses}")
+        return queue.run(dict.fromkeys(EXPERIMENTS, "train"))
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "dvc", "queue", "stop"], cwd=root, env=env, capture_output=True
-        )
+        check_no_processes_left(env)
 
 
 def check_each_experiment_logged_once(client: mlflow.MlflowClient) -> list:
