@@ -343,17 +343,8 @@ def test_a_second_clone_takes_results_from_the_dvc_remote_and_trains_nothing(
     for params that only the first clone's experiments ran."""
     root, env = workspace
     # An experiment never committed: adam at 0.002.
-    dvc(
-        root,
-        env,
-        "exp",
-        "run",
-        "--temp",
-        "-n",
-        "adam-lr",
-        "-S",
-        "optimizers.adam.learning_rate=0.002",
-    )
+    dvc(root, env, "exp", "run", "--temp", "-n", "adam-lr",
+        "-S", "optimizers.adam.learning_rate=0.002")  # fmt: skip
     remote = str(tmp_path / "dvc-remote")  # a local folder here; S3 or SSH for a team (README)
     # Each clone's own config (.dvc/config.local): `dvc exp apply` below leaves it alone.
     dvc(root, env, "remote", "add", "--local", "--default", "shared", remote)
