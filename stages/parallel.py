@@ -164,10 +164,14 @@ class Worker:
             except PermissionError:
                 return True
             return True
-        try:  # a zombie's cmdline is empty
-            return b"queue-worker" in (PROC / str(self.pid) / "cmdline").read_bytes()
-        except OSError:
+        try:
+            state = (PROC / str(self.pid) / "stat").read_text().rpartition(")")[2].split()[0]
+            cmdline = (PROC / str(self.pid) / "cmdline").read_bytes()
+        except (OSError, IndexError):
             return False
+        if state in ("Z", "X"):  # exited, not yet reaped
+            return False
+        return not cmdline or b"queue-worker" in cmdline  # empty while it starts (exec)
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the worker's process group: the worker, the daemon that waits
@@ -339,11 +343,24 @@ class QueueRun:
         try:
             self.start_workers()
             states = self.wait(stages)
-        except BaseException:
-            self.stop(grace=0)  # Ctrl-C or a failure: nothing of ours keeps running
+        except BaseException:  # Ctrl-C or a failure: nothing of ours runs on, or later
+            self.stop(grace=0)
+            self.remove_queued(list(stages))
             raise
         self.stop(self.worker_grace)
         return states
+
+    def remove_queued(self, tasks: Sequence[str]) -> None:
+        """Take those of ``tasks`` that are still queued out of the queue, so that no later
+        worker runs them; on the way out of a failure, so a failure here is only logged."""
+        try:
+            states = task_states(self.dvc("queue", "status", timeout=60), tasks)
+            queued = [task for task in tasks if states.get(task) == "Queued"]
+            if queued:
+                self.dvc("queue", "remove", *queued, timeout=60)
+                log.info("removed from the queue: %s", ", ".join(queued))
+        except PipelineError as exc:
+            log.warning("could not take the queued tasks out of the queue: %s", exc)
 
 
 def run_round(stages: Sequence[str], jobs: int, task_timeout: float) -> None:
@@ -351,13 +368,37 @@ def run_round(stages: Sequence[str], jobs: int, task_timeout: float) -> None:
     the run cache into the workspace."""
     env = os.environ | {"PIPELINE_JOBS": str(jobs)}
     queue = QueueRun(Path.cwd(), jobs, task_timeout, env)
-    tasks = {queued_task(queue.dvc("exp", "run", "--queue", stage)): stage for stage in stages}
+    tasks: dict[str, str] = {}
+    try:
+        for stage in stages:
+            tasks[queued_task(queue.dvc("exp", "run", "--queue", stage))] = stage
+    except BaseException:
+        queue.remove_queued(list(tasks))
+        raise
     log.info("queued %s; starting %d workers", ", ".join(stages), jobs)
     states = queue.run(tasks)
     failed = [task for task, state in states.items() if state != "Success"]
     if failed:
         raise queue.fail(failed, tasks, "did not succeed")
     dvc("repro", "--single-item", *stages)
+
+
+def check_queue_is_free(status_output: str, root: Path) -> None:
+    """Refuse to run beside tasks of someone else's: queued ones, or running ones with a live
+    worker. A task listed as Running with no worker alive was left by a run that was
+    stopped (Ctrl-C, a killed worker); DVC keeps listing it, and it is ignored."""
+    queued = re.search(r"\bQueued\s*$", status_output, re.M)
+    running = re.search(r"\bRunning\s*$", status_output, re.M)
+    if queued or (running and QueueRun(root, jobs=1).live_workers()):
+        raise PipelineError(
+            "the experiment queue already holds queued or running tasks; wait for them or "
+            "clear it (dvc queue status, dvc queue remove --queued)"
+        )
+    if running:
+        log.warning(
+            "dvc queue status lists tasks as Running but no queue worker is alive: "
+            "left by a run that was stopped; ignoring them"
+        )
 
 
 def run_parallel(jobs: int, task_timeout: float = DEFAULT_TASK_TIMEOUT_SECONDS) -> list[str]:
@@ -369,12 +410,7 @@ def run_parallel(jobs: int, task_timeout: float = DEFAULT_TASK_TIMEOUT_SECONDS) 
         raise PipelineError(
             f"--task-timeout: expected a positive number of seconds, got {task_timeout}"
         )
-    status = dvc("queue", "status", timeout=COMMAND_TIMEOUT_SECONDS)
-    if re.search(r"\b(Queued|Running)\s*$", status, re.M):
-        raise PipelineError(
-            "the experiment queue already holds queued or running tasks; wait for them or "
-            "clear it (dvc queue status, dvc queue remove --queued)"
-        )
+    check_queue_is_free(dvc("queue", "status", timeout=COMMAND_TIMEOUT_SECONDS), Path.cwd())
     log.info("stages upstream of training, once: dvc repro preprocess")
     dvc("repro", "preprocess")
     trained: list[str] = []

@@ -34,10 +34,11 @@ def tagged(tag: str, variable: str = TAG_VARIABLE) -> dict[int, str]:
         try:
             if needle not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").strip()
-        except OSError:  # gone, or not ours to read
+        except (OSError, IndexError):  # gone, or not ours to read
             continue
-        if cmdline:  # a zombie has none: it is dead, waiting to be reaped
+        if state not in ("Z", "X"):  # a zombie is dead, waiting to be reaped
             found[pid] = cmdline.decode(errors="replace")
     return found
 

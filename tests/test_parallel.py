@@ -100,7 +100,7 @@ class FakeQueue:
             return "Task  Name  Created  Status\n" + "\n".join(rows) + "\n"
         if args[:2] == ("queue", "logs"):
             return f"log of {args[2]}: epoch 3/5\n"
-        if args[:2] == ("queue", "kill"):
+        if args[:2] in (("queue", "kill"), ("queue", "remove")):
             return ""
         raise AssertionError(f"unexpected dvc {args}")
 
@@ -205,3 +205,50 @@ def test_a_command_that_leaves_a_daemon_holding_its_output_returns_at_once() -> 
 def test_a_command_past_its_timeout_is_killed_with_a_clear_error() -> None:
     with pytest.raises(PipelineError, match=r"^sleeper did not finish within 1 s \(killed\)$"):
         parallel.command(["sleep", "30"], timeout=1, name="sleeper")
+
+
+def test_ctrl_c_stops_the_workers_and_takes_our_queued_tasks_out_of_the_queue(
+    fake_queue, tmp_path: Path
+) -> None:
+    polls = []
+
+    def states(queue: FakeQueue) -> dict[str, str]:
+        polls.append(1)
+        if len(polls) == 2:
+            raise KeyboardInterrupt
+        return {"hulky-quey": "Running", "ready-fees": "Queued", "old-run": "Queued"}
+
+    queue = fake_queue([[HANG, HANG]], states)
+    with pytest.raises(KeyboardInterrupt):
+        run_queue(tmp_path, {"hulky-quey": "train@adam-42", "ready-fees": "train@sgd-42"})
+    assert processes.tagged(queue.tag) == {}  # the running task's worker went with it
+    assert queue.calls[-1] == ("queue", "remove", "ready-fees")  # ours only
+
+
+@pytest.mark.parametrize(
+    ("status", "worker_alive", "refused"),
+    [
+        ("1a2b3c4  ready-fees  05:43 PM  Queued", False, True),
+        ("5e6f7a8  hulky-quey  05:43 PM  Running", True, True),
+        ("5e6f7a8  hulky-quey  05:43 PM  Running", False, False),  # left by a stopped run
+        ("9f9f9f9  old-run     04:00 PM  Failed", False, False),
+    ],
+)
+def test_the_runner_refuses_to_run_beside_live_tasks_only(
+    tmp_path: Path, status: str, worker_alive: bool, refused: bool
+) -> None:
+    queue_dir = tmp_path / parallel.QUEUE_DIR
+    queue_dir.mkdir(parents=True)
+    worker = subprocess.Popen(["bash", "-c", "sleep 60; true", "queue-worker"])  # no exec
+    try:
+        if worker_alive:
+            (queue_dir / "dvc-exp-worker-1.pid").write_text(str(worker.pid))
+        output = f"Task  Name  Created  Status\n{status}\n\nWorker status: 0 active, 0 idle\n"
+        if refused:
+            with pytest.raises(PipelineError, match="already holds queued or running tasks"):
+                parallel.check_queue_is_free(output, tmp_path)
+        else:
+            parallel.check_queue_is_free(output, tmp_path)
+    finally:
+        worker.kill()
+        worker.wait()
