@@ -164,12 +164,14 @@ class Worker:
             except PermissionError:
                 return True
             return True
-        try:
-            state = (PROC / str(self.pid) / "stat").read_text().rpartition(")")[2].split()[0]
+        try:  # stat after the command name: state, parent pid, ...
+            state, parent = (
+                (PROC / str(self.pid) / "stat").read_text().rpartition(")")[2].split()[:2]
+            )
             cmdline = (PROC / str(self.pid) / "cmdline").read_bytes()
-        except (OSError, IndexError):
+        except (OSError, ValueError):
             return False
-        if state in ("Z", "X"):  # exited, not yet reaped
+        if state in ("Z", "X") or int(parent) in (0, 2):  # exited; or a kernel thread
             return False
         return not cmdline or b"queue-worker" in cmdline  # empty while it starts (exec)
 
@@ -178,7 +180,7 @@ class Worker:
         for it and the experiment it runs (dvc-task puts each worker in a group of its own)."""
         try:
             group = os.getpgid(self.pid)
-            if group == os.getpgrp():  # never our own group
+            if group <= 1 or group == os.getpgrp():  # never our own group, nor init's
                 os.kill(self.pid, signum)
             else:
                 os.killpg(group, signum)
