@@ -147,12 +147,42 @@ def task_states(status_output: str, tasks: Sequence[str]) -> dict[str, str]:
     return states
 
 
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """State, parent pid and process group of ``pid`` from /proc; None if it is gone."""
+    try:  # the fields after the command name, which may hold spaces and parentheses
+        fields = (PROC / str(pid) / "stat").read_text().rpartition(")")[2].split()
+        return fields[0], int(fields[1]), int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def group_members(group: int) -> list[int]:
+    """The live (not zombie) processes of process group ``group``."""
+    if not PROC.is_dir():  # no /proc: whether the group has any process at all
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [group]
+    members = []
+    for entry in PROC.glob("[0-9]*"):
+        stat = proc_stat(int(entry.name))
+        if stat and stat[2] == group and stat[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
 @dataclass(frozen=True)
 class Worker:
-    """A queue worker process: `dvc exp queue-worker`, named like its pid file."""
+    """A queue worker process: `dvc exp queue-worker`, named like its pid file, and its
+    process group (dvc-task gives each worker one of its own: the worker, the daemon that
+    waits for it, and the experiment it runs)."""
 
     name: str
     pid: int
+    group: int
 
     def alive(self) -> bool:
         """Whether the process still runs a queue worker (a reused pid does not count)."""
@@ -164,26 +194,31 @@ class Worker:
             except PermissionError:
                 return True
             return True
-        try:  # stat after the command name: state, parent pid, ...
-            state, parent = (
-                (PROC / str(self.pid) / "stat").read_text().rpartition(")")[2].split()[:2]
-            )
+        stat = proc_stat(self.pid)
+        try:
             cmdline = (PROC / str(self.pid) / "cmdline").read_bytes()
-        except (OSError, ValueError):
+        except OSError:
             return False
-        if state in ("Z", "X") or int(parent) in (0, 2):  # exited; or a kernel thread
+        if stat is None or stat[0] in ("Z", "X") or stat[1] in (0, 2):  # exited; kernel thread
             return False
         return not cmdline or b"queue-worker" in cmdline  # empty while it starts (exec)
 
+    def own_group(self) -> bool:
+        """Whether the worker's group is its own: never ours, nor init's."""
+        return self.group > 1 and self.group != os.getpgrp()
+
+    def running(self) -> bool:
+        """Whether anything of the worker's group still runs."""
+        return bool(group_members(self.group)) if self.own_group() else self.alive()
+
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to the worker's process group: the worker, the daemon that waits
-        for it and the experiment it runs (dvc-task puts each worker in a group of its own)."""
+        """Send ``signum`` to the worker's group (or to the worker alone, if its group is not
+        its own)."""
         try:
-            group = os.getpgid(self.pid)
-            if group <= 1 or group == os.getpgrp():  # never our own group, nor init's
-                os.kill(self.pid, signum)
+            if self.own_group():
+                os.killpg(self.group, signum)
             else:
-                os.killpg(group, signum)
+                os.kill(self.pid, signum)
         except ProcessLookupError:
             pass
 
@@ -194,25 +229,29 @@ def read_workers(queue_dir: Path, since: float = 0.0) -> list[Worker]:
     for pidfile in sorted(queue_dir.glob("dvc-exp-worker-*.pid")):
         try:
             if pidfile.stat().st_mtime >= since:
-                workers.append(Worker(pidfile.stem, int(pidfile.read_text().strip())))
+                pid = int(pidfile.read_text().strip())
+                stat = proc_stat(pid)  # no /proc: ask the OS
+                group = stat[2] if stat else (os.getpgid(pid) if not PROC.is_dir() else 0)
+                workers.append(Worker(pidfile.stem, pid, group))
         except (OSError, ValueError):  # being written, or gone
             continue
     return workers
 
 
 def stop_workers(workers: Sequence[Worker], grace: float) -> list[Worker]:
-    """Give ``workers`` ``grace`` seconds to exit by themselves, then stop the rest (SIGTERM,
-    then SIGKILL); return the ones that had to be stopped."""
+    """Give ``workers`` ``grace`` seconds to exit by themselves, then stop the rest, each
+    with its whole process group (SIGTERM, then SIGKILL); return the ones that had to be
+    stopped."""
     deadline = time.monotonic() + grace
     while any(w.alive() for w in workers) and time.monotonic() < deadline:
         time.sleep(0.5)
     stuck = [w for w in workers if w.alive()]
     for sig, wait in ((signal.SIGTERM, KILL_AFTER_SECONDS), (signal.SIGKILL, 5.0)):
         for worker in stuck:
-            if worker.alive():
+            if worker.running():
                 worker.signal(sig)
         deadline = time.monotonic() + wait
-        while any(w.alive() for w in stuck) and time.monotonic() < deadline:
+        while any(w.running() for w in stuck) and time.monotonic() < deadline:
             time.sleep(0.2)
     return stuck
 

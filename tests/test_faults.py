@@ -36,7 +36,10 @@ def long_training(project: Path, **train: Any) -> None:
 
 
 def start_training(project: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`python -m stages.train adam 42` as DVC starts it, with its output in train.log."""
+    """`python -m stages.train adam 42` as DVC starts it from a terminal, with its output in
+    train.log. SIGINT is reset to its default in the child: a test run started in the
+    background (`cmd &` in a script) ignores SIGINT, its children inherit that, and Python
+    then installs no Ctrl-C handler, so the stage would train on through the test's SIGINT."""
     with (project / "train.log").open("w") as log:  # the child keeps its own copy
         return subprocess.Popen(
             [sys.executable, "-m", "stages.train", "adam", "42"],
@@ -44,6 +47,7 @@ def start_training(project: Path, env: dict[str, str] | None = None) -> subproce
             env=servers.tool_env(CODE | (env or {})),
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
 
