@@ -238,6 +238,11 @@ def read_workers(queue_dir: Path, since: float = 0.0) -> list[Worker]:
     return workers
 
 
+def live_workers(queue_dir: Path) -> list[Worker]:
+    """Every queue worker with a pid file in ``queue_dir`` that is alive, whoever started it."""
+    return [w for w in read_workers(queue_dir) if w.alive()]
+
+
 def stop_workers(workers: Sequence[Worker], grace: float) -> list[Worker]:
     """Give ``workers`` ``grace`` seconds to exit by themselves, then stop the rest, each
     with its whole process group (SIGTERM, then SIGKILL); return the ones that had to be
@@ -276,10 +281,6 @@ class QueueRun:
     @property
     def queue_dir(self) -> Path:
         return self.root / QUEUE_DIR
-
-    def live_workers(self) -> list[Worker]:
-        """Every queue worker of this repo that is alive, started here or not."""
-        return [w for w in read_workers(self.queue_dir) if w.alive()]
 
     def start_workers(self) -> None:
         """`dvc queue start -j N`, without waiting for the workers; note the ones it started."""
@@ -358,7 +359,7 @@ class QueueRun:
                 raise self.fail(
                     overdue, stages, f"ran past --task-timeout {self.task_timeout:.0f} s"
                 )
-            alive = bool(self.live_workers())
+            alive = bool(live_workers(self.queue_dir))
             orphaned_since = None if alive or not running else orphaned_since or now
             if orphaned_since is not None and now - orphaned_since > self.worker_grace:
                 raise self.fail(
@@ -430,7 +431,7 @@ def check_queue_is_free(status_output: str, root: Path) -> None:
     stopped (Ctrl-C, a killed worker); DVC keeps listing it, and it is ignored."""
     queued = re.search(r"\bQueued\s*$", status_output, re.M)
     running = re.search(r"\bRunning\s*$", status_output, re.M)
-    if queued or (running and QueueRun(root, jobs=1).live_workers()):
+    if queued or (running and live_workers(root / QUEUE_DIR)):
         raise PipelineError(
             "the experiment queue already holds queued or running tasks; wait for them or "
             "clear it (dvc queue status, dvc queue remove --queued)"
