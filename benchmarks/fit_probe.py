@@ -5,7 +5,7 @@ thread settings and input paths side by side.
     python -m benchmarks.fit_probe --input tf.data --out probe.json
 
 `--intra/--inter 0` leaves TensorFlow's default; `--pipeline-threads` sizes both the way the
-train stage does (stages.runtime), from the cores and $PIPELINE_JOBS.
+train stage does (mnist_optimizers.runtime), from the cores and $PIPELINE_JOBS.
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from stages.common import PARAMS_FILE, load_arrays, load_params, validate_model
-    from stages.runtime import configure_threads
-    from stages.train import build_model
+    from mnist_optimizers.files import load_arrays
+    from mnist_optimizers.model import build_model, validate_model
+    from mnist_optimizers.params import load_params
+    from mnist_optimizers.paths import PARAMS_FILE
+    from mnist_optimizers.runtime import configure_threads
 
     if args.pipeline_threads:
         configure_threads()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import run_key
+from mnist_optimizers.paths import run_key
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = (
@@ -210,8 +210,8 @@ def count_flops() -> dict:
     import keras
     import tensorflow as tf
 
-    from stages.common import load_params, validate_model
-    from stages.train import build_model
+    from mnist_optimizers.model import build_model, validate_model
+    from mnist_optimizers.params import load_params
 
     model = build_model(validate_model(load_params(ROOT / "params.yaml")["model"]), (28, 28, 1))
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
@@ -346,7 +346,7 @@ def run_together(commands: list[list[str]], cwd: Path, log: Path, env: dict) -> 
 
 
 # Thread settings, for one fit_probe process ("1 job") or two at once ("2 jobs"): "stage" is
-# what stages.runtime sets from the cores and $PIPELINE_JOBS; "TensorFlow default" sets nothing
+# what mnist_optimizers.runtime sets from the cores and $PIPELINE_JOBS; "TensorFlow default" sets nothing
 # (as many intra- and inter-op threads as cores, in each process).
 THREAD_CONFIGS = {
     "1 job, stage setting": (1, ["--pipeline-threads"]),
@@ -394,10 +394,10 @@ def bench_input(clone: Path, runs: int, log: Path) -> dict:
 
 
 def run_parallel(clone: Path, jobs: int, log: Path) -> None:
-    """`python -m stages.parallel -j <jobs>`: the stale training stages through the experiment
+    """`python -m mnist_optimizers.parallel -j <jobs>`: the stale training stages through the experiment
     queue, ``jobs`` at a time, then `dvc repro`, which must take them from the run cache."""
     start = log.stat().st_size
-    measure([sys.executable, "-m", "stages.parallel", "-j", str(jobs)], clone, log)
+    measure([sys.executable, "-m", "mnist_optimizers.parallel", "-j", str(jobs)], clone, log)
     with log.open() as text:
         text.seek(start)
         output = text.read()
@@ -408,7 +408,7 @@ def run_parallel(clone: Path, jobs: int, log: Path) -> None:
 
 def bench_parallel(clone: Path, runs: int, log: Path) -> dict:
     """The four optimizers and evaluate: `dvc repro` (one stage at a time, all cores each)
-    against `python -m stages.parallel -j 2` (two at a time through the experiment queue),
+    against `python -m mnist_optimizers.parallel -j 2` (two at a time through the experiment queue),
     alternating. A new seed (`train.seeds`) each time, so that no training comes from the run
     cache; since issue 4 that is 8 trainings a run (default and tuned rates), the grids cached."""
     rows = []
@@ -689,7 +689,7 @@ def report_parallel(rows: list[dict]) -> list[str]:
         "| | wall seconds |",
         "|---|---|",
         f"| one at a time, all cores each (`dvc repro`) | {fmt(summary(seq), 1)} |",
-        f"| two at a time (the steps of `python -m stages.parallel -j 2`: `dvc exp run "
+        f"| two at a time (the steps of `python -m mnist_optimizers.parallel -j 2`: `dvc exp run "
         f"--queue train@<name>` x4, `PIPELINE_JOBS=2 dvc queue start -j 2`, `dvc repro`), "
         f"{threads['intra_op']} intra-op thread each | {fmt(summary(par), 1)} |",
         f"| ratio, two at a time / one at a time | {fmt(summary(ratios), 3)}x |",

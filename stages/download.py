@@ -14,22 +14,21 @@ import gzip
 import hashlib
 import logging
 import os
+import re
 import urllib.error
 import urllib.request
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from stages.common import (
-    RAW_DIR,
-    DownloadConfig,
-    PipelineError,
-    load_params,
-    run_stage,
-    validate_download,
-    write_atomic,
-)
+from mnist_optimizers.cli import run_stage
+from mnist_optimizers.errors import ParamsError, PipelineError
+from mnist_optimizers.files import write_atomic
+from mnist_optimizers.params import check_keys, finite_number, load_params
+from mnist_optimizers.paths import MNIST_FILES, RAW_DIR
 
 MIRROR_ENV = "MNIST_MIRROR"
 CHUNK = 1 << 16
@@ -43,6 +42,32 @@ class DownloadError(PipelineError):
 
 class SourceError(Exception):
     """One source failed for one file; the next source is tried."""
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    mirrors: tuple[str, ...]
+    sha256: dict[str, str]  # file name -> SHA-256 of its decompressed content
+    timeout_seconds: float
+
+
+def validate_download(section: Any) -> DownloadConfig:
+    """Check the `download` section: mirror URLs, one SHA-256 per MNIST file, a timeout."""
+    check_keys(section, ("mirrors", "sha256", "timeout_seconds"), "download", ("sha256",))
+    mirrors = section.get("mirrors") or []
+    if not isinstance(mirrors, list) or not all(isinstance(m, str) and m for m in mirrors):
+        raise ParamsError(f"download.mirrors: expected a list of base URLs, got {mirrors!r}")
+    sha256 = section["sha256"]
+    check_keys(sha256, MNIST_FILES, "download.sha256", MNIST_FILES)
+    for name, digest in sha256.items():
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise ParamsError(
+                f"download.sha256.{name}: expected 64 lowercase hex digits, got {digest!r}"
+            )
+    timeout = finite_number(section.get("timeout_seconds", 30), "download.timeout_seconds")
+    if timeout <= 0:
+        raise ParamsError(f"download.timeout_seconds: expected > 0, got {timeout!r}")
+    return DownloadConfig(tuple(mirrors), dict(sha256), timeout)
 
 
 def is_url(source: str) -> bool:

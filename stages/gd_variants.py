@@ -21,24 +21,17 @@ import mlflow
 import pandas as pd
 import tensorflow as tf
 
-from stages import runtime, tracking
-from stages.common import (
-    REPORTS_DIR,
-    ParamsError,
-    load_training_data,
-    load_params,
-    non_negative_int,
-    positive_int,
-    run_stage,
-    validate_mlflow,
-    validate_model,
-    validate_optimizer_names,
-    write_text_atomic,
-)
-from stages.train import build_model, build_optimizer, fit_model
+from mnist_optimizers import runtime, tracking
+from mnist_optimizers.cli import run_stage
+from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.files import load_training_data, write_csv
+from mnist_optimizers.fit import fit_model
+from mnist_optimizers.model import build_model, validate_model
+from mnist_optimizers.optimizers import build_optimizer, validate_optimizer_names
+from mnist_optimizers.params import load_params, non_negative_int, positive_int
+from mnist_optimizers.paths import GD_VARIANTS_FILE
 
 log = logging.getLogger(__name__)
-GD_CSV = REPORTS_DIR / "gd_variants.csv"
 
 
 @dataclass(frozen=True)
@@ -76,14 +69,16 @@ def batch_sizes(config: GDConfig, images: int) -> dict[str, int]:
 
 
 def updates_per_epoch(images: int, batch_size: int) -> int:
+    """Updates in one epoch of ``images`` at ``batch_size``."""
     return -(-images // batch_size)  # the last, partial batch is an update too
 
 
 def gd_variants(params: dict[str, Any]) -> pd.DataFrame:
+    """Train each variant; write and return the per-epoch table."""
     specs = validate_optimizer_names(params["optimizers"])
     config = validate_gd(params["gd_variants"], specs)
     model_config = validate_model(params["model"])
-    experiment_name = validate_mlflow(params["mlflow"])
+    experiment_name = tracking.validate_mlflow(params["mlflow"])
     runtime.configure_threads()
     tf.config.experimental.enable_op_determinism()
     experiment_id = tracking.setup_experiment(experiment_name)
@@ -118,7 +113,7 @@ def gd_variants(params: dict[str, Any]) -> pd.DataFrame:
             )
         log.info("gd_variants: %s -> val_accuracy %.4f", variant, rows[-1]["val_accuracy"])
     table = pd.DataFrame(rows)
-    write_text_atomic(GD_CSV, table.to_csv(index=False, lineterminator="\n"))
+    write_csv(GD_VARIANTS_FILE, table)
     return table
 
 

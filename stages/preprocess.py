@@ -9,89 +9,43 @@ validation set as the last `preprocess.val_fraction` of the training set, exactl
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import logging
 import math
-import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from stages.common import (
-    PROCESSED_DIR,
-    RAW_DIR,
-    PipelineError,
-    PreprocessConfig,
-    atomic_path,
-    load_params,
-    run_stage,
-    validate_preprocess,
-    write_json_atomic,
-)
-
-IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
-LABEL_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
-IMAGE_SHAPE = (28, 28)
-NUM_CLASSES = 10
+from mnist_optimizers.cli import run_stage
+from mnist_optimizers.errors import ParamsError, PipelineError
+from mnist_optimizers.files import atomic_path, write_json_atomic
+from mnist_optimizers.idx import load_split
+from mnist_optimizers.params import check_keys, finite_number, load_params, positive_int
+from mnist_optimizers.paths import DATA_SUMMARY_FILE, PROCESSED_DIR, RAW_DIR
 
 log = logging.getLogger(__name__)
 
 
-class DataError(PipelineError):
-    """An input file is missing, truncated or not the IDX data it should be."""
+@dataclass(frozen=True)
+class PreprocessConfig:
+    val_fraction: float
+    subset: int | None
 
 
-def read_gzip(path: Path) -> bytes:
-    """Return the decompressed content of ``path``, with a clear error if unreadable."""
-    try:
-        return gzip.decompress(path.read_bytes())
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run the download stage first") from None
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a valid gzip file ({exc})") from None
-
-
-def parse_idx(content: bytes, magic: int, name: str) -> np.ndarray:
-    """Parse IDX bytes of unsigned bytes with the given magic number into a uint8 array."""
-    ndim = magic & 0xFF
-    header_size = 4 + 4 * ndim
-    if len(content) < header_size:
-        raise DataError(f"{name}: {len(content)} bytes, too short for an IDX header")
-    found = int.from_bytes(content[:4], "big")
-    if found != magic:
-        raise DataError(f"{name}: wrong magic number 0x{found:08x}, expected 0x{magic:08x}")
-    dims = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header_size + math.prod(dims)
-    if len(content) != expected:
-        raise DataError(
-            f"{name}: header says {dims} ({expected} bytes) but the file has {len(content)} bytes"
+def validate_preprocess(section: Any) -> PreprocessConfig:
+    """Check the `preprocess` section: 0 < val_fraction < 1, subset null or a positive int."""
+    check_keys(section, ("val_fraction", "subset"), "preprocess", ("val_fraction",))
+    val_fraction = finite_number(section["val_fraction"], "preprocess.val_fraction")
+    if not 0 < val_fraction < 1:
+        raise ParamsError(
+            f"preprocess.val_fraction: expected a number strictly between 0 and 1, "
+            f"got {section['val_fraction']!r}"
         )
-    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(dims)
-
-
-def load_split(
-    images_path: Path, labels_path: Path
-) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-    """Load one images/labels pair, checked; return uint8 images, labels and content SHA-256s."""
-    image_bytes, label_bytes = read_gzip(images_path), read_gzip(labels_path)
-    images = parse_idx(image_bytes, IMAGE_MAGIC, str(images_path))
-    labels = parse_idx(label_bytes, LABEL_MAGIC, str(labels_path))
-    if images.shape[1:] != IMAGE_SHAPE:
-        raise DataError(f"{images_path}: images are {images.shape[1:]}, expected {IMAGE_SHAPE}")
-    if len(images) == 0:
-        raise DataError(f"{images_path}: holds no images")
-    if len(images) != len(labels):
-        raise DataError(
-            f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}"
-        )
-    if labels.max() >= NUM_CLASSES:
-        raise DataError(f"{labels_path}: label {labels.max()} outside 0-{NUM_CLASSES - 1}")
-    checksums = {
-        images_path.name: hashlib.sha256(image_bytes).hexdigest(),
-        labels_path.name: hashlib.sha256(label_bytes).hexdigest(),
-    }
-    return images, labels, checksums
+    subset = section.get("subset")
+    if subset is not None:
+        subset = positive_int(subset, "preprocess.subset")
+    return PreprocessConfig(val_fraction, subset)
 
 
 def scale_images(images: np.ndarray) -> np.ndarray:
@@ -151,7 +105,7 @@ def write_arrays(out_dir: Path, arrays: dict[str, np.ndarray], summary: dict) ->
     for name, array in arrays.items():
         with atomic_path(out_dir / f"{name}.npy") as tmp, open(tmp, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
-    write_json_atomic(out_dir / "data.json", summary)
+    write_json_atomic(out_dir / DATA_SUMMARY_FILE.name, summary)
 
 
 def main(argv: list[str]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -21,43 +22,72 @@ import mlflow
 import pandas as pd
 import tensorflow as tf
 
-from stages import aggregate, runtime, tracking
-from stages.common import (
-    TUNE_DIR,
-    ParamsError,
-    load_training_data,
+from mnist_optimizers import runtime, stats, tracking
+from mnist_optimizers.cli import run_stage
+from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.files import load_training_data, write_json_atomic
+from mnist_optimizers.fit import fit_model, set_precision, validate_train
+from mnist_optimizers.model import build_model, validate_model
+from mnist_optimizers.optimizers import build_optimizer, optimizer_spec, validate_optimizer_names
+from mnist_optimizers.params import (
+    check_keys,
+    finite_number,
     load_params,
-    run_stage,
-    validate_mlflow,
-    validate_model,
-    validate_optimizer_names,
-    validate_train,
-    validate_tune,
-    write_json_atomic,
+    non_negative_int,
+    positive_int,
 )
-from stages.train import build_model, build_optimizer, effective_precision, fit_model
+from mnist_optimizers.paths import TUNE_DIR
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TuneConfig:
+    low: float  # the grid of learning rates: `points` values, log-spaced from low to high
+    high: float
+    points: int
+    images: int  # the budget of each trial: the first `images` training images ...
+    epochs: int  # ... for `epochs` epochs, judged on the whole validation split
+    seed: int
+
+
+def validate_tune(section: Any) -> TuneConfig:
+    """Check the `tune` section: the learning-rate grid and each trial's budget."""
+    keys = ("low", "high", "points", "images", "epochs", "seed")
+    check_keys(section, keys, "tune", keys)
+    low = finite_number(section["low"], "tune.low")
+    high = finite_number(section["high"], "tune.high")
+    if not 0 < low < high:
+        raise ParamsError(f"tune: expected 0 < low < high, got low {low!r}, high {high!r}")
+    points = positive_int(section["points"], "tune.points")
+    if points < 2:
+        raise ParamsError(f"tune.points: expected at least 2, got {points}")
+    return TuneConfig(
+        low=low,
+        high=high,
+        points=points,
+        images=positive_int(section["images"], "tune.images"),
+        epochs=positive_int(section["epochs"], "tune.epochs"),
+        seed=non_negative_int(section["seed"], "tune.seed"),
+    )
+
+
 def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run the grid for optimizer ``name``; write and return its result."""
-    specs = validate_optimizer_names(params["optimizers"])
-    if name not in specs:
-        raise ParamsError(f"optimizers.{name}: no such entry; entries: {', '.join(specs)}")
+    spec = optimizer_spec(validate_optimizer_names(params["optimizers"]), name)
     model_config = validate_model(params["model"])
     train_config = validate_train(params["train"])
     config = validate_tune(params["tune"])
-    experiment_name = validate_mlflow(params["mlflow"])
-    grid = aggregate.log_grid(config.low, config.high, config.points)
+    experiment_name = tracking.validate_mlflow(params["mlflow"])
+    grid = stats.log_grid(config.low, config.high, config.points)
     for rate in grid:  # fail on a bad spec before any training, not at the third trial
-        build_optimizer(name, specs[name] | {"learning_rate": rate})
+        build_optimizer(name, spec | {"learning_rate": rate})
     runtime.configure_threads()
     tf.config.experimental.enable_op_determinism()
     experiment_id = tracking.setup_experiment(experiment_name)
 
     data = load_training_data(config.images)
-    keras.mixed_precision.set_global_policy(effective_precision(train_config.precision))
+    set_precision(train_config.precision)
 
     trials = []
     tags = tracking.run_tags(f"tune@{name}") | {"optimizer": name}
@@ -74,7 +104,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
         for rate in grid:
             keras.backend.clear_session()
             keras.utils.set_random_seed(config.seed)
-            optimizer = build_optimizer(name, specs[name] | {"learning_rate": rate})
+            optimizer = build_optimizer(name, spec | {"learning_rate": rate})
             model = build_model(model_config, data["x_train"].shape[1:])
             with tracking.tracked_run(
                 experiment_id, f"{name} lr={rate:g}", tags | {"trial": "true"}, nested=True
@@ -88,7 +118,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
                 {"learning_rate": rate, "val_accuracy": val_accuracy, "val_loss": last["val_loss"]}
             )
             log.info("tune@%s: lr %g -> val_accuracy %.4f", name, rate, val_accuracy)
-        best = aggregate.best_learning_rate(pd.DataFrame(trials))
+        best = stats.best_learning_rate(pd.DataFrame(trials))
         mlflow.log_metric("best_learning_rate", best)
         mlflow.set_tag("best_learning_rate", f"{best:g}")
     result = {

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from stages import runtime
-from stages.common import MNIST_FILES, load_params
+from mnist_optimizers import runtime
+from mnist_optimizers.params import load_params
+from mnist_optimizers.paths import MNIST_FILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = MNIST_FILES
@@ -97,6 +98,34 @@ def write_params(folder: Path, params: dict[str, Any]) -> Path:
     return path
 
 
+def set_key(params: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` (`tune.low`, `optimizers.adam.learning_rate`) in ``params``;
+    a part that names an existing key with dots in it (`train-images-idx3-ubyte.gz`) is
+    taken whole."""
+    node, rest = params, key
+    while True:
+        if rest in node or "." not in rest:
+            node[rest] = value
+            return
+        part = next(
+            (p for p in sorted(node, key=len, reverse=True) if rest.startswith(f"{p}.")),
+            rest.split(".")[0],
+        )
+        node = node.setdefault(part, {})
+        rest = rest[len(part) + 1 :]
+
+
+def edit_params(changes: dict[str, Any], folder: Path = Path(".")) -> dict[str, Any]:
+    """Change folder/params.yaml as a user would: each dotted key of ``changes`` set to its
+    value (`{"tune.low": 0.1, "compare": ["sgd"]}`). Return the params now in the file."""
+    path = folder / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        set_key(params, key, value)
+    write_params(folder, params)
+    return params
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mirror) -> Path:
     """An empty project folder as the working directory, with tiny params, the tiny mirror
@@ -111,6 +140,61 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mirror) -> Pat
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def evaluated_template(
+    tmp_path_factory: pytest.TempPathFactory, tiny_mirror: tuple[Path, dict[str, str]]
+) -> Path:
+    """A tiny pipeline run once for the whole session, in process: 2 optimizers x 2 seeds,
+    each at its default and its tuned rate, evaluated; and gd_variants. Tests use copies
+    (``evaluated``), never this folder."""
+    import keras
+
+    from stages import download, evaluate, gd_variants, preprocess, train, tune
+
+    root = tmp_path_factory.mktemp("evaluated")
+    mirror, sha256 = tiny_mirror
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MNIST_MIRROR", str(mirror))
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        for name in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "MLFLOW_EXPERIMENT_NAME"):
+            patch.delenv(name, raising=False)
+        write_params(root, tiny_params(sha256))
+        edit_params({"compare": ["sgd", "adam"], "train.seeds": [42, 43], "tune.images": 60})
+        download.main([])
+        preprocess.main([])
+        for name in ("sgd", "adam"):
+            tune.main([name])
+            for seed in ("42", "43"):
+                for flags in ([], ["--tuned"]):
+                    keras.backend.clear_session()  # as a stage's own process starts
+                    train.main([name, seed, *flags])
+        evaluate.main([])
+        gd_variants.main([])
+    return root
+
+
+@pytest.fixture
+def evaluated(evaluated_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the evaluated tiny pipeline as the working directory, its MLflow store
+    (artifact paths moved to the copy) in MLFLOW_TRACKING_URI."""
+    from .cli import replace_in_store
+
+    root = tmp_path / "project"
+    shutil.copytree(evaluated_template, root)
+    replace_in_store(root / "mlflow.db", str(evaluated_template), str(root))
+    # MLflow caches each run's artifact folder by run id, for the whole process: the copy's
+    # runs have the template's ids, and would write into the template's folder.
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    tracking_utils._artifact_repos_cache.clear()
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    for name in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    return root
+
+
 @pytest.fixture
 def processed(project: Path) -> Path:
     """The project after the download and preprocess stages ran on the tiny data."""
@@ -123,7 +207,14 @@ def processed(project: Path) -> Path:
 
 def copy_project(dest: Path) -> None:
     """Copy the pipeline's tracked files (code, dvc.yaml, params, DVC config) into ``dest``."""
-    for name in ("stages", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+    for name in (
+        "stages",
+        "mnist_optimizers",
+        "dvc.yaml",
+        "params.yaml",
+        ".dvcignore",
+        ".gitignore",
+    ):
         source = PROJECT_ROOT / name
         if source.is_dir():
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from mnist_optimizers.paths import MNIST_FILES, RAW_DIR
 from stages import download
-from stages.common import MNIST_FILES, RAW_DIR, DownloadConfig
+from stages.download import DownloadConfig
 
 from .conftest import TRAIN_LABELS, tiny_mnist_contents, write_mirror
 

@@ -12,15 +12,18 @@ from typing import Any
 import pytest
 import yaml
 
-from stages import common
-from stages.common import PipelineError
+from mnist_optimizers import params as params_module
+from mnist_optimizers.errors import PipelineError
+
+from .conftest import set_key
 
 ERRORS_DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 # | 3 | `train.epochs: 0` | train | `` train.epochs: expected a positive integer, got 0 `` |
 ROW = re.compile(
     r"^\| *\d+ *\| *`(?P<change>[^`]+)` *\| *(?P<stage>\w+) *\| *`` (?P<message>.+) `` *\|$"
 )
-STAGE_ARGS = {"train": ["adam", "42"], "tune": ["adam"]}
+# The optimizer a training or tuning stage runs with: the one the change is about, else adam.
+STAGE_ARGS = {"train": ["{optimizer}", "42"], "tune": ["{optimizer}"]}
 RAW = "typed0as0is0"  # a plain scalar: YAML writes it unquoted
 
 
@@ -38,23 +41,29 @@ def params_text(params: dict[str, Any], change: str) -> str:
     a value that is not YAML goes into the file as typed, breaking it the way it would."""
     key, _, typed = change.partition(": ")
     try:  # read as the pipeline reads params.yaml (`1e-3` is a number)
-        value = yaml.load(typed, Loader=common._Yaml12Loader)  # noqa: S506 - a SafeLoader
+        value = yaml.load(typed, Loader=params_module._Yaml12Loader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError:
         value = RAW
     params = copy.deepcopy(params)
-    *parents, last = key.split(".")
-    node = params
-    for part in parents:
-        node = node[part]
-    node[last] = value
+    set_key(params, key, value)
     return yaml.safe_dump(params, sort_keys=False).replace(RAW, typed)
 
 
-def stage_message(stage: str) -> str:
-    """What `python -m stages.<stage>` stops with (run_stage prints exactly this)."""
+def stage_args(stage: str, change: str, params: dict[str, Any]) -> list[str]:
+    """The arguments of the stage a row runs: `train sgd 42` for a change to
+    `optimizers.sgd.*`, `train adam 42` otherwise."""
+    key = change.partition(": ")[0].split(".")
+    optimizer = (
+        key[1] if key[0] == "optimizers" and key[1:2] and key[1] in params["optimizers"] else "adam"
+    )
+    return [arg.format(optimizer=optimizer) for arg in STAGE_ARGS.get(stage, [])]
+
+
+def stage_message(stage: str, args: list[str]) -> str:
+    """What `python -m stages.<stage> <args>` stops with (run_stage prints exactly this)."""
     module = importlib.import_module(f"stages.{stage}")
     with pytest.raises(PipelineError) as caught:
-        module.main(STAGE_ARGS.get(stage, []))
+        module.main(args)
     return str(caught.value)
 
 
@@ -75,4 +84,4 @@ def test_each_bad_input_stops_its_stage_with_the_documented_message(
     download.main([])  # the tiny data, so that data-dependent checks see real files
     params = yaml.safe_load((project / "params.yaml").read_text())
     (project / "params.yaml").write_text(params_text(params, change))
-    assert stage_message(stage) == message
+    assert stage_message(stage, stage_args(stage, change, params)) == message

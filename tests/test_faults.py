@@ -17,9 +17,9 @@ from typing import Any
 import mlflow
 import numpy as np
 import pytest
-import yaml
 
 from . import servers
+from .conftest import edit_params
 
 pytestmark = pytest.mark.e2e
 
@@ -30,9 +30,9 @@ OUTPUTS = ("models/adam-42.keras", "metrics/history/adam-42.csv", "metrics/train
 
 
 def long_training(project: Path, **train: Any) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"] |= {"epochs": EPOCHS} | train
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    edit_params(
+        {f"train.{key}": value for key, value in ({"epochs": EPOCHS} | train).items()}, project
+    )
 
 
 def start_training(project: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -173,7 +173,7 @@ def test_after_sigkill_the_next_run_marks_the_orphan_failed(processed: Path) -> 
 
 def test_a_running_run_of_a_live_process_is_left_alone(processed: Path) -> None:
     """Another experiment training the same stage right now (dvc queue -j 2) is not an orphan."""
-    from stages import tracking
+    from mnist_optimizers import tracking
 
     tracking.connect()
     experiment_id = tracking.setup_experiment("mnist-optimizers")

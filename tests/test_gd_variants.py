@@ -7,10 +7,12 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import yaml
 
+from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.paths import GD_VARIANTS_FILE
 from stages import gd_variants
-from stages.common import ParamsError
+
+from .conftest import edit_params
 
 
 def test_updates_per_epoch_count_the_last_partial_batch() -> None:
@@ -20,12 +22,9 @@ def test_updates_per_epoch_count_the_last_partial_batch() -> None:
 
 
 def test_three_variants_with_updates_and_seconds(processed: Path) -> None:
-    path = Path("params.yaml")
-    params = yaml.safe_load(path.read_text())
-    params["gd_variants"] |= {"images": 64, "epochs": 2, "mini_batch": 16}
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    edit_params({"gd_variants.images": 64, "gd_variants.epochs": 2, "gd_variants.mini_batch": 16})
     gd_variants.main([])
-    table = pd.read_csv(gd_variants.GD_CSV)
+    table = pd.read_csv(GD_VARIANTS_FILE)
     assert list(table["variant"].unique()) == ["batch", "stochastic", "mini-batch"]
     updates = table.set_index(["variant", "epoch"])["updates"]
     assert updates["batch", 2] == 2 and updates["stochastic", 2] == 128
@@ -36,7 +35,7 @@ def test_three_variants_with_updates_and_seconds(processed: Path) -> None:
 
 
 def test_unknown_optimizer_is_one_clear_error(project: Path) -> None:
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    params["gd_variants"]["optimizer"] = "nosuch"
+    edit_params({"gd_variants.optimizer": "nosuch"})
     with pytest.raises(ParamsError, match="gd_variants.optimizer: 'nosuch' is not an entry"):
-        gd_variants.gd_variants(params)
+        gd_variants.main([])
+    assert not GD_VARIANTS_FILE.exists()

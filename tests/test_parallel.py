@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from stages import parallel
-from stages.common import PipelineError
+from mnist_optimizers import parallel
+from mnist_optimizers.errors import PipelineError
 
 from . import processes
 
@@ -132,7 +132,7 @@ def test_a_worker_that_misses_its_shutdown_is_stopped_with_a_warning(
     """The CI failure: all tasks succeeded, worker 1 exited, worker 2 never did."""
     queue = fake_queue([[EXIT, HANG]], lambda q: {"ready-fees": "Success"})
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="stages.parallel"):
+    with caplog.at_level(logging.WARNING, logger="mnist_optimizers.parallel"):
         states = run_queue(tmp_path, {"ready-fees": "train@sgd-42"})
     assert states == {"ready-fees": "Success"}
     assert time.monotonic() - started < 10  # grace 1 s, then SIGTERM
@@ -170,7 +170,7 @@ def test_workers_that_stop_early_are_started_again(
         [[EXIT, EXIT], [EXIT, HANG]],
         lambda q: {"ready-fees": "Success" if q.starts == 2 else "Queued"},
     )
-    with caplog.at_level(logging.WARNING, logger="stages.parallel"):
+    with caplog.at_level(logging.WARNING, logger="mnist_optimizers.parallel"):
         assert run_queue(tmp_path, {"ready-fees": "train@sgd-42"}) == {"ready-fees": "Success"}
     assert queue.starts == 2
     assert any("no queue worker is alive" in r.getMessage() for r in caplog.records)

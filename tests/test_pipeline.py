@@ -23,7 +23,7 @@ import yaml
 
 from . import servers
 from .cli import check_no_processes_left, copy_repo, dvc, project_repo, run, stages_run
-from .conftest import tiny_params
+from .conftest import edit_params, tiny_params
 
 pytestmark = pytest.mark.e2e
 
@@ -307,17 +307,16 @@ exit $status
 
 def test_parallel_runner_trains_in_the_queue_and_repro_takes_the_run_cache(workspace) -> None:
     root, env = workspace
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["optimizers"]["sgd"]["learning_rate"] = 0.02
-    params["optimizers"]["adam"]["learning_rate"] = 0.003
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    edit_params(
+        {"optimizers.sgd.learning_rate": 0.02, "optimizers.adam.learning_rate": 0.003}, root
+    )
     wrapper = root.parent / "bin" / "dvc"
     wrapper.parent.mkdir()
     wrapper.write_text(HANGING_WORKER_2.format(dvc=Path(sys.executable).parent / "dvc"))
     wrapper.chmod(0o755)
     env = env | {"PATH": f"{wrapper.parent}{os.pathsep}{env['PATH']}"}
 
-    output = run([sys.executable, "-m", "stages.parallel", "-j", "2"], root, env)
+    output = run([sys.executable, "-m", "mnist_optimizers.parallel", "-j", "2"], root, env)
 
     # The queue trained every changed stage; the final `dvc repro` ran only what follows.
     assert model_stages_run(output) == AFTER_TRAINING
@@ -367,9 +366,7 @@ def test_a_second_clone_takes_results_from_the_dvc_remote_and_trains_nothing(
 
     # The learning rate of that experiment: the run cache holds its training, and
     # `--pull` fetches the outputs it names, so only the stages after training run.
-    params = yaml.safe_load((clone / "params.yaml").read_text())
-    params["optimizers"]["adam"]["learning_rate"] = 0.002
-    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    edit_params({"optimizers.adam.learning_rate": 0.002}, clone)
     output = dvc(clone, env, "repro", "--pull")
     assert model_stages_run(output) == AFTER_TRAINING, output
     for stage in ("train@adam-42", "tune@adam", "train_tuned@adam-42"):

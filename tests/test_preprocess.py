@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_optimizers import idx
+from mnist_optimizers.files import load_arrays
+from mnist_optimizers.paths import PROCESSED_DIR
 from stages import preprocess
-from stages.common import PROCESSED_DIR, PreprocessConfig, load_arrays
+from stages.preprocess import PreprocessConfig
 
 from .conftest import (
     TEST_IMAGES,
@@ -31,9 +34,7 @@ def write_raw(folder: Path, contents: dict[str, bytes]) -> Path:
 
 def raw_arrays(contents: dict[str, bytes]) -> dict[str, np.ndarray]:
     return {
-        name: preprocess.parse_idx(
-            c, preprocess.IMAGE_MAGIC if "images" in name else preprocess.LABEL_MAGIC, name
-        )
+        name: idx.parse_idx(c, idx.IMAGE_MAGIC if "images" in name else idx.LABEL_MAGIC, name)
         for name, c in contents.items()
     }
 
@@ -136,7 +137,7 @@ def test_malformed_input_gives_one_clear_message_naming_the_file(
     tmp_path: Path, name: str, content: bytes | None, message: str
 ) -> None:
     raw = write_raw(tmp_path / "raw", _bad(name, content))
-    with pytest.raises(preprocess.DataError) as error:
+    with pytest.raises(idx.DataError) as error:
         preprocess.preprocess(raw, PreprocessConfig(0.1, None))
     assert str(error.value).startswith(f"{raw / name}{message}")
 
@@ -144,5 +145,5 @@ def test_malformed_input_gives_one_clear_message_naming_the_file(
 def test_a_file_that_is_not_gzip_is_named(tmp_path: Path) -> None:
     raw = write_raw(tmp_path, tiny_mnist_contents(n_train=30, n_test=10))
     (raw / TEST_LABELS).write_bytes(b"<html>404</html>")
-    with pytest.raises(preprocess.DataError, match=f"{TEST_LABELS}: not a valid gzip file"):
+    with pytest.raises(idx.DataError, match=f"{TEST_LABELS}: not a valid gzip file"):
         preprocess.preprocess(raw, PreprocessConfig(0.1, None))

@@ -9,8 +9,9 @@ import mlflow
 import pandas as pd
 import pytest
 
+from mnist_optimizers import registry
+from mnist_optimizers.errors import PipelineError
 from stages import register
-from stages.common import PipelineError
 
 
 def runs_table(rows: list[tuple[str, str, int, float, float]]) -> pd.DataFrame:
@@ -74,12 +75,12 @@ def test_registering_the_same_run_twice_adds_no_version(project: Path) -> None:
     import keras
     import numpy as np
 
-    from stages import train, tracking
+    from mnist_optimizers import tracking
 
     tracking.connect()
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(10, activation="softmax")])
     with mlflow.start_run(run_name="adam-42") as run:
-        train.log_model(model, example=np.zeros((1, 2), np.float32))
+        tracking.log_model(model, example=np.zeros((1, 2), np.float32))
     runs = runs_table([("default", "adam", 42, 0.99, 0.9)])
 
     first = register.champion({"adam-42": run.info.run_id}, runs)
@@ -87,8 +88,8 @@ def test_registering_the_same_run_twice_adds_no_version(project: Path) -> None:
 
     assert first["registered"] and first["version"] == second["version"] == 1
     client = mlflow.MlflowClient()
-    assert len(client.search_model_versions(f"name = '{register.MODEL_NAME}'")) == 1
-    version = client.get_model_version_by_alias(register.MODEL_NAME, register.ALIAS)
+    assert len(client.search_model_versions(f"name = '{registry.MODEL_NAME}'")) == 1
+    version = client.get_model_version_by_alias(registry.MODEL_NAME, registry.ALIAS)
     assert version.run_id == run.info.run_id
     assert version.tags["optimizer"] == "adam" and version.tags["dvc.experiment"] == "workspace"
     # What the stage writes to reports/champion.json: plain JSON a user can read.
@@ -101,14 +102,14 @@ def test_a_worse_pipeline_result_does_not_take_the_alias(project: Path) -> None:
     import keras
     import numpy as np
 
-    from stages import train, tracking
+    from mnist_optimizers import tracking
 
     tracking.connect()
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(10, activation="softmax")])
     run_ids = {}
     for key in ("adam-42", "sgd-42", "rmsprop-42"):
         with mlflow.start_run(run_name=key) as run:
-            train.log_model(model, example=np.zeros((1, 2), np.float32))
+            tracking.log_model(model, example=np.zeros((1, 2), np.float32))
         run_ids[key] = run.info.run_id
 
     good = register.champion(run_ids, runs_table([("default", "adam", 42, 0.99, 0.9)]))
@@ -119,7 +120,7 @@ def test_a_worse_pipeline_result_does_not_take_the_alias(project: Path) -> None:
     assert (worse["version"], worse["champion"], worse["champion_version"]) == (2, False, 1)
     assert (better["version"], better["champion"]) == (3, True)
     client = mlflow.MlflowClient()
-    assert client.get_model_version_by_alias(register.MODEL_NAME, register.ALIAS).version in (
+    assert client.get_model_version_by_alias(registry.MODEL_NAME, registry.ALIAS).version in (
         3,
         "3",
     )

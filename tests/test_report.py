@@ -1,72 +1,77 @@
-"""Stage `report`: the page from what evaluate and gd_variants wrote (made up here)."""
+"""Stage `report`: the page built from what evaluate and gd_variants wrote, on the tiny
+pipeline that conftest's `evaluated_template` runs once per session."""
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from pathlib import Path
 
-import matplotlib
+import mlflow
 import pandas as pd
 import pytest
 
+from mnist_optimizers.errors import PipelineError
+from mnist_optimizers.paths import REPORTS_DIR
 from stages import report
-from stages.common import PipelineError
-
-matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # noqa: E402
 
 
-def blank_png(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, _ = plt.subplots(figsize=(1, 1))
-    fig.savefig(path)
-    plt.close(fig)
+def html_rows(page: str, first_cell: str) -> list[list[str]]:
+    """The cells of every HTML table row of ``page`` whose first cell is ``first_cell``."""
+    rows = re.findall(rf"<tr><td>{re.escape(first_cell)}</td>(.*?)</tr>", page)
+    return [[first_cell, *re.findall(r"<td>(.*?)</td>", row)] for row in rows]
 
 
-def test_markdown_tables_become_html() -> None:
-    html = report.markdown_to_tables("## Tuned\n\n| a | b |\n|:--|--:|\n| 1 | <2> |\n")
-    assert "<h3>Tuned</h3>" in html
-    assert "<th>a</th><th>b</th>" in html and "<td>1</td><td>&lt;2&gt;</td>" in html
-    assert ":--" not in html
+def markdown_rows(text: str, first_cell: str) -> list[list[str]]:
+    """The cells of every Markdown table row of ``text`` whose first cell is ``first_cell``."""
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith(f"| {first_cell} ")
+    ]
 
 
-def test_page_holds_the_tables_and_every_figure(project: Path, monkeypatch) -> None:
-    monkeypatch.setattr(report, "log_to_mlflow", lambda runs: None)  # no training runs here
-    reports = Path("reports")
-    reports.mkdir()
-    pd.DataFrame(
-        {
-            "setting": ["default", "default", "tuned", "tuned"],
-            "optimizer": ["adam", "sgd", "adam", "sgd"],
-            "seed": [42] * 4,
-            "seconds_to_98": [60.0, None, 50.0, 90.0],
-        }
-    ).to_csv(reports / "runs.csv", index=False)
-    pd.DataFrame(
-        {
-            "variant": ["batch", "stochastic", "mini-batch"],
-            "batch_size": [64, 1, 16],
-            "epoch": [1, 1, 1],
-            "updates": [1, 64, 4],
-            "seconds": [0.5, 3.0, 0.7],
-            "val_accuracy": [0.1, 0.6, 0.3],
-            "val_loss": [2.3, 1.2, 2.0],
-        }
-    ).to_csv(reports / "gd_variants.csv", index=False)
-    (reports / "comparison.md").write_text(
-        "## Learning rates from params.yaml\n\n| optimizer |\n|:--|\n| adam |\n"
-    )
-    (reports / "significance.md").write_text("## default learning rates\n\nNot testable.\n")
-    for name in ("val_accuracy", "val_accuracy-tuned", "tuning"):
-        blank_png(reports / "figures" / f"{name}.png")
-
-    page = report.main([]) or report.REPORT_HTML.read_text()
-    assert page.count("data:image/png;base64,") == 5
-    assert "<td>adam</td>" in page and "Not testable." in page and "<td>stochastic</td>" in page
+def test_the_page_shows_evaluates_tables_and_every_figure(evaluated: Path) -> None:
+    report.main([])
+    page = report.REPORT_HTML.read_text()
+    assert page.count("data:image/png;base64,") == len(report.FIGURES) == 5
+    # The HTML tables come from comparison.csv and significance.csv; they read exactly
+    # like evaluate's Markdown, cell for cell: same numbers, same formatting.
+    comparison = (REPORTS_DIR / "comparison.md").read_text()
+    for name in ("sgd", "adam"):
+        assert html_rows(page, name) == markdown_rows(comparison, name) + markdown_rows(
+            (REPORTS_DIR / "significance.md").read_text(), name
+        )
+    assert "<h3>Tuned learning rates (grid 0.001, 0.01, 0.1; each trial 60 training" in page
+    runs = pd.read_csv(REPORTS_DIR / "runs.csv")
+    assert len(html_rows(page, "sgd")) == 2 + 2  # a comparison row and a pair per setting
+    assert "<td>stochastic</td>" in page
+    lead = (REPORTS_DIR / "significance.md").read_text().split("\n\n")[1]
+    assert f"<p>{html.escape(lead)}</p>" in page
     markdown = report.REPORT_MD.read_text()
+    assert comparison in markdown
     assert "![Time to the validation target](time_to_target.png)" in markdown
     assert "(../figures/tuning.png)" in markdown
+
+    client = mlflow.MlflowClient()
+    for row in runs.itertuples():
+        key = f"{row.optimizer}-{row.seed}" + ("-tuned" if row.setting == "tuned" else "")
+        run_id = json.loads(Path(f"metrics/train/{key}.json").read_text())["mlflow_run_id"]
+        logged = {a.path for a in client.list_artifacts(run_id, "report")}
+        assert {"report/report.html", "report/time_to_target.png"} <= logged
+
+
+def test_a_cell_with_markup_is_shown_as_text(evaluated: Path) -> None:
+    table = pd.read_csv(REPORTS_DIR / "gd_variants.csv")
+    table.loc[0, "variant"] = "<script>alert(1)</script>"
+    table.to_csv(REPORTS_DIR / "gd_variants.csv", index=False)
+    report.main([])
+    page = report.REPORT_HTML.read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
 
 
 def test_missing_inputs_name_the_stage_to_run(project: Path) -> None:
     with pytest.raises(PipelineError, match="reports/runs.csv: not found"):
         report.main([])
+    assert not report.REPORT_HTML.exists()

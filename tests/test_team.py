@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import requests
 
-from stages import parallel
+from mnist_optimizers import parallel
 
 from . import servers
 from .cli import check_no_processes_left, dvc, project_repo

@@ -1,9 +1,8 @@
-"""Stage `train`: optimizers by name, the CNN, a tracked and deterministic training run."""
+"""Stage `train`: a tracked, deterministic training run and the files it writes."""
 
 from __future__ import annotations
 
 import json
-import math
 import socket
 from pathlib import Path
 
@@ -13,18 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import runtime, train
-from stages.common import (
-    HISTORY_DIR,
-    MODELS_DIR,
-    TRAIN_METRICS_DIR,
-    ParamsError,
-    load_params,
-    validate_model,
-)
-from stages.tracking import TrackingError
+from mnist_optimizers import fit, runtime
+from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.paths import HISTORY_DIR, MODELS_DIR, TRAIN_METRICS_DIR
+from mnist_optimizers.tracking import TrackingError
+from stages import train
 
-from .conftest import PROJECT_ROOT
+from .conftest import edit_params
 
 
 @pytest.fixture(autouse=True)
@@ -32,130 +26,6 @@ def fresh_keras_session():
     keras.backend.clear_session()
     yield
     mlflow.end_run()
-
-
-@pytest.mark.parametrize(
-    ("name", "spec", "cls", "learning_rate"),
-    [
-        ("sgd", {"learning_rate": 0.01}, "SGD", 0.01),
-        ("Adam", {}, "Adam", 0.001),
-        ("RMSPROP", {"learning_rate": 0.002}, "RMSprop", 0.002),
-        ("sgd_momentum", {"class": "SGD", "learning_rate": 0.05, "momentum": 0.9}, "SGD", 0.05),
-    ],
-)
-def test_optimizers_are_built_by_name_or_class(
-    name: str, spec: dict, cls: str, learning_rate: float
-) -> None:
-    optimizer = train.build_optimizer(name, spec)
-    assert type(optimizer).__name__ == cls
-    assert math.isclose(float(optimizer.learning_rate), learning_rate, rel_tol=1e-6)
-
-
-def test_class_key_sets_every_hyperparameter() -> None:
-    optimizer = train.build_optimizer(
-        "nesterov", {"class": "sgd", "momentum": 0.9, "nesterov": True}
-    )
-    assert optimizer.get_config()["momentum"] == 0.9 and optimizer.get_config()["nesterov"] is True
-
-
-@pytest.mark.parametrize("class_name", sorted(train.optimizer_classes()))
-def test_every_keras_optimizer_works_from_params_alone(class_name: str) -> None:
-    optimizer = train.build_optimizer(f"my_{class_name.lower()}", {"class": class_name})
-    assert type(optimizer).__name__ == class_name
-
-
-CATALOG = load_params(PROJECT_ROOT / "params.yaml")["optimizers"]
-
-
-@pytest.mark.parametrize("name", sorted(CATALOG))
-def test_every_catalog_entry_trains_the_reference_cnn(name: str) -> None:
-    """Each entry of params.yaml's catalog takes real steps on the reference model: finite
-    loss, every trainable weight moved."""
-    keras.utils.set_random_seed(0)
-    model = train.build_model(
-        validate_model(load_params(PROJECT_ROOT / "params.yaml")["model"]), (28, 28, 1)
-    )
-    before = [w.numpy().copy() for w in model.trainable_weights]
-    optimizer = train.build_optimizer(name, CATALOG[name])
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x = rng.random((16, 28, 28, 1), dtype=np.float32)
-    y = rng.integers(0, 10, 16)
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
-    moved = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
-    assert all(moved), f"{name}: weights left unchanged: {moved}"
-    keras.backend.clear_session()
-
-
-BAD_OPTIMIZERS = [
-    (
-        "adamm",
-        {},
-        "optimizers.adamm: 'adamm' is not a Keras optimizer; valid names: Adadelta, Adafactor, Adagrad, Adam, AdamW",
-    ),
-    (
-        "fast",
-        {"class": "Turbo"},
-        "optimizers.fast.class: 'Turbo' is not a Keras optimizer; valid names:",
-    ),
-    (
-        "adam",
-        {"learning_rte": 0.001},
-        "optimizers.adam.learning_rte: Adam takes no argument 'learning_rte'; it takes: learning_rate, beta_1",
-    ),
-    (
-        "adagrad",
-        {"momentum": 0.9},
-        "optimizers.adagrad.momentum: Adagrad takes no argument 'momentum'",
-    ),
-    (
-        "adam",
-        {"learning_rate": "1e-3x"},
-        "optimizers.adam.learning_rate: expected a number, got '1e-3x'",
-    ),
-    (
-        "adam",
-        {"learning_rate": float("nan")},
-        "optimizers.adam.learning_rate: expected a finite number, got nan",
-    ),
-    ("adam", {"learning_rate": -0.001}, "optimizers.adam.learning_rate: expected > 0, got -0.001"),
-    ("adam", {"learning_rate": 0}, "optimizers.adam.learning_rate: expected > 0, got 0"),
-    (
-        "sgd",
-        {"momentum": 2.0},
-        "optimizers.sgd: SGD rejected {'momentum': 2.0}: `momentum` must be a float between [0, 1].",
-    ),
-    ("adam", {"beta_1": "high"}, "optimizers.adam.beta_1: expected a number, got 'high'"),
-]
-
-
-@pytest.mark.parametrize(("name", "spec", "message"), BAD_OPTIMIZERS)
-def test_bad_optimizer_entries_give_one_clear_message(name: str, spec: dict, message: str) -> None:
-    with pytest.raises(ParamsError) as error:
-        train.build_optimizer(name, spec)
-    assert str(error.value).startswith(message)
-
-
-def test_model_is_the_reference_cnn() -> None:
-    model = train.build_model(
-        validate_model(load_params(PROJECT_ROOT / "params.yaml")["model"]), (28, 28, 1)
-    )
-    kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds == [
-        "Conv2D",
-        "Conv2D",
-        "MaxPooling2D",
-        "Conv2D",
-        "MaxPooling2D",
-        "Flatten",
-        "Dense",
-        "Dense",
-    ]
-    assert [layer.filters for layer in model.layers if hasattr(layer, "filters")] == [32, 64, 64]
-    # 320 + 18,496 + 36,928 (convs) + 204,928 + 1,290 (dense), counted by hand.
-    assert model.count_params() == 261_962
-    assert model.output_shape == (None, 10)
 
 
 def run_train(name: str, seed: int = 42) -> dict:
@@ -166,7 +36,7 @@ def run_train(name: str, seed: int = 42) -> dict:
 def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path) -> None:
     metrics = run_train("adam")
     history = pd.read_csv(HISTORY_DIR / "adam-42.csv")
-    assert list(history.columns) == list(train.HISTORY_FIELDS) and list(history["epoch"]) == [1]
+    assert list(history.columns) == list(fit.HISTORY_FIELDS) and list(history["epoch"]) == [1]
     assert metrics["val_accuracy"] == pytest.approx(history["val_accuracy"].iloc[-1])
     model = keras.saving.load_model(MODELS_DIR / "adam-42.keras")
     assert model.count_params() == 261_962
@@ -230,9 +100,7 @@ def test_same_params_give_identical_results(processed: Path) -> None:
 
 
 def test_each_seed_is_its_own_run(processed: Path) -> None:
-    Path("params.yaml").write_text(
-        Path("params.yaml").read_text().replace("seeds:\n  - 42\n", "seeds:\n  - 42\n  - 7\n")
-    )
+    edit_params({"train.seeds": [42, 7]})
     run_train("sgd", 42)
     keras.backend.clear_session()
     run_train("sgd", 7)
@@ -276,34 +144,16 @@ def test_bad_params_fail_before_loading_any_data(project: Path) -> None:
         ParamsError, match="optimizers.nosuch: no such entry; entries: sgd, sgd_momentum, "
     ):
         train.main(["nosuch", "42"])
-    params_text = (
-        Path("params.yaml").read_text().replace("learning_rate: 0.001", "learning_rate: 1e-3x", 1)
-    )
-    Path("params.yaml").write_text(params_text)
+    edit_params({"optimizers.adagrad.learning_rate": "1e-3x"})
     with pytest.raises(
         ParamsError, match="optimizers.adagrad.learning_rate: expected a number, got '1e-3x'"
     ):
         train.main(["adagrad", "42"])
 
 
-def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(
-    monkeypatch, caplog
-) -> None:
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
-    monkeypatch.setattr(train.tf.config, "list_physical_devices", lambda kind=None: [])
-    assert train.effective_precision("mixed_bfloat16") == "float32"
-    assert "this one has none; training in float32 instead" in caplog.text
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
-    assert train.effective_precision("mixed_bfloat16") == "mixed_bfloat16"
-    assert train.effective_precision("float32") == "float32"
-
-
 def test_mixed_bfloat16_trains_in_bf16_with_a_float32_softmax(processed: Path, monkeypatch) -> None:
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
-    params_text = (
-        Path("params.yaml").read_text().replace("precision: float32", "precision: mixed_bfloat16")
-    )
-    Path("params.yaml").write_text(params_text)
+    monkeypatch.setattr(fit, "cpu_has_bf16", lambda: True)
+    edit_params({"train.precision": "mixed_bfloat16"})
     try:
         metrics = run_train("adam")
     finally:

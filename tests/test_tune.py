@@ -7,24 +7,25 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 
+from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.params import load_params
+from mnist_optimizers.paths import TRAIN_METRICS_DIR, TUNE_DIR
 from stages import train, tune
-from stages.common import TRAIN_METRICS_DIR, TUNE_DIR, ParamsError
+
+from .conftest import edit_params
 
 
-def set_tune(**values: object) -> None:
-    path = Path("params.yaml")
-    params = yaml.safe_load(path.read_text())
-    params["tune"] |= values
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+def set_tune(**values: object) -> dict:
+    return edit_params({f"tune.{key}": value for key, value in values.items()})
 
 
 def test_grid_runs_nested_under_one_parent_and_picks_the_best_validation_rate(
     processed: Path,
 ) -> None:
     set_tune(low=0.001, high=0.1, points=3, images=100, epochs=1)
-    result = tune.main(["adam"]) or json.loads((TUNE_DIR / "adam.json").read_text())
+    tune.main(["adam"])
+    result = json.loads((TUNE_DIR / "adam.json").read_text())
     trials = result["trials"]
     assert [t["learning_rate"] for t in trials] == [0.001, 0.01, 0.1]
     best = max(trials, key=lambda t: t["val_accuracy"])  # first of equals: the smaller rate
@@ -48,7 +49,7 @@ def test_grid_runs_nested_under_one_parent_and_picks_the_best_validation_rate(
 
 def test_tuned_training_uses_the_best_rate(processed: Path) -> None:
     set_tune(low=0.001, high=0.1, points=3, images=100, epochs=1)
-    best = tune.tune("sgd", yaml.safe_load(Path("params.yaml").read_text()))["best_learning_rate"]
+    best = tune.tune("sgd", load_params())["best_learning_rate"]
     train.main(["sgd", "42", "--tuned"])
     metrics = json.loads((TRAIN_METRICS_DIR / "sgd-42-tuned.json").read_text())
     run = mlflow.MlflowClient().get_run(metrics["mlflow_run_id"])

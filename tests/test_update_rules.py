@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from stages import update_rules as rules
+from mnist_optimizers import update_rules as rules
 
 CASES: list[tuple[str, Callable[..., rules.Rule], dict]] = [
     ("SGD", rules.sgd, dict(learning_rate=0.1)),

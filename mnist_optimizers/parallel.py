@@ -1,7 +1,7 @@
 """`dvc repro` with the training stages run N at a time through DVC's experiment queue.
 
-    python -m stages.parallel          # two at a time
-    python -m stages.parallel -j 3 --task-timeout 3600
+    python -m mnist_optimizers.parallel          # two at a time
+    python -m mnist_optimizers.parallel -j 3 --task-timeout 3600
 
 Not a stage: a runner for them. On this project's 2-core machine it is no faster than
 `dvc repro`, which runs one stage at a time on all cores: 0.99x its wall time, 0.955x to 1.032x
@@ -12,7 +12,7 @@ way the README gives. It runs the steps DVC documents:
 2. `dvc exp run --queue <stage>` for each stale stage of the first round (`train@`, `tune@`,
    `gd_variants`: independent of each other);
 3. `PIPELINE_JOBS=N dvc queue start -j N`, so that each stage sizes TensorFlow's threads to
-   its share of the cores (stages/runtime.py); then it watches its own tasks' states, with a
+   its share of the cores (mnist_optimizers/runtime.py); then it watches its own tasks' states, with a
    deadline, and stops the workers it started once they are done (below);
 4. `dvc repro --single-item <those stages>`: it checks their outputs out of DVC's run cache,
    where the queued runs left them;
@@ -40,7 +40,7 @@ rely on it:
 Whatever happens, including Ctrl-C, no worker the runner started is left running.
 
 Models trained this way can differ from `dvc repro`'s in the last bits of their weights: the
-thread count changes how oneDNN splits its sums (stages/runtime.py).
+thread count changes how oneDNN splits its sums (mnist_optimizers/runtime.py).
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages.common import PipelineError, run_stage
+from mnist_optimizers.cli import run_stage
+from mnist_optimizers.errors import PipelineError
 
 log = logging.getLogger(__name__)
 # Stages queued together: each round needs only what the rounds before it made.
@@ -467,7 +468,9 @@ def run_parallel(jobs: int, task_timeout: float = DEFAULT_TASK_TIMEOUT_SECONDS) 
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.parallel", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m mnist_optimizers.parallel", description=__doc__
+    )
     parser.add_argument("-j", "--jobs", type=int, default=2, help="stages at a time (2)")
     parser.add_argument(
         "--task-timeout", type=float, default=DEFAULT_TASK_TIMEOUT_SECONDS, metavar="SECONDS",

@@ -1,4 +1,4 @@
-"""The arithmetic of a fair comparison: results over seeds with a confidence interval, which
+"""Statistics of a fair comparison: results over seeds with a confidence interval, which
 differences between optimizers are significant, the best learning rate of a grid, and the
 time an optimizer takes to reach a validation target.
 
@@ -11,10 +11,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.params import is_number
+
+DEFAULT_TARGETS = (0.98, 0.97)  # validation accuracies to time; 0.97 is AlgoPerf's MNIST target
 
 
 @dataclass(frozen=True)
@@ -106,3 +112,17 @@ def time_to_target(history: pd.DataFrame, target: float) -> TimeToTarget | None:
     epoch = int(history.loc[reached[0], "epoch"])
     seconds = float(history.loc[history["epoch"] <= epoch, "epoch_seconds"].sum())
     return TimeToTarget(epoch, seconds)
+
+
+def validate_targets(value: Any, key: str = "evaluate.targets") -> tuple[float, ...]:
+    """Check a list of validation accuracies to time, each in (0, 1]."""
+    if not isinstance(value, list) or not all(is_number(t) and 0 < t <= 1 for t in value):
+        raise ParamsError(f"{key}: expected a list of accuracies in (0, 1], got {value!r}")
+    return tuple(float(t) for t in value)
+
+
+def validate_confidence(value: Any, key: str = "evaluate.confidence") -> float:
+    """Check a confidence level, a number in (0, 1)."""
+    if not is_number(value) or not 0 < value < 1:
+        raise ParamsError(f"{key}: expected a number in (0, 1), got {value!r}")
+    return float(value)

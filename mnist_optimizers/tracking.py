@@ -1,4 +1,4 @@
-"""MLflow setup shared by the train and evaluate stages.
+"""MLflow: the tracking store, the experiment, runs that always end, and model logging.
 
 By default runs go to a SQLite store, `mlflow.db` at the project root, with artifacts in
 `mlartifacts/` beside it. The root is `$DVC_ROOT` when DVC sets it: `dvc exp run --temp`
@@ -22,14 +22,22 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import requests
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
-from stages.common import PipelineError, Terminated
+from mnist_optimizers.cli import Terminated
+from mnist_optimizers.errors import ParamsError, PipelineError
+from mnist_optimizers.params import check_keys
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -43,6 +51,15 @@ log = logging.getLogger(__name__)
 
 class TrackingError(PipelineError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+def validate_mlflow(section: Any) -> str:
+    """Check the `mlflow` section; return the experiment name."""
+    check_keys(section, ("experiment_name",), "mlflow", ("experiment_name",))
+    name = section["experiment_name"]
+    if not isinstance(name, str) or not name.strip():
+        raise ParamsError(f"mlflow.experiment_name: expected a non-empty string, got {name!r}")
+    return name
 
 
 def project_root() -> Path:
@@ -245,3 +262,67 @@ def tracked_run(
         _end_run_quietly(RunStatus.FAILED)
         raise
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+class KerasFlavor:
+    """`mlflow.keras`, with the model directory created before MLflow writes the input
+    example into it (mlflow.keras.log_model fails otherwise: mlflow/mlflow#16183)."""
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> None:
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+def model_requirements() -> list[str]:
+    """Pinned requirements for the logged model, without MLflow's slow inference subprocess."""
+    backend = "tensorflow"
+    for dist in ("tensorflow-cpu", "tensorflow"):
+        try:
+            backend = f"{dist}=={metadata.version(dist)}"
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    return [f"mlflow=={mlflow.__version__}", f"keras=={metadata.version('keras')}", backend]
+
+
+def log_model(model: keras.Model, example: np.ndarray) -> None:
+    """Log ``model`` to the active run as `model/`, with its signature and an input example."""
+    from mlflow.models import infer_signature
+
+    mlflow.models.Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=KerasFlavor,
+        flavor_name="mlflow.keras",
+        model=model,
+        signature=infer_signature(example, model.predict(example, verbose=0)),
+        input_example=example,
+        pip_requirements=model_requirements(),
+    )
+
+
+def log_to_run(
+    label: str, run_id: str, metrics: dict[str, float], artifacts: dict[Path, str]
+) -> bool:
+    """Log ``metrics`` (at step 0) and ``artifacts`` (file -> artifact folder) into the
+    finished run ``run_id``. A run missing from the current store (trained against another
+    one, restored from DVC's run cache) is skipped with a warning naming ``label``; return
+    whether it was logged."""
+    from mlflow.entities import Metric
+    from mlflow.utils.time import get_current_time_millis
+
+    client = mlflow.MlflowClient()
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        log.warning(
+            "%s: MLflow run %s is not in %s; not logging to it",
+            label, run_id, mlflow.get_tracking_uri(),
+        )  # fmt: skip
+        return False
+    now = get_current_time_millis()
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    for path, folder in artifacts.items():
+        client.log_artifact(run_id, str(path), folder)
+    return True

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.common import ParamsError
+from mnist_optimizers.errors import ParamsError
 
 JOBS_ENV = "PIPELINE_JOBS"
 # TensorFlow's own variables: when set, they win over what this module works out.

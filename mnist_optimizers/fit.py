@@ -1,0 +1,259 @@
+"""The `train` section and fitting: precision, the per-epoch tracker, checkpoints and resume.
+
+Shared by every stage that trains (train, tune, gd_variants); the stages choose the data,
+the optimizer and the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+
+from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.files import atomic_path, write_json_atomic
+from mnist_optimizers.model import ModelConfig
+from mnist_optimizers.optimizers import logged_config
+from mnist_optimizers.params import check_keys, positive_int
+from mnist_optimizers.paths import CHECKPOINTS_DIR
+
+PRECISIONS = ("float32", "mixed_bfloat16")
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
+HISTORY_FILE = "history.json"  # in a checkpoint folder: the epochs its weights hold
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    seeds: tuple[int, ...]  # one training run per optimizer and seed
+    precision: str = "float32"  # a Keras dtype policy: float32, or mixed_bfloat16 (opt-in)
+    resume: bool = False  # keep an epoch checkpoint and continue from it after a stop
+
+
+def validate_train(section: Any) -> TrainConfig:
+    """Check the `train` section: positive epochs and batch size, a list of distinct
+    non-negative integer seeds, a precision."""
+    keys = ("epochs", "batch_size", "seeds", "precision", "resume")
+    check_keys(section, keys, "train", ("epochs", "batch_size", "seeds"))
+    seeds = section["seeds"]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds)
+    ):
+        raise ParamsError(
+            f"train.seeds: expected a non-empty list of non-negative integers, got {seeds!r}"
+        )
+    if len(set(seeds)) != len(seeds):
+        raise ParamsError(f"train.seeds: each seed once, got {seeds!r}")
+    precision = section.get("precision", "float32")
+    if precision not in PRECISIONS:
+        raise ParamsError(
+            f"train.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
+    resume = section.get("resume", False)
+    if not isinstance(resume, bool):
+        raise ParamsError(f"train.resume: expected true or false, got {resume!r}")
+    return TrainConfig(
+        epochs=positive_int(section["epochs"], "train.epochs"),
+        batch_size=positive_int(section["batch_size"], "train.batch_size"),
+        seeds=tuple(seeds),
+        precision=precision,
+        resume=resume,
+    )
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has BF16 instructions (x86 AVX-512 BF16 or AMX, Arm BF16)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", cpuinfo) is not None
+
+
+def effective_precision(requested: str) -> str:
+    """The dtype policy to train with: ``requested``, or float32 (with a warning) when
+    mixed_bfloat16 is asked for on a CPU without BF16 instructions, where it would be slow."""
+    if requested != "mixed_bfloat16" or cpu_has_bf16() or tf.config.list_physical_devices("GPU"):
+        return requested
+    log.warning(
+        "train.precision: mixed_bfloat16 needs a CPU with BF16 instructions (avx512_bf16, "
+        "amx_bf16 or Arm bf16) and this one has none; training in float32 instead"
+    )
+    return "float32"
+
+
+def set_precision(requested: str) -> str:
+    """Set Keras' global dtype policy to the ``effective_precision``; return it."""
+    precision = effective_precision(requested)
+    keras.mixed_precision.set_global_policy(precision)
+    return precision
+
+
+class EpochTracker(keras.callbacks.Callback):
+    """Times each epoch, adds `epoch_seconds` to its logs and sends them to MLflow
+    with step = epochs completed (1, 2, ...); counts the seconds spent logging."""
+
+    def __init__(self, history: list[dict[str, float]] | None = None) -> None:
+        """``history``: the epochs a resumed training already has."""
+        super().__init__()
+        self.history: list[dict[str, float]] = list(history or [])
+        self.logging_seconds = 0.0
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        row = {key: float(value) for key, value in (logs or {}).items()}
+        row["epoch_seconds"] = time.perf_counter() - self._start
+        before_logging = time.perf_counter()
+        mlflow.log_metrics(row, step=epoch + 1)
+        self.logging_seconds += time.perf_counter() - before_logging
+        self.history.append({"epoch": epoch + 1, **row})
+        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch, save the weights and optimizer state as `epoch-<n>.weights.h5`,
+    then the history so far as `history.json`, each atomically: a stop at any moment
+    leaves the last complete pair. (Keras' BackupAndRestore writes its file in place, and a
+    SIGTERM during that write left a file it could not load.)"""
+
+    def __init__(self, folder: Path, tracker: EpochTracker) -> None:
+        super().__init__()
+        self.folder = folder
+        self.tracker = tracker
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        weights = self.folder / f"epoch-{epoch + 1}.weights.h5"
+        with atomic_path(weights, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp, overwrite=True)
+        write_json_atomic(self.folder / HISTORY_FILE, self.tracker.history)
+        for old in self.folder.glob("epoch-*.weights.h5"):
+            if old != weights:
+                old.unlink(missing_ok=True)
+
+
+def checkpoint_dir(key: str, config: dict[str, Any]) -> Path:
+    """The checkpoint folder of one training and configuration: a checkpoint made with other
+    params or data is never resumed, it is simply not found."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    return CHECKPOINTS_DIR / f"{key}-{digest[:16]}"
+
+
+def resume_from(folder: Path, model: keras.Model) -> list[dict[str, float]]:
+    """Load the last complete checkpoint in ``folder`` into ``model`` (weights and optimizer
+    state); return the history of the epochs it holds, or [] to start from scratch."""
+    try:
+        history = json.loads((folder / HISTORY_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    weights = folder / f"epoch-{len(history)}.weights.h5"
+    if not history or not weights.exists():
+        return []
+    model.optimizer.build(model.trainable_variables)  # so that its state can be loaded
+    model.load_weights(weights)
+    return history
+
+
+def fit_model(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    data: dict[str, np.ndarray],
+    epochs: int,
+    batch_size: int,
+    checkpoint: Path | None = None,
+) -> EpochTracker:
+    """Compile and fit; return the tracker that holds one row per epoch and its seconds.
+    With ``checkpoint``, keep the weights, optimizer state and history there after every
+    epoch, and continue from them if an earlier run left them."""
+    # Integer labels with the sparse loss: the same categorical cross-entropy, no one-hot copy.
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    done: list[dict[str, float]] = []
+    if checkpoint is not None:
+        done = resume_from(checkpoint, model)
+        if done:
+            log.info("resuming from %s after epoch %d of %d", checkpoint, len(done), epochs)
+            for row in done:  # the new MLflow run gets the whole history
+                mlflow.log_metrics(
+                    {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]
+                )
+            mlflow.set_tag("resumed_after_epoch", str(len(done)))
+    tracker = EpochTracker(done)
+    callbacks: list[keras.callbacks.Callback] = [tracker]
+    if checkpoint is not None:
+        callbacks.append(EpochCheckpoint(checkpoint, tracker))
+    model.fit(
+        data["x_train"],
+        data["y_train"],
+        validation_data=(data["x_val"], data["y_val"]),
+        epochs=epochs,
+        batch_size=batch_size,
+        callbacks=callbacks,
+        initial_epoch=len(done),
+        verbose=2,
+    )
+    return tracker
+
+
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``seconds[key]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+
+
+def history_csv(history: list[dict[str, float]]) -> str:
+    """The per-epoch history as CSV text with a header row."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def run_params(
+    name: str,
+    optimizer: keras.optimizers.Optimizer,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    model: keras.Model,
+    data_summary: dict[str, Any],
+) -> dict[str, Any]:
+    """Every param of the run, flat: the optimizer as Keras really built it (defaults
+    included), the training settings, the architecture and the data it saw."""
+    params: dict[str, Any] = {"optimizer": name, "optimizer.class": type(optimizer).__name__}
+    params |= {f"optimizer.{k}": v for k, v in logged_config(optimizer).items()}
+    params |= {f"train.{k}": v for k, v in asdict(train_config).items()}
+    params |= {f"model.{k}": v for k, v in asdict(model_config).items()}
+    params["model.parameters"] = model.count_params()
+    params["loss"] = "categorical cross-entropy (sparse integer labels)"
+    params |= {f"data.{split}_images": n for split, n in data_summary["counts"].items()}
+    params["data.subset"] = data_summary["subset"]
+    params["data.val_fraction"] = data_summary["val_fraction"]
+    params |= {f"data.sha256.{file}": digest for file, digest in data_summary["sha256"].items()}
+    return params

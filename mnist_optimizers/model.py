@@ -1,0 +1,116 @@
+"""The `model` section and the CNN: build it, save it, load it safely, test it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from mnist_optimizers.errors import ParamsError, PipelineError
+from mnist_optimizers.files import atomic_path
+from mnist_optimizers.params import check_keys, int_list, positive_int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    conv_blocks: tuple[tuple[int, ...], ...]  # filters of each block's Conv2D layers
+    kernel_size: int
+    pool_size: int
+    dense_units: tuple[int, ...]
+    num_classes: int
+
+
+def validate_model(section: Any) -> ModelConfig:
+    """Check the `model` section that sizes the CNN."""
+    keys = ("conv_blocks", "kernel_size", "pool_size", "dense_units", "num_classes")
+    check_keys(section, keys, "model", keys)
+    blocks = section["conv_blocks"]
+    if not isinstance(blocks, list) or not blocks:
+        raise ParamsError(f"model.conv_blocks: expected a list of lists of filters, got {blocks!r}")
+    return ModelConfig(
+        conv_blocks=tuple(int_list(b, f"model.conv_blocks[{i}]") for i, b in enumerate(blocks)),
+        kernel_size=positive_int(section["kernel_size"], "model.kernel_size"),
+        pool_size=positive_int(section["pool_size"], "model.pool_size"),
+        dense_units=int_list(section["dense_units"], "model.dense_units"),
+        num_classes=positive_int(section["num_classes"], "model.num_classes"),
+    )
+
+
+def build_model(config: ModelConfig, input_shape: tuple[int, ...]) -> keras.Sequential:
+    """The CNN: per block, Conv2D layers then a max pool; then dense layers and a softmax.
+
+    Layers compute in the global dtype policy (see `fit.effective_precision`); the softmax
+    always outputs float32, as Keras' mixed-precision guide advises."""
+    layers: list[keras.layers.Layer] = [keras.Input(shape=input_shape)]
+    for filters in config.conv_blocks:
+        layers += [keras.layers.Conv2D(f, config.kernel_size, activation="relu") for f in filters]
+        layers.append(keras.layers.MaxPooling2D(config.pool_size))
+    layers.append(keras.layers.Flatten())
+    layers += [keras.layers.Dense(units, activation="relu") for units in config.dense_units]
+    layers.append(keras.layers.Dense(config.num_classes, activation="softmax", dtype="float32"))
+    return keras.Sequential(layers, name="mnist_cnn")
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save ``model`` in the `.keras` format, atomically."""
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+def load_model(path: Path) -> keras.Model:
+    """Load a trained model in Keras' safe mode: a model file that would run Python code
+    (a Lambda layer, a pickled function) is refused with a clear error, never executed."""
+    if not path.exists():
+        raise PipelineError(f"{path}: not found; run its training stage (dvc repro)")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except ValueError as exc:
+        if "safe_mode" not in str(exc) and "unsafe" not in str(exc).lower():
+            raise
+        raise PipelineError(
+            f"{path}: refused: it holds Python code, which Keras' safe mode does not run "
+            "(this pipeline never saves such a model); retrain it: dvc repro --force"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model's results on the test set."""
+
+    test_accuracy: float
+    test_loss: float
+    per_class_accuracy: np.ndarray  # (num_classes,)
+    confusion: np.ndarray  # (num_classes, num_classes), rows = actual, columns = predicted
+    predictions: np.ndarray  # (n,) predicted digit per test image
+
+    def metrics(self) -> dict[str, float]:
+        """Test accuracy and loss, and the accuracy on each digit, as MLflow metrics."""
+        digits = {
+            f"test_accuracy_digit_{d}": float(a) for d, a in enumerate(self.per_class_accuracy)
+        }
+        return {"test_accuracy": self.test_accuracy, "test_loss": self.test_loss} | digits
+
+
+def evaluate_model(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> Evaluation:
+    """Accuracy, loss, per-class accuracy and confusion matrix of ``model`` on (x, y)."""
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    loss = keras.losses.sparse_categorical_crossentropy(y, probabilities)
+    num_classes = probabilities.shape[1]
+    predictions = probabilities.argmax(axis=1)
+    confusion = np.bincount(
+        y.astype(np.int64) * num_classes + predictions, minlength=num_classes**2
+    ).reshape(num_classes, num_classes)
+    support = confusion.sum(axis=1)
+    per_class = np.divide(
+        confusion.diagonal(), support, out=np.full(num_classes, np.nan), where=support > 0
+    )
+    return Evaluation(
+        test_accuracy=float((predictions == y).mean()),
+        test_loss=float(np.mean(keras.ops.convert_to_numpy(loss))),
+        per_class_accuracy=per_class,
+        confusion=confusion,
+        predictions=predictions,
+    )

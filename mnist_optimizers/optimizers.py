@@ -1,0 +1,150 @@
+"""The `optimizers` and `compare` sections: the catalog of Keras optimizers, checking an
+entry, building it, and the learning rate as Keras holds it.
+
+An entry's key names a Keras optimizer (any case) unless `class:` does; its other keys are
+that optimizer's constructor arguments, checked against the constructor's signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from mnist_optimizers.errors import ParamsError
+
+CLASS_KEY = "class"
+# Optimizers that wrap others or need per-variable structure: not usable from params alone.
+NOT_STANDALONE = {"Optimizer", "LossScaleOptimizer", "MultiOptimizer"}
+
+
+def validate_optimizer_names(section: Any) -> dict[str, dict[str, Any]]:
+    """Check that `optimizers` is a non-empty mapping of name -> dict of hyperparameters.
+
+    Whether each name is a real Keras optimizer is checked by ``build_optimizer``."""
+    if not isinstance(section, Mapping) or not section:
+        raise ParamsError(
+            "optimizers: expected at least one entry, e.g. `adam: {learning_rate: 0.001}`"
+        )
+    result = {}
+    for name, spec in section.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ParamsError(
+                f"optimizers.{name}: a name may hold only letters, digits, '_' and '-'"
+            )
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, Mapping):
+            raise ParamsError(
+                f"optimizers.{name}: expected a mapping of hyperparameters, got {spec!r}"
+            )
+        result[name] = dict(spec)
+    return result
+
+
+def optimizer_spec(specs: Mapping[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """The entry ``name`` of the checked `optimizers` section, or a ParamsError."""
+    if name not in specs:
+        raise ParamsError(f"optimizers.{name}: no such entry; entries: {', '.join(specs)}")
+    return specs[name]
+
+
+def validate_compare(section: Any, optimizers: Mapping[str, Any]) -> list[str]:
+    """Check `compare`: a non-empty list of distinct entries of `optimizers`."""
+    if not isinstance(section, list) or not section:
+        raise ParamsError(f"compare: expected a non-empty list of optimizer names, got {section!r}")
+    unknown = [name for name in section if name not in optimizers]
+    if unknown:
+        raise ParamsError(
+            f"compare: {', '.join(map(str, unknown))} not in `optimizers`; "
+            f"entries: {', '.join(optimizers)}"
+        )
+    if len(set(section)) != len(section):
+        raise ParamsError(f"compare: each optimizer once, got {section!r}")
+    return list(section)
+
+
+def optimizer_classes() -> dict[str, type[keras.optimizers.Optimizer]]:
+    """Every standalone optimizer class in `keras.optimizers`, by class name."""
+    return {
+        name: cls
+        for name, cls in vars(keras.optimizers).items()
+        if isinstance(cls, type)
+        and issubclass(cls, keras.optimizers.Optimizer)
+        and name not in NOT_STANDALONE
+    }
+
+
+def _coerce_hyperparameter(value: Any, default: Any, key: str) -> Any:
+    """Reject NaN/inf and numbers given as unparseable strings (`1e-3x`)."""
+    numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if isinstance(value, str) and numeric_default:
+        raise ParamsError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParamsError(f"{key}: expected a finite number, got {value!r}")
+    return value
+
+
+def build_optimizer(name: str, spec: dict[str, Any]) -> keras.optimizers.Optimizer:
+    """Build the Keras optimizer that `optimizers.<name>` describes; ParamsError if it
+    names no Keras optimizer or passes an argument that optimizer does not take."""
+    classes = optimizer_classes()
+    by_lower = {cls_name.lower(): cls for cls_name, cls in classes.items()}
+    hyperparameters = dict(spec)
+    class_name = hyperparameters.pop(CLASS_KEY, name)
+    cls = classes.get(class_name) or by_lower.get(str(class_name).lower())
+    if cls is None:
+        where = f"optimizers.{name}.{CLASS_KEY}" if CLASS_KEY in spec else f"optimizers.{name}"
+        raise ParamsError(
+            f"{where}: {class_name!r} is not a Keras optimizer; valid names: "
+            f"{', '.join(sorted(classes))} (any case), or set `{CLASS_KEY}:` to one of them"
+        )
+    signature = inspect.signature(cls.__init__)
+    accepted = {
+        p.name: p.default
+        for p in signature.parameters.values()
+        if p.name not in ("self", "name") and p.kind is not p.VAR_KEYWORD
+    }
+    for key, value in hyperparameters.items():
+        where = f"optimizers.{name}.{key}"
+        if key not in accepted:
+            raise ParamsError(
+                f"{where}: {cls.__name__} takes no argument {key!r}; it takes: "
+                f"{', '.join(accepted)}"
+            )
+        hyperparameters[key] = _coerce_hyperparameter(value, accepted[key], where)
+    learning_rate = hyperparameters.get("learning_rate")
+    if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
+        raise ParamsError(f"optimizers.{name}.learning_rate: expected > 0, got {learning_rate!r}")
+    try:
+        return cls(**hyperparameters)
+    except (ValueError, TypeError) as exc:
+        raise ParamsError(
+            f"optimizers.{name}: {cls.__name__} rejected {hyperparameters}: {exc}"
+        ) from None
+
+
+def float32_text(value: float) -> str:
+    """A rate as Keras holds it (float32), written the way it reads in params: 0.001, not
+    0.0010000000474974513."""
+    return str(np.float32(value))
+
+
+def logged_config(optimizer: keras.optimizers.Optimizer) -> dict[str, Any]:
+    """The optimizer's config as Keras built it (defaults included), without its name, the
+    learning rate as ``float32_text``."""
+    config = optimizer.get_config()
+    if isinstance(config.get("learning_rate"), float):
+        config["learning_rate"] = float32_text(config["learning_rate"])
+    config.pop("name", None)
+    return config
+
+
+def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    """The optimizer's learning rate as Keras holds it, as the number it reads as: 0.001."""
+    return float(float32_text(optimizer.get_config()["learning_rate"]))

@@ -1,0 +1,371 @@
+"""The comparison's tables: one row per run, the summary over seeds per optimizer, the
+significance of each pair, the histories, and their Markdown and HTML forms.
+
+Pure functions from results to DataFrames and text; the evaluate and report stages read
+and write the files.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mnist_optimizers import stats
+from mnist_optimizers.paths import run_key
+
+SETTINGS = {False: "default", True: "tuned"}  # learning rate: from params.yaml, or tuned
+SECTION_TITLES = {"default": "Learning rates from params.yaml", "tuned": "Tuned learning rates"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained model: its optimizer, seed, training metrics and test results."""
+
+    optimizer: str
+    seed: int
+    tuned: bool  # trained with the best rate of tune@<optimizer>, not the one in params
+    train: dict[str, Any]  # metrics/train/<key>.json
+    history: pd.DataFrame  # metrics/history/<key>.csv
+    evaluation: Any  # model.Evaluation: test accuracy, loss, per class, confusion
+
+    @property
+    def key(self) -> str:
+        return run_key(self.optimizer, self.seed, self.tuned)
+
+    @property
+    def setting(self) -> str:
+        return SETTINGS[self.tuned]
+
+
+def target_label(target: float) -> str:
+    """0.98 -> '98' (for column names)."""
+    return f"{100 * target:g}"
+
+
+def file_label(name: str, setting: str) -> str:
+    """File-name label of an optimizer in a setting: `adam`, `adam-tuned`."""
+    return name if setting == "default" else f"{name}-{setting}"
+
+
+def runs_table(runs: list[Run], targets: tuple[float, ...]) -> pd.DataFrame:
+    """One row per run (setting, optimizer, seed): learning rate, accuracies, loss, seconds,
+    time to each target."""
+    rows = []
+    for run in runs:
+        row = {
+            "setting": run.setting,
+            "optimizer": run.optimizer,
+            "seed": run.seed,
+            "learning_rate": run.train["learning_rate"],
+            "val_accuracy": run.train["val_accuracy"],
+            "test_accuracy": run.evaluation.test_accuracy,
+            "test_loss": run.evaluation.test_loss,
+            "train_seconds": run.train["train_seconds"],
+        }
+        for target in targets:
+            reached = stats.time_to_target(run.history, target)
+            label = target_label(target)
+            row[f"epoch_to_{label}"] = reached.epoch if reached else None
+            row[f"seconds_to_{label}"] = round(reached.seconds, 1) if reached else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _percent(summary: stats.SeedSummary) -> dict[str, float | None]:
+    """Mean, std and interval of a fraction, in percent with two decimals."""
+
+    def pct(value: float) -> float | None:
+        return None if math.isnan(value) else round(100 * value, 2)
+
+    return {
+        "mean": pct(summary.mean),
+        "std": pct(summary.std),
+        "ci_low": pct(summary.ci_low),
+        "ci_high": pct(summary.ci_high),
+    }
+
+
+def time_to_target_text(group: pd.DataFrame, target: float) -> str:
+    """'3/3 seeds, median 95 s (epoch 3)' or 'never' over an optimizer's runs."""
+    label = target_label(target)
+    reached = group.dropna(subset=[f"seconds_to_{label}"])
+    if reached.empty:
+        return "never"
+    seconds = reached[f"seconds_to_{label}"].median()
+    epoch = reached[f"epoch_to_{label}"].median()
+    return f"{len(reached)}/{len(group)} seeds, median {seconds:.0f} s (epoch {epoch:g})"
+
+
+def comparison_table(
+    runs: pd.DataFrame, reference: dict[str, float], targets: tuple[float, ...], confidence: float
+) -> pd.DataFrame:
+    """One row per optimizer of ``runs`` (one setting): mean, spread and interval over seeds of
+    validation and test accuracy (%), the reference validation accuracy beside ours, the time
+    to each target."""
+    rows = []
+    level = f"{100 * confidence:g}"
+    for name, group in runs.groupby("optimizer", sort=False):
+        val = _percent(stats.summarize_seeds(group["val_accuracy"], confidence))
+        test = _percent(stats.summarize_seeds(group["test_accuracy"], confidence))
+        ref = reference.get(name)
+        row = {
+            "optimizer": name,
+            "learning_rate": group["learning_rate"].iloc[0],
+            "seeds": len(group),
+            "val_accuracy_%": val["mean"],
+            "val_std": val["std"],
+            f"val_ci{level}_low": val["ci_low"],
+            f"val_ci{level}_high": val["ci_high"],
+            "reference_val_accuracy_%": ref,
+            "difference_points": None if ref is None else round(val["mean"] - ref, 2),
+            "test_accuracy_%": test["mean"],
+            "test_std": test["std"],
+            f"test_ci{level}_low": test["ci_low"],
+            f"test_ci{level}_high": test["ci_high"],
+            "test_loss": round(group["test_loss"].mean(), 4),
+            "train_seconds": round(group["train_seconds"].mean(), 1),
+        }
+        for target in targets:
+            row[f"to_val_{target_label(target)}%"] = time_to_target_text(group, target)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def significance_table(runs: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """Every pair of optimizers: the difference of their mean test accuracies in points and
+    whether it is significant at 1 - ``confidence`` (Welch's t-test over seeds, Holm)."""
+    samples = {
+        name: list(group["test_accuracy"]) for name, group in runs.groupby("optimizer", sort=False)
+    }
+    table = stats.pairwise_differences(samples, alpha=1 - confidence)
+    return pd.DataFrame(
+        {
+            "optimizer_a": table["a"],
+            "optimizer_b": table["b"],
+            "test_difference_points": (100 * table["difference"]).round(2),
+            "p_value": table["p_value"].round(4),
+            "p_holm": table["p_holm"].round(4),
+            "significant": table["significant"],
+        }
+    )
+
+
+def significance_lead(table: pd.DataFrame, confidence: float) -> str:
+    """The sentence a person reads first: which differences are significant."""
+    alpha = f"{1 - confidence:g}"
+    significant = table[table["significant"]]
+    if table["p_value"].isna().all():
+        return "Not testable: every optimizer needs at least two seeds (`train.seeds`)."
+    if significant.empty:
+        return f"No difference in test accuracy is significant at {alpha} (Holm-corrected)."
+    pairs = [
+        f"{r.optimizer_a} vs {r.optimizer_b} ({r.test_difference_points:+.2f} points)"
+        for r in significant.itertuples()
+    ]
+    return f"Significant at {alpha} (Welch's t-test over seeds, Holm-corrected): " + (
+        "; ".join(pairs) + "."
+    )
+
+
+def significance_markdown(tables: Mapping[str, pd.DataFrame], confidence: float) -> str:
+    """Per setting, the lead sentence and the significance table."""
+    return "\n".join(
+        f"## {setting} learning rates\n\n{significance_lead(table, confidence)}\n\n"
+        f"{table.to_markdown(index=False)}\n"
+        for setting, table in tables.items()
+    )
+
+
+def history_table(runs: list[Run]) -> pd.DataFrame:
+    """Every run's per-epoch history in one long table with `setting`, `optimizer` and `seed`
+    columns."""
+    frames = [
+        run.history.assign(setting=run.setting, optimizer=run.optimizer, seed=run.seed)
+        for run in runs
+    ]
+    history = pd.concat(frames, ignore_index=True)
+    first = ["setting", "optimizer", "seed"]
+    return history[first + [c for c in history.columns if c not in first]]
+
+
+def history_mean(history: pd.DataFrame) -> pd.DataFrame:
+    """Per setting, optimizer and epoch: the mean over seeds and the band (min, max)."""
+    metrics = ["loss", "accuracy", "val_loss", "val_accuracy"]
+    grouped = history.groupby(["setting", "optimizer", "epoch"], sort=False)
+    table = grouped[metrics].mean()
+    for column in ("val_accuracy", "val_loss"):
+        table[f"{column}_min"] = grouped[column].min()
+        table[f"{column}_max"] = grouped[column].max()
+    return table.reset_index()
+
+
+def per_class_table(runs: list[Run]) -> pd.DataFrame:
+    """Test accuracy per digit (rows) for each optimizer and setting (columns), the mean
+    over seeds."""
+    groups = list(dict.fromkeys((run.optimizer, run.setting) for run in runs))
+    columns = {
+        file_label(name, setting): np.mean(
+            [
+                r.evaluation.per_class_accuracy
+                for r in runs
+                if r.optimizer == name and r.setting == setting
+            ],
+            axis=0,
+        )
+        for name, setting in groups
+    }
+    return pd.DataFrame(columns).rename_axis("digit").reset_index()
+
+
+def confusion_frame(runs: list[Run], y_test: np.ndarray) -> pd.DataFrame:
+    """Actual and predicted digit per test image, the seeds of ``runs`` stacked."""
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {"seed": run.seed, "actual": y_test, "predicted": run.evaluation.predictions}
+            )
+            for run in runs
+        ],
+        ignore_index=True,
+    )
+
+
+def tuning_table(results: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """Every trial of each optimizer's grid (metrics/tune/<optimizer>.json): learning rate,
+    validation accuracy, whether it was chosen."""
+    rows = []
+    for name, result in results.items():
+        for trial in result["trials"]:
+            rows.append(
+                {
+                    "optimizer": name,
+                    "learning_rate": trial["learning_rate"],
+                    "val_accuracy": trial["val_accuracy"],
+                    "chosen": trial["learning_rate"] == result["best_learning_rate"],
+                    "images": result["images"],
+                    "epochs": result["epochs"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def evaluate_metrics(
+    comparisons: dict[str, pd.DataFrame], confidence: float
+) -> dict[str, dict[str, dict[str, float]]]:
+    """What `dvc metrics show` prints: per setting and optimizer, the means over seeds
+    (fractions, as the training metrics are) and the intervals of validation and test
+    accuracy."""
+    level = f"{100 * confidence:g}"
+    metrics: dict[str, dict[str, dict[str, float]]] = {}
+    for setting, table in comparisons.items():
+        for row in table.to_dict("records"):
+            entry = {"learning_rate": row["learning_rate"], "seeds": row["seeds"]}
+            for split in ("val", "test"):
+                entry[f"{split}_accuracy"] = row[f"{split}_accuracy_%"] / 100
+                for bound in ("low", "high"):
+                    value = row[f"{split}_ci{level}_{bound}"]
+                    entry[f"{split}_accuracy_ci_{bound}"] = None if pd.isna(value) else value / 100
+            entry["test_loss"] = row["test_loss"]
+            entry["train_seconds"] = row["train_seconds"]
+            metrics.setdefault(setting, {})[row["optimizer"]] = entry
+    return metrics
+
+
+def _mean_std(mean: float, std: float | None) -> str:
+    return f"{mean:.2f}" if std is None or pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return "" if low is None or pd.isna(low) else f"[{low:.2f}, {high:.2f}]"
+
+
+def readable_table(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """The comparison table for people: mean ± std and the interval of each accuracy in one
+    cell each (comparison.csv keeps every number in its own column)."""
+    level = f"{100 * confidence:g}"
+    rows = []
+    for row in table.to_dict("records"):
+        out = {"optimizer": row["optimizer"], "learning rate": f"{row['learning_rate']:g}"}
+        out["seeds"] = row["seeds"]
+        for kind in ("val", "test"):
+            out[f"{kind} accuracy % (mean ± std)"] = _mean_std(
+                row[f"{kind}_accuracy_%"], row[f"{kind}_std"]
+            )
+            out[f"{kind} {level}% interval"] = _interval(
+                row[f"{kind}_ci{level}_low"], row[f"{kind}_ci{level}_high"]
+            )
+        ref = row["reference_val_accuracy_%"]
+        out["tutorial val %"] = "" if ref is None or pd.isna(ref) else f"{ref:.2f}"
+        out["test loss"] = f"{row['test_loss']:.4f}"
+        out["training s"] = f"{row['train_seconds']:.0f}"
+        out |= {k.replace("to_val_", "to val "): v for k, v in row.items() if k.startswith("to_")}
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def section_title(setting: str, tuning: pd.DataFrame) -> str:
+    """The heading of one setting's comparison; the tuned one says how rates were chosen."""
+    if setting != "tuned":
+        return SECTION_TITLES[setting]
+    grid = ", ".join(f"{r:g}" for r in sorted(tuning["learning_rate"].unique()))
+    return (
+        f"{SECTION_TITLES[setting]} (grid {grid}; each trial {tuning['images'].iloc[0]} "
+        f"training images x {tuning['epochs'].iloc[0]} epochs; chosen on validation accuracy)"
+    )
+
+
+def comparison_markdown(
+    comparisons: Mapping[str, pd.DataFrame], tuning: pd.DataFrame, confidence: float
+) -> str:
+    """The default-rate table and the tuned-rate table, one under the other."""
+    parts = []
+    for setting, table in comparisons.items():
+        readable = readable_table(table, confidence)
+        parts += [f"## {section_title(setting, tuning)}", "", readable.to_markdown(index=False), ""]
+    return "\n".join(parts)
+
+
+def _as_number(value: Any) -> int | float | None:
+    """``value`` (a number or number-like text) as an int or float, None when empty;
+    ValueError when it is no number."""
+    if value is None or (isinstance(value, str) and not value):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    try:
+        return int(str(value))
+    except ValueError:
+        return float(str(value))
+
+
+def _column_text(values: list[Any]) -> list[str]:
+    """A column's cells as text, as `DataFrame.to_markdown` (tabulate) writes them, so that
+    the HTML reads like the Markdown: in a column of numbers (or number-like text) every
+    cell is formatted `g` when one is a float (0.001, 96.5, nan); other columns as they are."""
+    try:
+        numbers = [_as_number(v) for v in values]
+    except ValueError:
+        return [str(v) for v in values]
+    floats = any(isinstance(n, float) for n in numbers)
+    return ["" if n is None else format(n, "g") if floats else str(n) for n in numbers]
+
+
+def html_table(frame: pd.DataFrame) -> str:
+    """``frame`` as an HTML table, every cell escaped, numbers as in its Markdown form."""
+    columns = [_column_text(list(frame[c])) for c in frame.columns]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+        for row in zip(*columns, strict=True)
+    )
+    return f"<table><thead><tr>{head}\n</tr></thead><tbody>\n{body}\n</tbody></table>"

@@ -1,0 +1,87 @@
+"""The CNN: the reference architecture, its test metrics on known predictions, and loading
+a model file safely."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from mnist_optimizers.errors import PipelineError
+from mnist_optimizers.model import build_model, evaluate_model, load_model, validate_model
+from mnist_optimizers.params import load_params
+
+from .conftest import PROJECT_ROOT
+
+
+def test_model_is_the_reference_cnn() -> None:
+    model = build_model(
+        validate_model(load_params(PROJECT_ROOT / "params.yaml")["model"]), (28, 28, 1)
+    )
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == [
+        "Conv2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dense",
+    ]
+    assert [layer.filters for layer in model.layers if hasattr(layer, "filters")] == [32, 64, 64]
+    # 320 + 18,496 + 36,928 (convs) + 204,928 + 1,290 (dense), counted by hand.
+    assert model.count_params() == 261_962
+    assert model.output_shape == (None, 10)
+
+
+class FixedModel:
+    """Stands in for a Keras model: predict() returns the given probabilities."""
+
+    def __init__(self, probabilities: np.ndarray) -> None:
+        self.probabilities = probabilities
+        self.batch_sizes: list[int] = []
+
+    def predict(self, x: np.ndarray, batch_size: int, verbose: int = 0) -> np.ndarray:
+        self.batch_sizes.append(batch_size)
+        return self.probabilities
+
+
+def one_hot_ish(predicted: list[int], confidence: float = 0.91) -> np.ndarray:
+    rest = (1 - confidence) / 9
+    probabilities = np.full((len(predicted), 10), rest, np.float32)
+    probabilities[np.arange(len(predicted)), predicted] = confidence
+    return probabilities
+
+
+def test_metrics_on_known_predictions() -> None:
+    y = np.array([0, 0, 1, 2, 2, 2], np.uint8)
+    predicted = [0, 1, 1, 2, 2, 0]  # 4 of 6 right
+    model = FixedModel(one_hot_ish(predicted))
+    result = evaluate_model(model, np.zeros((6, 28, 28, 1), np.float32), y, batch_size=5000)
+    assert model.batch_sizes == [5000]
+    assert result.test_accuracy == pytest.approx(4 / 6)
+    rest = 0.09 / 9
+    expected_loss = -(4 * math.log(0.91) + 2 * math.log(rest)) / 6
+    assert result.test_loss == pytest.approx(expected_loss, rel=1e-4)
+    assert result.confusion[0].tolist()[:3] == [1, 1, 0]
+    assert result.confusion[2].tolist()[:3] == [1, 0, 2]
+    assert result.confusion.sum() == 6
+    np.testing.assert_allclose(result.per_class_accuracy[:3], [0.5, 1.0, 2 / 3])
+    assert np.isnan(result.per_class_accuracy[3])  # no test image of digit 3
+
+
+def test_a_model_file_holding_code_is_refused_not_run(tmp_path: Path) -> None:
+    """Keras' safe mode: a Lambda layer's Python function in a model file never runs."""
+    marker = tmp_path / "code-ran"
+    code = f"lambda x: (open({str(marker)!r}, 'w').close(), x)[1]"
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(eval(code))])  # noqa: S307
+    path = tmp_path / "adam-42.keras"
+    model.save(path)
+    marker.unlink()  # building the model ran it once, here, in the test
+    with pytest.raises(PipelineError, match="refused: it holds Python code"):
+        load_model(path)
+    assert not marker.exists()

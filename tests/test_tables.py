@@ -1,0 +1,101 @@
+"""The comparison's tables: summaries over seeds, significance, histories, and their
+Markdown and HTML forms."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from mnist_optimizers import tables
+
+
+def runs_frame() -> pd.DataFrame:
+    """Two optimizers, three seeds each, with known accuracies and times to 0.98."""
+    return pd.DataFrame(
+        {
+            "optimizer": ["adam"] * 3 + ["sgd"] * 3,
+            "seed": [1, 2, 3] * 2,
+            "learning_rate": [0.001] * 3 + [0.01] * 3,
+            "val_accuracy": [0.990, 0.991, 0.992, 0.970, 0.971, 0.972],
+            "test_accuracy": [0.990, 0.992, 0.994, 0.970, 0.972, 0.974],
+            "test_loss": [0.03, 0.03, 0.03, 0.09, 0.09, 0.09],
+            "train_seconds": [100.0, 110.0, 120.0, 90.0, 90.0, 90.0],
+            "epoch_to_98": [2, 3, 3, None, None, None],
+            "seconds_to_98": [40.0, 60.0, 62.0, None, None, None],
+        }
+    )
+
+
+def test_comparison_gives_mean_spread_interval_and_time_to_target() -> None:
+    table = tables.comparison_table(runs_frame(), {"adam": 98.97}, (0.98,), 0.95)
+    adam, sgd = table.to_dict("records")
+    assert adam["seeds"] == 3 and adam["learning_rate"] == 0.001
+    assert adam["val_accuracy_%"] == 99.1 and adam["val_std"] == 0.1
+    # t(0.975, 2) = 4.3027; half-width 4.3027 * 0.1 / sqrt(3) = 0.248 points
+    assert adam["val_ci95_low"] == pytest.approx(98.85) and adam["val_ci95_high"] == 99.35
+    assert adam["reference_val_accuracy_%"] == 98.97
+    assert adam["difference_points"] == pytest.approx(0.13)
+    assert adam["test_accuracy_%"] == 99.2 and adam["test_std"] == 0.2
+    assert adam["train_seconds"] == 110.0
+    assert adam["to_val_98%"] == "3/3 seeds, median 60 s (epoch 3)"
+    assert sgd["to_val_98%"] == "never"
+    assert sgd["reference_val_accuracy_%"] is None or math.isnan(sgd["reference_val_accuracy_%"])
+
+
+def test_significance_says_which_differences_are_real() -> None:
+    table = tables.significance_table(runs_frame(), 0.95)
+    row = table.iloc[0]
+    assert (row["optimizer_a"], row["optimizer_b"]) == ("adam", "sgd")
+    assert row["test_difference_points"] == 2.0
+    # Welch: difference 0.02, each std 0.002 over 3 seeds -> t = 12.25, 4 df, p = 0.00026
+    assert row["p_value"] == pytest.approx(0.0003, abs=1e-4) and bool(row["significant"])
+    text = tables.significance_lead(table, 0.95)
+    assert text.startswith("Significant at 0.05 (Welch's t-test over seeds, Holm-corrected): ")
+    assert "adam vs sgd (+2.00 points)" in text
+
+    one_seed = runs_frame().groupby("optimizer").head(1)
+    table = tables.significance_table(one_seed, 0.95)
+    assert not table["significant"].any()
+    assert tables.significance_lead(table, 0.95).startswith("Not testable")
+
+
+def test_history_mean_has_a_band_over_seeds() -> None:
+    history = pd.DataFrame(
+        {
+            "setting": ["default"] * 4,
+            "optimizer": ["adam"] * 4,
+            "seed": [1, 1, 2, 2],
+            "epoch": [1, 2, 1, 2],
+            "loss": [0.5, 0.3, 0.7, 0.1],
+            "accuracy": [0.8, 0.9, 0.8, 0.9],
+            "val_loss": [0.4, 0.2, 0.6, 0.2],
+            "val_accuracy": [0.9, 0.95, 0.8, 0.97],
+        }
+    )
+    mean = tables.history_mean(history)
+    assert list(mean["epoch"]) == [1, 2]
+    assert list(mean["val_accuracy"]) == pytest.approx([0.85, 0.96])
+    assert list(mean["val_accuracy_min"]) == [0.8, 0.95]
+    assert list(mean["val_accuracy_max"]) == [0.9, 0.97]
+
+
+def test_html_tables_read_like_the_markdown_and_escape_every_cell() -> None:
+    frame = pd.DataFrame(
+        {
+            "optimizer": ["adam", "<sgd>"],
+            "learning rate": ["0.001", "0.01"],
+            "tutorial val %": ["96.50", ""],
+            "seeds": [3, 3],
+            "significant": [True, False],
+        }
+    )
+    html = tables.html_table(frame)
+    assert html.startswith("<table><thead><tr><th>optimizer</th><th>learning rate</th>")
+    assert "<td>&lt;sgd&gt;</td>" in html
+    # As `to_markdown` writes them: a column of numbers in `g` format, an empty cell empty.
+    assert "<td>adam</td><td>0.001</td><td>96.5</td><td>3</td><td>True</td>" in html
+    assert "<td>&lt;sgd&gt;</td><td>0.01</td><td></td><td>3</td><td>False</td>" in html
+    markdown = frame.to_markdown(index=False)
+    assert "96.5 " in markdown and "96.50" not in markdown
