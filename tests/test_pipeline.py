@@ -237,6 +237,32 @@ def test_metrics_table_and_plots_are_there_for_a_user(reproduced, tmp_path: Path
     assert "Validation accuracy per epoch" in page and "confusion" in page
 
 
+def stale_stages(root: Path, env: dict[str, str]) -> set[str]:
+    """The stages `dvc status` says have changed."""
+    return set(json.loads(dvc(root, env, "status", "--json")))
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{path}: {old!r} not found"
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_an_edit_makes_only_the_stages_that_import_it_stale(workspace) -> None:
+    """Each stage depends on the modules it imports, no more: an edit to one section's
+    validation, or to one library module, reruns only the stages that use it."""
+    root, env = workspace
+    assert stale_stages(root, env) == set()
+    trajectories = root / "stages" / "trajectories.py"
+    edit(trajectories, ": expected a positive \"", ": expected a positive number \"")
+    assert stale_stages(root, env) == {"trajectories"}
+    edit(trajectories, ": expected a positive number \"", ": expected a positive \"")
+    assert stale_stages(root, env) == set()
+
+    edit(root / "mnist_optimizers" / "stats.py", "Holm-Bonferroni", "Holm's step-down")
+    assert stale_stages(root, env) == {*(f"tune@{n}" for n in OPTIMIZERS), "evaluate", "report"}
+
+
 def test_changing_one_learning_rate_reruns_only_that_optimizer(workspace) -> None:
     root, env = workspace
     output = dvc(
