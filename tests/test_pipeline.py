@@ -27,7 +27,9 @@ from .conftest import edit_params, tiny_params
 
 pytestmark = pytest.mark.e2e
 
-OPTIMIZERS = ["sgd", "adagrad", "adam", "rmsprop"]
+# Two optimizers, not the four of params.yaml: every stage kind, the tuned setting and the
+# significance table are there, at half the stages (and half the time).
+OPTIMIZERS = ["sgd", "adam"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def repo(
     """A fresh git repo holding the project, with tiny params; and the environment to run it."""
     mirror, sha256 = tiny_mirror
     root = tmp_path_factory.mktemp("project")
-    env = project_repo(root, mirror, tiny_params(sha256))
+    env = project_repo(root, mirror, tiny_params(sha256) | {"compare": OPTIMIZERS})
     yield root, env
     check_no_processes_left(env)
 
@@ -295,7 +297,7 @@ def test_an_added_optimizer_gets_a_stage_in_a_temp_experiment_and_joins_the_tabl
         "-n",
         "with-nadam",
         "-S",
-        "compare=[sgd,adagrad,adam,rmsprop,nadam]",
+        f"compare=[{','.join(OPTIMIZERS)},nadam]",
     )
     assert model_stages_run(output) == [
         "train@nadam-42",

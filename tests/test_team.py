@@ -1,5 +1,5 @@
 """Team mode against real servers: 8 experiments queued with `dvc exp run --queue` and run
-by DVC's queue workers two at a time (the runner of stages/parallel.py), logged once each to
+by DVC's queue workers two at a time (the runner of mnist_optimizers/parallel.py), logged once each to
 the SQLite store and to an MLflow tracking server on PostgreSQL; that server's run
 comparison seen in headless Chromium."""
 
