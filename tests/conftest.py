@@ -126,16 +126,23 @@ def edit_params(changes: dict[str, Any], folder: Path = Path(".")) -> dict[str, 
     return params
 
 
+def enter_project(patch: pytest.MonkeyPatch, root: Path, mirror: Path) -> None:
+    """Work in ``root`` as a stage does: it is the working directory, MNIST comes from
+    ``mirror``, MLflow logs to root/mlflow.db, and no DVC or MLflow variable of the
+    developer's leaks in."""
+    patch.chdir(root)
+    patch.setenv("MNIST_MIRROR", str(mirror))
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    for name in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "MLFLOW_EXPERIMENT_NAME"):
+        patch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mirror) -> Path:
     """An empty project folder as the working directory, with tiny params, the tiny mirror
     in MNIST_MIRROR and its own SQLite MLflow store."""
     mirror, sha256 = tiny_mirror
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MNIST_MIRROR", str(mirror))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    for name in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
+    enter_project(monkeypatch, tmp_path, mirror)
     write_params(tmp_path, tiny_params(sha256))
     return tmp_path
 
@@ -154,11 +161,7 @@ def evaluated_template(
     root = tmp_path_factory.mktemp("evaluated")
     mirror, sha256 = tiny_mirror
     with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MNIST_MIRROR", str(mirror))
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        for name in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "MLFLOW_EXPERIMENT_NAME"):
-            patch.delenv(name, raising=False)
+        enter_project(patch, root, mirror)
         write_params(root, tiny_params(sha256))
         edit_params({"compare": ["sgd", "adam"], "train.seeds": [42, 43], "tune.images": 60})
         download.main([])
@@ -175,7 +178,9 @@ def evaluated_template(
 
 
 @pytest.fixture
-def evaluated(evaluated_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def evaluated(
+    evaluated_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mirror
+) -> Path:
     """A copy of the evaluated tiny pipeline as the working directory, its MLflow store
     (artifact paths moved to the copy) in MLFLOW_TRACKING_URI."""
     from .cli import replace_in_store
@@ -188,10 +193,7 @@ def evaluated(evaluated_template: Path, tmp_path: Path, monkeypatch: pytest.Monk
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     tracking_utils._artifact_repos_cache.clear()
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    for name in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
+    enter_project(monkeypatch, root, tiny_mirror[0])
     return root
 
 

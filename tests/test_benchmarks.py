@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks import run
+from benchmarks import harness
+from benchmarks.report import report
 
 CPU = {
     "model": "Test CPU",
@@ -21,14 +22,14 @@ CPU = {
 
 
 def test_summary_and_format() -> None:
-    stats = run.summary([3.0, 1.0, 2.0, 10.0])
+    stats = harness.summary([3.0, 1.0, 2.0, 10.0])
     assert stats == {"median": 2.5, "min": 1.0, "max": 10.0}
-    assert run.fmt(stats, 1, " s") == "2.5 s (1.0-10.0)"
+    assert harness.fmt(stats, 1, " s") == "2.5 s (1.0-10.0)"
 
 
 def test_set_params_changes_nested_keys(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("train:\n  precision: float32\n  epochs: 5\n")
-    run.set_params(tmp_path, train__precision="mixed_bfloat16")
+    harness.set_params(tmp_path, train__precision="mixed_bfloat16")
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["train"] == {
         "precision": "mixed_bfloat16",
         "epochs": 5,
@@ -65,7 +66,7 @@ def test_report_takes_ratios_per_pair_and_shares_of_the_stage() -> None:
                 },
             ]
         },
-        "noop": {"dvc_repro": run.summary([1.0, 2.0]), "dvc_status": run.summary([0.5, 0.7])},
+        "noop": {"dvc_repro": harness.summary([1.0, 2.0]), "dvc_status": harness.summary([0.5, 0.7])},
         "flops": {
             "train_flops_per_image": 1e8,
             "forward_flops_per_image": 3e7,
@@ -78,7 +79,7 @@ def test_report_takes_ratios_per_pair_and_shares_of_the_stage() -> None:
             }
         },
     }
-    text = run.report(results)
+    text = report(results)
     # Ratios pair by pair: 1.1 and 0.9 -> median 1.0; exp run 1.1 both times.
     assert (
         "| wall seconds | 100.0 (90.0-110.0) | 100.0 (100.0-100.0) | 1.000 (0.900-1.100)x |" in text
@@ -125,7 +126,7 @@ def test_report_of_threads_input_and_parallel_runs() -> None:
         },
     }
     results["runcache"] = {"trained_seconds": 200.0, "restored_seconds": [20.0, 30.0, 40.0, 20.0]}
-    text = run.report(results)
+    text = report(results)
     assert "training Adam, then evaluate: 200.0 s (one run)" in text
     assert "4 times (Adam from the run cache, evaluate runs): 25.0 (20.0-40.0) s, 0.125x" in text
     # Each setting against the stage setting for the same job count, run by run: 0.9 and 1.1.
