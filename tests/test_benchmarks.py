@@ -66,7 +66,10 @@ def test_report_takes_ratios_per_pair_and_shares_of_the_stage() -> None:
                 },
             ]
         },
-        "noop": {"dvc_repro": harness.summary([1.0, 2.0]), "dvc_status": harness.summary([0.5, 0.7])},
+        "noop": {
+            "dvc_repro": harness.summary([1.0, 2.0]),
+            "dvc_status": harness.summary([0.5, 0.7]),
+        },
         "flops": {
             "train_flops_per_image": 1e8,
             "forward_flops_per_image": 3e7,

@@ -17,7 +17,7 @@ import requests
 from mnist_optimizers import parallel
 
 from . import servers
-from .cli import check_no_processes_left, dvc, project_repo
+from .cli import check_no_processes_left, dvc, project_repo, run
 from .conftest import tiny_params
 
 pytestmark = pytest.mark.e2e
@@ -38,11 +38,17 @@ TASK_TIMEOUT_SECONDS = 300  # one experiment: 2 epochs on 200 images
 
 
 def make_repo(root: Path, tiny_mirror) -> dict[str, str]:
-    """The project in a fresh git repo at ``root`` on tiny data; the environment to run it."""
+    """The project in a fresh git repo at ``root`` on tiny data, with the data prepared
+    once and committed, as `python -m mnist_optimizers.parallel` does before it queues
+    (each queued experiment then takes it from DVC's cache); the environment to run it."""
     mirror, sha256 = tiny_mirror
     params = tiny_params(sha256)
     params["train"]["epochs"] = EPOCHS
-    return project_repo(root, mirror, params)
+    env = project_repo(root, mirror, params)
+    dvc(root, env, "repro", "preprocess")
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "data"], root, env)
+    return env
 
 
 def queue_statuses(root: Path, env: dict[str, str]) -> dict[str, str]:
