@@ -18,9 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
-from mlflow.exceptions import MlflowException
 
 from mnist_optimizers import plots, stats, tables, tracking
 from mnist_optimizers.cli import run_stage
@@ -134,16 +132,14 @@ def report(params: dict[str, Any]) -> Path:
 
 
 def log_to_mlflow(runs: pd.DataFrame) -> None:
-    """The page and its two new figures into every training run, under `report/`."""
+    """The page and its two new figures into every training run, under `report/`; a run
+    missing from the store is skipped with a warning (tracking.log_to_run)."""
     tracking.connect()
-    client = mlflow.MlflowClient()
+    files = {path: "report" for path in sorted(REPORT_DIR.iterdir()) if path.is_file()}
     for row in runs.itertuples():
         key = run_key(row.optimizer, row.seed, row.setting == "tuned")
         run_id = read_json(TRAIN_METRICS_DIR / f"{key}.json")["mlflow_run_id"]
-        try:
-            client.log_artifacts(run_id, str(REPORT_DIR), "report")
-        except MlflowException as exc:
-            log.warning("%s: not logging the report to MLflow run %s: %s", key, run_id, exc)
+        tracking.log_to_run(key, run_id, {}, files)
 
 
 def main(argv: list[str]) -> None:
