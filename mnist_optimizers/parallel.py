@@ -77,6 +77,10 @@ WORKER_START_SECONDS = 30.0
 # Tasks queued, none running, workers alive: after this long the workers are started again.
 IDLE_RESTART_SECONDS = 60.0
 MAX_WORKER_STARTS = 3
+# `dvc queue status` lists the running tasks, then the queued ones (dvc 3.67,
+# repo/experiments/queue/base.py): a task a worker takes between the two listings is in
+# neither. A task missing for longer than this is an error.
+MISSING_SECONDS = 60.0
 # A bound for the short queue commands (status, start, kill, logs, exp run --queue).
 COMMAND_TIMEOUT_SECONDS = 300.0
 DEFAULT_TASK_TIMEOUT_SECONDS = 7200.0
@@ -339,14 +343,22 @@ class QueueRun:
         running_since: dict[str, float] = {}
         idle_since: float | None = None
         orphaned_since: float | None = None
+        missing_since: float | None = None
         while True:
             states = task_states(self.dvc("queue", "status"), tasks)
+            now = time.monotonic()
             missing = [task for task in tasks if task not in states]
+            missing_since = (missing_since or now) if missing else None
+            if missing_since is not None and now - missing_since > MISSING_SECONDS:
+                raise PipelineError(
+                    f"dvc queue status has not listed {', '.join(missing)} for "
+                    f"{MISSING_SECONDS:g} s (removed from the queue by someone else?)"
+                )
             if missing:
-                raise PipelineError(f"dvc queue status does not list {', '.join(missing)}")
+                time.sleep(self.poll)
+                continue
             if set(states.values()) <= FINAL_STATES:
                 return states
-            now = time.monotonic()
             running = [t for t in tasks if states[t] == "Running"]
             for task in running:
                 running_since.setdefault(task, now)

@@ -202,6 +202,29 @@ def test_a_command_that_leaves_a_daemon_holding_its_output_returns_at_once() -> 
     assert elapsed < 10
 
 
+def test_a_task_missing_from_one_status_listing_is_waited_for(fake_queue, tmp_path: Path) -> None:
+    """Under load `dvc queue status` can miss a task a worker is taking (it lists the running
+    tasks, then the queued ones): the run on the busy CI machine that failed on this."""
+    polls = []
+
+    def states(queue: FakeQueue) -> dict[str, str]:
+        polls.append(1)
+        return {} if len(polls) <= 2 else {"ready-fees": "Success"}
+
+    fake_queue([[EXIT, EXIT]], states)
+    assert run_queue(tmp_path, {"ready-fees": "train@sgd-42"}) == {"ready-fees": "Success"}
+    assert len(polls) == 3
+
+
+def test_a_task_gone_from_the_queue_fails_the_run(
+    fake_queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parallel, "MISSING_SECONDS", 0.5)
+    fake_queue([[HANG, HANG]], lambda q: {"ready-fees": "Success"})
+    with pytest.raises(PipelineError, match=r"has not listed hulky-quey for 0.5 s \(removed"):
+        run_queue(tmp_path, {"hulky-quey": "train@adam-42", "ready-fees": "train@sgd-42"})
+
+
 def test_a_command_past_its_timeout_is_killed_with_a_clear_error() -> None:
     with pytest.raises(PipelineError, match=r"^sleeper did not finish within 1 s \(killed\)$"):
         parallel.command(["sleep", "30"], timeout=1, name="sleeper")

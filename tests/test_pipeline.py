@@ -66,15 +66,46 @@ def reproduced(repo) -> tuple[Path, dict[str, str], str]:
     return root, env, output
 
 
-@pytest.fixture
-def workspace(reproduced, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A copy of the reproduced project for one test to change, and its environment; no
+def copy_for_a_test(
+    source: Path, env: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A copy of the project at ``source`` for one test to change, and its environment; no
     process started in it outlives the test."""
-    root, env, _ = reproduced
     copy = tmp_path / "project"
-    env = copy_repo(root, copy, env)
+    env = copy_repo(source, copy, env)
     yield copy, env
     check_no_processes_left(env)
+
+
+@pytest.fixture
+def workspace(reproduced, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A copy of the reproduced project."""
+    root, env, _ = reproduced
+    yield from copy_for_a_test(root, env, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def adam_lr(
+    reproduced, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, dict[str, str], str]]:
+    """A copy of the reproduced project in which `dvc exp run -n adam-lr` changed Adam's
+    learning rate to 0.002 in the workspace; its environment and the command's output.
+    Tests that change it take their own copy (`copy_repo`)."""
+    root, env, _ = reproduced
+    copy = tmp_path_factory.mktemp("adam-lr") / "project"
+    env = copy_repo(root, copy, env)
+    output = dvc(
+        copy, env, "exp", "run", "-S", "optimizers.adam.learning_rate=0.002", "-n", "adam-lr"
+    )
+    yield copy, env, output
+    check_no_processes_left(env)
+
+
+@pytest.fixture
+def adam_lr_workspace(adam_lr, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A copy of the project in which the experiment `adam-lr` ran."""
+    root, env, _ = adam_lr
+    yield from copy_for_a_test(root, env, tmp_path)
 
 
 TRAINING = [
@@ -266,11 +297,8 @@ def test_an_edit_makes_only_the_stages_that_import_it_stale(workspace) -> None:
     assert stale_stages(root, env) == {*(f"tune@{n}" for n in OPTIMIZERS), "evaluate", "report"}
 
 
-def test_changing_one_learning_rate_reruns_only_that_optimizer(workspace) -> None:
-    root, env = workspace
-    output = dvc(
-        root, env, "exp", "run", "-S", "optimizers.adam.learning_rate=0.002", "-n", "adam-lr"
-    )
+def test_changing_one_learning_rate_reruns_only_that_optimizer(adam_lr) -> None:
+    root, _, output = adam_lr
     # Adam's entry is also its grid's and its tuned runs' definition, and its 2-D paths'.
     assert "trajectories" in stages_run(output)
     assert model_stages_run(output) == [
@@ -364,25 +392,22 @@ def test_parallel_runner_trains_in_the_queue_and_repro_takes_the_run_cache(works
 
 
 def test_a_second_clone_takes_results_from_the_dvc_remote_and_trains_nothing(
-    workspace, tmp_path: Path
+    adam_lr_workspace, tmp_path: Path
 ) -> None:
     """Team storage: one clone pushes its data, models and run cache to a DVC remote; a
     second clone pulls them and `dvc repro` trains nothing, for the committed params and
     for params that only the first clone's experiments ran."""
-    root, env = workspace
-    # An experiment never committed: adam at 0.002.
-    dvc(root, env, "exp", "run", "--temp", "-n", "adam-lr",
-        "-S", "optimizers.adam.learning_rate=0.002")  # fmt: skip
+    root, env = adam_lr_workspace
     remote = str(tmp_path / "dvc-remote")  # a local folder here; S3 or SSH for a team (README)
-    # Each clone's own config (.dvc/config.local): `dvc exp apply` below leaves it alone.
+    # Each clone's own config (.dvc/config.local): `git checkout` below leaves it alone.
     dvc(root, env, "remote", "add", "--local", "--default", "shared", remote)
-    assert run(["git", "status", "--porcelain"], root, env) == ""  # the results are committed
+    # The workspace holds an experiment never committed (adam at 0.002): its outputs...
     dvc(root, env, "push", "--run-cache")
-    # Also the outputs of that experiment.
-    dvc(root, env, "exp", "apply", "adam-lr")
-    dvc(root, env, "push", "--run-cache")
+    # ...and those of the committed results.
     run(["git", "checkout", "-q", "--", "."], root, env)
     dvc(root, env, "checkout")
+    assert run(["git", "status", "--porcelain"], root, env) == ""
+    dvc(root, env, "push", "--run-cache")
 
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
