@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from mnist_optimizers.params import parse_yaml
 from mnist_optimizers.paths import run_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def dvc_command(*args: str) -> list[str]:
 def set_params(clone: Path, **changes: object) -> None:
     """Set dotted keys in the clone's params.yaml (`train.precision="float32"`)."""
     path = clone / "params.yaml"
-    params = yaml.safe_load(path.read_text())
+    params = parse_yaml(path.read_text(encoding="utf-8"), str(path))  # as the stages read it
     for dotted, value in changes.items():
         *parents, key = dotted.split("__")
         section = params

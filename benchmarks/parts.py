@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 from benchmarks.harness import (
     ADAM,
@@ -28,6 +27,7 @@ from benchmarks.harness import (
     summary,
     train_metrics,
 )
+from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import run_key
 
 
@@ -54,7 +54,7 @@ def bench_memory(clone: Path, log: Path) -> dict:
 def bench_pipeline(clone: Path, runs: int, log: Path) -> dict:
     """A forced train@adam stage against the tutorial's plain script, alternating, and one
     changed learning rate through `dvc exp run` against the forced stage."""
-    epochs = yaml.safe_load((clone / "params.yaml").read_text())["train"]["epochs"]
+    epochs = load_params(clone / "params.yaml")["train"]["epochs"]
     rows = []
     for i in range(runs):
         stage = measure(dvc_command("repro", "-f", "-s", ADAM), clone, log)
@@ -105,7 +105,6 @@ def count_flops() -> dict:
     import tensorflow as tf
 
     from mnist_optimizers.model import build_model, validate_model
-    from mnist_optimizers.params import load_params
 
     model = build_model(validate_model(load_params(ROOT / "params.yaml")["model"]), (28, 28, 1))
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
@@ -266,7 +265,7 @@ def bench_runcache(clone: Path, runs: int, log: Path) -> dict:
     once before: the stage comes from the run cache. Against the one `dvc exp run` that
     trained the new value, which is what every change cost before the training stages'
     outputs were cached. (Runs measured before issue 4 ran evaluate too.)"""
-    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params = load_params(clone / "params.yaml")
     values = (params["optimizers"]["adam"]["learning_rate"], 0.0021)
 
     def exp_run(value: float) -> tuple[float, bool]:

@@ -7,45 +7,111 @@ at once, writing nothing, with status 130 or 143.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-from mnist_optimizers.errors import PipelineError
+from mnist_optimizers.errors import PipelineError, redact
+from mnist_optimizers.files import WRITTEN
 
 log = logging.getLogger(__name__)
 
 
+class RedactingFormatter(logging.Formatter):
+    """Every log line, the libraries' included, with passwords and tokens masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def setup_logging() -> None:
-    """Log INFO and above to stderr in one compact format."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True
-    )
+    """Log INFO and above to stderr in one compact format, secrets masked."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+# How often a stage checks that the process that started it (dvc) is still there.
+PARENT_POLL_SECONDS = 1.0
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived (`kill`, a closing terminal, `dvc queue kill`): unwinds the stage like
-    Ctrl-C's KeyboardInterrupt, so that no output is written and the MLflow run is ended."""
+    """SIGTERM or SIGHUP arrived (`kill`, a closing terminal, `dvc queue kill`), or the
+    stage's parent went away: unwinds the stage like Ctrl-C's KeyboardInterrupt, so that no
+    output is written and the MLflow run is ended."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
+    raise Terminated(signal.Signals(signum).name)
+
+
+def watch_parent(parent: int, poll: float = PARENT_POLL_SECONDS) -> None:
+    """Stop this stage (SIGTERM to itself) once the process that started it is gone: `dvc
+    repro` killed or its terminal closed would otherwise leave the stage training on, an
+    orphan that writes outputs and a FINISHED MLflow run dvc.lock never records."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        global _parent_gone
+        _parent_gone = parent
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if parent == 1 and "DVC_STAGE" in os.environ:  # DVC started it, and is gone already
+        global _parent_gone
+        _parent_gone = parent
+        raise Terminated("its parent ended")
+    if parent > 1:  # else started by init, as a daemon: nothing to watch
+        threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+_parent_gone: int | None = None
 
 
 def run_stage(main: Callable[[list[str]], None]) -> None:
     """Run a stage's ``main``; a PipelineError becomes one clear line and exit status 1.
-    SIGINT (Ctrl-C) and SIGTERM stop it at once, writing nothing, with status 130 or 143."""
+    SIGINT (Ctrl-C), SIGTERM and SIGHUP, or the end of the process that started it, stop it
+    at once, writing nothing, with status 130, 143 or 129."""
     setup_logging()
     signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGHUP, _raise_terminated)
     try:
+        watch_parent(os.getppid())
         main(sys.argv[1:])
     except PipelineError as exc:
         log.error("%s", exc)
         sys.exit(1)
     except KeyboardInterrupt:
-        log.error("interrupted (SIGINT): no output written; `dvc repro` runs the stage again")
+        log.error("interrupted (SIGINT): %s", what_was_written())
         sys.exit(128 + signal.SIGINT)
-    except Terminated:
-        log.error("terminated (SIGTERM): no output written; `dvc repro` runs the stage again")
-        sys.exit(128 + signal.SIGTERM)
+    except Terminated as exc:
+        if _parent_gone is not None:
+            log.error(
+                "stopped: the process that started it (pid %d: dvc repro killed, or its "
+                "terminal closed) has ended; %s",
+                _parent_gone,
+                what_was_written(),
+            )
+        else:
+            log.error("terminated (%s): %s", exc.why, what_was_written())
+        sys.exit(128 + (signal.SIGHUP if exc.why == "SIGHUP" else signal.SIGTERM))
+
+
+def what_was_written() -> str:
+    """The truth about a stage's outputs when it stops midway: none written, or which."""
+    rerun = "`dvc repro` runs the stage again"
+    if not WRITTEN:
+        return f"no output written; {rerun}"
+    names = ", ".join(str(path) for path in WRITTEN[:5]) + (", ..." if len(WRITTEN) > 5 else "")
+    return (
+        f"{len(WRITTEN)} of its outputs were already replaced ({names}), the others not: "
+        f"they do not belong together until {rerun}"
+    )

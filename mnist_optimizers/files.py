@@ -34,6 +34,18 @@ class WriteError(PipelineError):
         )
 
 
+# Every output this process has put in place, in order: what a stage stopped midway says
+# it changed (cli.run_stage).
+WRITTEN: list[Path] = []
+
+
+def new_file_mode() -> int:
+    """The mode the umask gives a new file (0644 under umask 022), as `open` would."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -55,7 +67,9 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), new_file_mode())  # mkstemp made it 0600
         os.replace(tmp, path)
+        WRITTEN.append(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise WriteError(path, exc) from None
@@ -127,12 +141,43 @@ def load_arrays(data_dir: Path, *names: str) -> list[np.ndarray]:
     return arrays
 
 
-def load_training_data(images: int | None = None) -> dict[str, np.ndarray]:
+def load_processed(split: str, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The processed images and labels of ``split`` (train, val, test), checked to be what
+    the preprocess stage writes: float32 images (N, height, width, 1) scaled to [0, 1],
+    N integer labels from 0 (below ``num_classes`` when it is given)."""
+    x, y = load_arrays(PROCESSED_DIR, f"x_{split}", f"y_{split}")
+    x_path, y_path = PROCESSED_DIR / f"x_{split}.npy", PROCESSED_DIR / f"y_{split}.npy"
+    rerun = "rerun the preprocess stage: dvc repro --force preprocess"
+    if x.dtype != np.float32 or x.ndim != 4 or x.shape[-1] != 1 or 0 in x.shape:
+        raise PipelineError(
+            f"{x_path}: expected float32 images of shape (N, height, width, 1), got "
+            f"{x.dtype} {x.shape}; {rerun}"
+        )
+    if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise PipelineError(
+            f"{x_path}: pixel values from {x.min()} to {x.max()}, expected images scaled to "
+            f"[0, 1]; {rerun}"
+        )
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
+        raise PipelineError(
+            f"{y_path}: expected {len(x)} integer labels (one per image of {x_path}), got "
+            f"{y.dtype} {y.shape}; {rerun}"
+        )
+    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
+        expected = (
+            f"0 to {num_classes - 1} (model.num_classes: {num_classes})"
+            if num_classes
+            else "0 or more"
+        )
+        raise PipelineError(f"{y_path}: labels from {y.min()} to {y.max()}, expected {expected}")
+    return x, y
+
+
+def load_training_data(num_classes: int, images: int | None = None) -> dict[str, np.ndarray]:
     """The processed training arrays (the first ``images`` of them, or all) and the whole
-    validation set, keyed as ``fit.fit_model`` takes them."""
-    x_train, y_train, x_val, y_val = load_arrays(
-        PROCESSED_DIR, "x_train", "y_train", "x_val", "y_val"
-    )
+    validation set, checked (``load_processed``), keyed as ``fit.fit_model`` takes them."""
+    x_train, y_train = load_processed("train", num_classes)
+    x_val, y_val = load_processed("val", num_classes)
     return {
         "x_train": x_train[:images],
         "y_train": y_train[:images],

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import shutil
 import logging
 import re
 import time
@@ -24,11 +25,11 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.errors import ParamsError, shown
 from mnist_optimizers.files import atomic_path, write_json_atomic
 from mnist_optimizers.model import ModelConfig
 from mnist_optimizers.optimizers import logged_config
-from mnist_optimizers.params import check_keys, positive_int
+from mnist_optimizers.params import check_keys, positive_int, seed
 from mnist_optimizers.paths import CHECKPOINTS_DIR
 
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -53,24 +54,20 @@ def validate_train(section: Any) -> TrainConfig:
     keys = ("epochs", "batch_size", "seeds", "precision", "resume")
     check_keys(section, keys, "train", ("epochs", "batch_size", "seeds"))
     seeds = section["seeds"]
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds)
-    ):
-        raise ParamsError(
-            f"train.seeds: expected a non-empty list of non-negative integers, got {seeds!r}"
-        )
+    if not isinstance(seeds, list) or not seeds:
+        raise ParamsError(f"train.seeds: expected a non-empty list of seeds, got {shown(seeds)}")
+    for i, value in enumerate(seeds):
+        seed(value, f"train.seeds[{i}]")
     if len(set(seeds)) != len(seeds):
-        raise ParamsError(f"train.seeds: each seed once, got {seeds!r}")
+        raise ParamsError(f"train.seeds: each seed once, got {shown(seeds)}")
     precision = section.get("precision", "float32")
     if precision not in PRECISIONS:
         raise ParamsError(
-            f"train.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}"
+            f"train.precision: expected one of {', '.join(PRECISIONS)}, got {shown(precision)}"
         )
     resume = section.get("resume", False)
     if not isinstance(resume, bool):
-        raise ParamsError(f"train.resume: expected true or false, got {resume!r}")
+        raise ParamsError(f"train.resume: expected true or false, got {shown(resume)}")
     return TrainConfig(
         epochs=positive_int(section["epochs"], "train.epochs"),
         batch_size=positive_int(section["batch_size"], "train.batch_size"),
@@ -165,14 +162,38 @@ def resume_from(folder: Path, model: keras.Model) -> list[dict[str, float]]:
     state); return the history of the epochs it holds, or [] to start from scratch."""
     try:
         history = json.loads((folder / HISTORY_FILE).read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return []
+    except (OSError, ValueError) as exc:
+        return discard(folder, folder / HISTORY_FILE, exc)
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        return discard(folder, folder / HISTORY_FILE, ValueError("not a list of epochs"))
     weights = folder / f"epoch-{len(history)}.weights.h5"
     if not history or not weights.exists():
         return []
     model.optimizer.build(model.trainable_variables)  # so that its state can be loaded
-    model.load_weights(weights)
+    variables = [*model.weights, *model.optimizer.variables]
+    initial = [v.numpy() for v in variables]
+    try:
+        model.load_weights(weights)
+    except Exception as exc:  # noqa: BLE001 - h5py, Keras and OS errors alike: start over
+        for variable, value in zip(variables, initial, strict=True):
+            variable.assign(value)  # what loading had set before it failed
+        return discard(folder, weights, exc)
     return history
+
+
+def discard(folder: Path, culprit: Path, exc: BaseException) -> list[dict[str, float]]:
+    """Delete a checkpoint that does not load, naming the file and why; return [] (train
+    from the first epoch)."""
+    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    log.warning(
+        "checkpoint %s does not load (%s): discarded, training starts from the first epoch",
+        culprit,
+        reason,
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    return []
 
 
 def fit_model(

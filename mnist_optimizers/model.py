@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from mnist_optimizers.errors import ParamsError, PipelineError
+from mnist_optimizers.idx import IMAGE_SHAPE, NUM_CLASSES
+from mnist_optimizers.errors import ParamsError, PipelineError, shown
 from mnist_optimizers.files import atomic_path
 from mnist_optimizers.params import check_keys, int_list, positive_int
 
@@ -29,14 +31,37 @@ def validate_model(section: Any) -> ModelConfig:
     check_keys(section, keys, "model", keys)
     blocks = section["conv_blocks"]
     if not isinstance(blocks, list) or not blocks:
-        raise ParamsError(f"model.conv_blocks: expected a list of lists of filters, got {blocks!r}")
-    return ModelConfig(
+        raise ParamsError(
+            f"model.conv_blocks: expected a list of lists of filters, got {shown(blocks)}"
+        )
+    config = ModelConfig(
         conv_blocks=tuple(int_list(b, f"model.conv_blocks[{i}]") for i, b in enumerate(blocks)),
         kernel_size=positive_int(section["kernel_size"], "model.kernel_size"),
         pool_size=positive_int(section["pool_size"], "model.pool_size"),
         dense_units=int_list(section["dense_units"], "model.dense_units"),
         num_classes=positive_int(section["num_classes"], "model.num_classes"),
     )
+    if config.num_classes < NUM_CLASSES:
+        raise ParamsError(
+            f"model.num_classes: MNIST has {NUM_CLASSES} digits, got {config.num_classes}"
+        )
+    check_geometry(config, IMAGE_SHAPE)
+    return config
+
+
+def check_geometry(config: ModelConfig, image_shape: tuple[int, int]) -> None:
+    """Each block's Conv2D layers ('valid': a side shrinks by kernel_size - 1) and max pool
+    (a side is divided by pool_size) must leave at least one pixel."""
+    side = min(image_shape)
+    for i, filters in enumerate(config.conv_blocks):
+        side -= len(filters) * (config.kernel_size - 1)
+        if side < config.pool_size:
+            raise ParamsError(
+                f"model: {image_shape[0]}x{image_shape[1]} images shrink to nothing in "
+                f"conv_blocks[{i}] (kernel_size {config.kernel_size}, pool_size "
+                f"{config.pool_size}); use a smaller kernel or pool, or fewer layers"
+            )
+        side //= config.pool_size
 
 
 def build_model(config: ModelConfig, input_shape: tuple[int, ...]) -> keras.Sequential:
@@ -60,20 +85,33 @@ def save_model(model: keras.Model, path: Path) -> None:
         model.save(tmp)
 
 
+def training_stage(path: Path) -> str:
+    """The stage that writes a model file: train@adam-42, train_tuned@adam-42 (paths.run_key)."""
+    stem = path.stem
+    return (
+        f"train_tuned@{stem.removesuffix('-tuned')}" if stem.endswith("-tuned") else f"train@{stem}"
+    )
+
+
 def load_model(path: Path) -> keras.Model:
     """Load a trained model in Keras' safe mode: a model file that would run Python code
     (a Lambda layer, a pickled function) is refused with a clear error, never executed."""
     if not path.exists():
         raise PipelineError(f"{path}: not found; run its training stage (dvc repro)")
+    retrain = f"retrain it: dvc repro --force {training_stage(path)}"
+    if not zipfile.is_zipfile(path):  # a .keras file is a zip archive
+        raise PipelineError(f"{path}: not a Keras model file (damaged or cut short); {retrain}")
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except ValueError as exc:
         if "safe_mode" not in str(exc) and "unsafe" not in str(exc).lower():
-            raise
+            raise PipelineError(f"{path}: does not load ({str(exc)[:200]}); {retrain}") from None
         raise PipelineError(
             f"{path}: refused: it holds Python code, which Keras' safe mode does not run "
-            "(this pipeline never saves such a model); retrain it: dvc repro --force"
+            f"(this pipeline never saves such a model); {retrain}"
         ) from None
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:  # a damaged archive member
+        raise PipelineError(f"{path}: does not load ({str(exc)[:200]}); {retrain}") from None
 
 
 @dataclass(frozen=True)
@@ -94,8 +132,17 @@ class Evaluation:
         return {"test_accuracy": self.test_accuracy, "test_loss": self.test_loss} | digits
 
 
-def evaluate_model(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> Evaluation:
-    """Accuracy, loss, per-class accuracy and confusion matrix of ``model`` on (x, y)."""
+def evaluate_model(
+    model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int, where: str = "the model"
+) -> Evaluation:
+    """Accuracy, loss, per-class accuracy and confusion matrix of ``model`` (named ``where``
+    in errors) on (x, y)."""
+    takes, classes = tuple(model.input_shape[1:]), model.output_shape[-1]
+    if takes != x.shape[1:] or y.max() >= classes:
+        raise PipelineError(
+            f"{where}: takes images of shape {takes} into {classes} classes; the test set has "
+            f"{x.shape[1:]}, labels up to {y.max()}: retrain it on this data (dvc repro)"
+        )
     probabilities = model.predict(x, batch_size=batch_size, verbose=0)
     loss = keras.losses.sparse_categorical_crossentropy(y, probabilities)
     num_classes = probabilities.shape[1]

@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.errors import ParamsError, shown
 
 CLASS_KEY = "class"
 # Optimizers that wrap others or need per-variable structure: not usable from params alone.
@@ -33,18 +33,33 @@ def validate_optimizer_names(section: Any) -> dict[str, dict[str, Any]]:
         )
     result = {}
     for name, spec in section.items():
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        check_name(name)
+        twin = next((other for other in result if other.lower() == name.lower()), None)
+        if twin is not None:
             raise ParamsError(
-                f"optimizers.{name}: a name may hold only letters, digits, '_' and '-'"
+                f"optimizers.{name}: differs from optimizers.{twin} only in case; their "
+                "files would be one file on a case-insensitive disk"
             )
         if spec is None:
             spec = {}
         if not isinstance(spec, Mapping):
             raise ParamsError(
-                f"optimizers.{name}: expected a mapping of hyperparameters, got {spec!r}"
+                f"optimizers.{name}: expected a mapping of hyperparameters, got {shown(spec)}"
             )
         result[name] = dict(spec)
     return result
+
+
+def check_name(name: Any) -> str:
+    """An entry's name: 1 to 64 letters, digits or '_'. Not '-': it joins the name to the
+    seed and the setting in run and file names (`adam-42-tuned`), so a name holding it
+    (`adam-tuned`) would take another run's files."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,64}", name):
+        raise ParamsError(
+            f"optimizers: {shown(name)} is not a valid name: use 1 to 64 letters, digits "
+            "or '_' ('-' joins the name to the seed and setting in run and file names)"
+        )
+    return name
 
 
 def optimizer_spec(specs: Mapping[str, dict[str, Any]], name: str) -> dict[str, Any]:
@@ -57,7 +72,9 @@ def optimizer_spec(specs: Mapping[str, dict[str, Any]], name: str) -> dict[str, 
 def validate_compare(section: Any, optimizers: Mapping[str, Any]) -> list[str]:
     """Check `compare`: a non-empty list of distinct entries of `optimizers`."""
     if not isinstance(section, list) or not section:
-        raise ParamsError(f"compare: expected a non-empty list of optimizer names, got {section!r}")
+        raise ParamsError(
+            f"compare: expected a non-empty list of optimizer names, got {shown(section)}"
+        )
     unknown = [name for name in section if name not in optimizers]
     if unknown:
         raise ParamsError(
@@ -65,7 +82,7 @@ def validate_compare(section: Any, optimizers: Mapping[str, Any]) -> list[str]:
             f"entries: {', '.join(optimizers)}"
         )
     if len(set(section)) != len(section):
-        raise ParamsError(f"compare: each optimizer once, got {section!r}")
+        raise ParamsError(f"compare: each optimizer once, got {shown(section)}")
     return list(section)
 
 
@@ -84,9 +101,9 @@ def _coerce_hyperparameter(value: Any, default: Any, key: str) -> Any:
     """Reject NaN/inf and numbers given as unparseable strings (`1e-3x`)."""
     numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
     if isinstance(value, str) and numeric_default:
-        raise ParamsError(f"{key}: expected a number, got {value!r}")
+        raise ParamsError(f"{key}: expected a number, got {shown(value)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ParamsError(f"{key}: expected a finite number, got {value!r}")
+        raise ParamsError(f"{key}: expected a finite number, got {shown(value)}")
     return value
 
 
@@ -101,7 +118,7 @@ def build_optimizer(name: str, spec: dict[str, Any]) -> keras.optimizers.Optimiz
     if cls is None:
         where = f"optimizers.{name}.{CLASS_KEY}" if CLASS_KEY in spec else f"optimizers.{name}"
         raise ParamsError(
-            f"{where}: {class_name!r} is not a Keras optimizer; valid names: "
+            f"{where}: {shown(class_name)} is not a Keras optimizer; valid names: "
             f"{', '.join(sorted(classes))} (any case), or set `{CLASS_KEY}:` to one of them"
         )
     signature = inspect.signature(cls.__init__)
@@ -114,13 +131,15 @@ def build_optimizer(name: str, spec: dict[str, Any]) -> keras.optimizers.Optimiz
         where = f"optimizers.{name}.{key}"
         if key not in accepted:
             raise ParamsError(
-                f"{where}: {cls.__name__} takes no argument {key!r}; it takes: "
+                f"{where}: {cls.__name__} takes no argument {shown(key)}; it takes: "
                 f"{', '.join(accepted)}"
             )
         hyperparameters[key] = _coerce_hyperparameter(value, accepted[key], where)
     learning_rate = hyperparameters.get("learning_rate")
     if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
-        raise ParamsError(f"optimizers.{name}.learning_rate: expected > 0, got {learning_rate!r}")
+        raise ParamsError(
+            f"optimizers.{name}.learning_rate: expected > 0, got {shown(learning_rate)}"
+        )
     try:
         return cls(**hyperparameters)
     except (ValueError, TypeError) as exc:

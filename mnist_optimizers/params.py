@@ -9,14 +9,13 @@ heavy work.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
-from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.errors import ParamsError, shown
 from mnist_optimizers.paths import PARAMS_FILE
 
 SECTIONS = (
@@ -34,31 +33,54 @@ SECTIONS = (
 )
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-3` as a float, as YAML 1.2 (and DVC's ruamel) do."""
+# What a params file may expand to through YAML aliases (`*name` repeats the value of
+# `&name`): params.yaml has about 300 values; an alias bomb has billions.
+MAX_VALUES = 100_000
 
 
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse ``text`` exactly as DVC parses params.yaml (ruamel.yaml, YAML 1.2: `010` is 10,
+    `yes` is a string, `1e-3` a number; a duplicate key is an error), so that the stages
+    train with the values dvc.lock and `dvc params diff` show."""
+    try:
+        data = YAML(typ="safe").load(text)
+    except YAMLError as exc:
+        raise ParamsError(f"{where}: not valid YAML{yaml_error_text(exc)}") from None
+    if count_values(data) > MAX_VALUES:
+        raise ParamsError(
+            f"{where}: expands to more than {MAX_VALUES} values through YAML aliases "
+            "(*name); write the values out"
+        )
+    return data
 
 
-def yaml_error_text(exc: yaml.YAMLError) -> str:
+def count_values(data: Any, limit: int = MAX_VALUES) -> int:
+    """How many values ``data`` holds once its aliases are expanded, counting up to just past
+    ``limit`` (aliases share one object, so the walk memoises by identity)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        if id(node) not in sizes:
+            sizes[id(node)] = limit + 1  # a node that contains itself is unbounded
+            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            total = 1
+            for child in children:
+                total = min(total + size(child), limit + 1)
+            sizes[id(node)] = total
+        return sizes[id(node)]
+
+    return size(data)
+
+
+def yaml_error_text(exc: YAMLError) -> str:
     """A YAML error on one line: where it is, then what is wrong."""
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     what = [getattr(exc, "context", None), getattr(exc, "problem", None)]
-    text = ", ".join(part for part in what if part) or str(exc).splitlines()[0]
-    return f"{where}: {text}"
+    text = ", ".join(str(part) for part in what if part) or str(exc).splitlines()[0]
+    return f"{where}: {text[:200]}"
 
 
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
@@ -67,10 +89,9 @@ def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found (run from the project root)") from None
-    try:
-        params = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML{yaml_error_text(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path}: cannot read it: {exc}") from None
+    params = parse_yaml(text, str(path))
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: expected a mapping of sections {', '.join(SECTIONS)}")
     check_keys(params, SECTIONS, str(path), required=SECTIONS)
@@ -85,7 +106,7 @@ def check_keys(
 ) -> None:
     """A mapping with no key outside ``allowed`` and every key of ``required``."""
     if not isinstance(section, Mapping):
-        raise ParamsError(f"{where}: expected a mapping, got {section!r}")
+        raise ParamsError(f"{where}: expected a mapping, got {shown(section)}")
     unknown = sorted(set(section) - set(allowed))
     if unknown:
         raise ParamsError(
@@ -105,26 +126,41 @@ def is_number(value: Any) -> bool:
 def positive_int(value: Any, key: str) -> int:
     """Return ``value`` if it is an int > 0, else raise a ParamsError naming ``key``."""
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ParamsError(f"{key}: expected a positive integer, got {value!r}")
+        raise ParamsError(f"{key}: expected a positive integer, got {shown(value)}")
     return value
 
 
 def non_negative_int(value: Any, key: str) -> int:
     """Return ``value`` if it is an int >= 0, else raise a ParamsError naming ``key``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ParamsError(f"{key}: expected a non-negative integer, got {value!r}")
+        raise ParamsError(f"{key}: expected a non-negative integer, got {shown(value)}")
+    return value
+
+
+# NumPy's and TensorFlow's random seeds are unsigned 32-bit integers.
+MAX_SEED = 2**32 - 1
+
+
+def seed(value: Any, key: str) -> int:
+    """Return ``value`` if it is an int from 0 to MAX_SEED, else raise a ParamsError."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise ParamsError(
+            f"{key}: expected a seed, an integer from 0 to {MAX_SEED}, got {shown(value)}"
+        )
     return value
 
 
 def finite_number(value: Any, key: str) -> float:
     """Return ``value`` as a float if it is a finite number, else raise a ParamsError."""
     if not is_number(value) or not math.isfinite(value):
-        raise ParamsError(f"{key}: expected a finite number, got {value!r}")
+        raise ParamsError(f"{key}: expected a finite number, got {shown(value)}")
     return float(value)
 
 
 def int_list(value: Any, key: str) -> tuple[int, ...]:
     """A non-empty list of positive integers, as a tuple."""
     if not isinstance(value, list) or not value:
-        raise ParamsError(f"{key}: expected a non-empty list of positive integers, got {value!r}")
+        raise ParamsError(
+            f"{key}: expected a non-empty list of positive integers, got {shown(value)}"
+        )
     return tuple(positive_int(v, f"{key}[{i}]") for i, v in enumerate(value))

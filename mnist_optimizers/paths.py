@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
+# Written by check_params once params.yaml passed; every stage depends on it (its text is fixed).
+PARAMS_CHECKED_FILE = Path("data/params.checked")
 RAW_DIR = Path("data/raw")
 PROCESSED_DIR = Path("data/processed")
 DATA_SUMMARY_FILE = PROCESSED_DIR / "data.json"

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.errors import ParamsError, shown
 
 JOBS_ENV = "PIPELINE_JOBS"
 # TensorFlow's own variables: when set, they win over what this module works out.
@@ -58,16 +58,19 @@ def available_cores() -> int:
 
 def parallel_jobs(environ: dict[str, str] | os._Environ = os.environ) -> int:
     """How many stages share the machine: $PIPELINE_JOBS, 1 when unset."""
-    value = environ.get(JOBS_ENV, "").strip()
-    if not value:
-        return 1
+    return positive_env(JOBS_ENV, environ) if environ.get(JOBS_ENV, "").strip() else 1
+
+
+def positive_env(name: str, environ: dict[str, str] | os._Environ = os.environ) -> int:
+    """The positive integer in environment variable ``name``, else a ParamsError naming it."""
+    value = environ.get(name, "").strip()
     try:
-        jobs = int(value)
+        number = int(value)
     except ValueError:
-        jobs = 0
-    if jobs < 1:
-        raise ParamsError(f"${JOBS_ENV}: expected a positive integer, got {value!r}")
-    return jobs
+        number = 0
+    if number < 1:
+        raise ParamsError(f"${name}: expected a positive integer, got {shown(value)}")
+    return number
 
 
 def thread_settings(cores: int, jobs: int) -> Threads:
@@ -105,7 +108,7 @@ def configure_threads() -> Threads:
     used = {}
     for pool, (env, setter, getter) in pools.items():
         if os.environ.get(env):
-            used[pool] = int(os.environ[env])
+            used[pool] = positive_env(env)
             continue
         try:
             setter(getattr(wanted, pool))

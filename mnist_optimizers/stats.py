@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.errors import ParamsError, shown
 from mnist_optimizers.params import is_number
 
 DEFAULT_TARGETS = (0.98, 0.97)  # validation accuracies to time; 0.97 is AlgoPerf's MNIST target
@@ -115,14 +115,21 @@ def time_to_target(history: pd.DataFrame, target: float) -> TimeToTarget | None:
 
 
 def validate_targets(value: Any, key: str = "evaluate.targets") -> tuple[float, ...]:
-    """Check a list of validation accuracies to time, each in (0, 1]."""
-    if not isinstance(value, list) or not all(is_number(t) and 0 < t <= 1 for t in value):
-        raise ParamsError(f"{key}: expected a list of accuracies in (0, 1], got {value!r}")
+    """Check a non-empty list of distinct validation accuracies to time, each in (0, 1]."""
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(is_number(t) and 0 < t <= 1 for t in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ParamsError(
+            f"{key}: expected a non-empty list of distinct accuracies in (0, 1], got {shown(value)}"
+        )
     return tuple(float(t) for t in value)
 
 
 def validate_confidence(value: Any, key: str = "evaluate.confidence") -> float:
     """Check a confidence level, a number in (0, 1)."""
     if not is_number(value) or not 0 < value < 1:
-        raise ParamsError(f"{key}: expected a number in (0, 1), got {value!r}")
+        raise ParamsError(f"{key}: expected a number in (0, 1), got {shown(value)}")
     return float(value)

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import urllib.parse
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 from mnist_optimizers.cli import Terminated
-from mnist_optimizers.errors import ParamsError, PipelineError
+from mnist_optimizers.errors import ParamsError, PipelineError, shown
 from mnist_optimizers.params import check_keys
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def validate_mlflow(section: Any) -> str:
     check_keys(section, ("experiment_name",), "mlflow", ("experiment_name",))
     name = section["experiment_name"]
     if not isinstance(name, str) or not name.strip():
-        raise ParamsError(f"mlflow.experiment_name: expected a non-empty string, got {name!r}")
+        raise ParamsError(f"mlflow.experiment_name: expected a non-empty string, got {shown(name)}")
     return name
 
 
@@ -68,8 +69,28 @@ def project_root() -> Path:
 
 
 def tracking_uri() -> str:
-    """`$MLFLOW_TRACKING_URI`, or the SQLite store at the project root as an absolute URI."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / STORE_FILE}"
+    """`$MLFLOW_TRACKING_URI`, or the SQLite store at the project root as an absolute URI.
+    A server URI's credentials are taken out of it (``move_credentials``)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / STORE_FILE}"
+    return move_credentials(uri)
+
+
+def move_credentials(uri: str) -> str:
+    """``uri`` without the `user:password@` of an http(s) URI: they go to
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (unless those are set), which
+    MLflow sends as basic authentication. So neither MLflow's own lines ("View run at") nor
+    any run, param, tag or message of the pipeline ever holds the password."""
+    parts = urllib.parse.urlsplit(uri)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if parts.scheme not in ("http", "https") or not at:
+        return uri
+    user, _, password = userinfo.partition(":")
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", urllib.parse.unquote(user))
+    if password:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", urllib.parse.unquote(password))
+    clean = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    os.environ["MLFLOW_TRACKING_URI"] = clean  # for MLflow, and the processes it starts
+    return clean
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -88,17 +109,43 @@ def with_sqlite_timeout(uri: str) -> str:
 
 
 def init_sqlite_store(uri: str) -> None:
-    """Create or upgrade the tables of a SQLite store, one process at a time."""
+    """Create or upgrade the tables of a SQLite store, one process at a time; a file that
+    is not a store, or one this user cannot write, is named with what to do."""
     path = sqlite_path(uri)
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        try:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             mlflow.MlflowClient(uri).search_experiments(max_results=1)  # migrates if needed
-        except MlflowException as exc:
-            raise TrackingError(f"MLflow tracking store {uri}: {exc.message}") from None
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow tracking store {path}: {exc.message}") from None
+    except Exception as exc:  # noqa: BLE001 - sqlite3 and SQLAlchemy errors, OS errors
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        if "not a database" in reason or "malformed" in reason:
+            hint = "it is damaged: move it away to start a new store, or restore a backup"
+        elif "readonly" in reason or isinstance(exc, PermissionError):
+            hint = "this user cannot write it or its folder: fix the permissions"
+        else:
+            hint = "check the file, or point MLFLOW_TRACKING_URI at another store"
+        raise TrackingError(f"MLflow tracking store {path}: {reason}; {hint}") from None
+
+
+# The URI schemes of MLflow's tracking stores (mlflow/tracking/_tracking_service/utils.py).
+STORE_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https",
+                 "databricks")  # fmt: skip
+
+
+def check_scheme(uri: str) -> None:
+    """A URI MLflow can log to, else a TrackingError naming $MLFLOW_TRACKING_URI."""
+    scheme = urllib.parse.urlsplit(uri).scheme.partition("+")[0]  # postgresql+psycopg
+    if scheme not in STORE_SCHEMES:
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI: {shown(uri)} is not a tracking store MLflow knows; use "
+            "http(s)://host:port (a tracking server), sqlite:///path/mlflow.db or "
+            "postgresql://..., or unset it to log to mlflow.db here"
+        )
 
 
 def check_tracking_server(uri: str) -> None:
@@ -110,7 +157,12 @@ def check_tracking_server(uri: str) -> None:
         f"or unset it to log to the local store {STORE_FILE}"
     )
     try:
-        response = requests.get(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_SECONDS)
+        user, password = (os.environ.get(f"MLFLOW_TRACKING_{k}") for k in ("USERNAME", "PASSWORD"))
+        response = requests.get(
+            f"{uri.rstrip('/')}/health",
+            timeout=HEALTH_TIMEOUT_SECONDS,
+            auth=(user, password or "") if user else None,
+        )
     except requests.RequestException as exc:
         raise TrackingError(
             f"MLflow tracking server {uri} is unreachable ({type(exc).__name__} on /health "
@@ -125,6 +177,7 @@ def check_tracking_server(uri: str) -> None:
 def connect() -> str:
     """Point MLflow at the tracking store, checked reachable; return its URI."""
     uri = with_sqlite_timeout(tracking_uri())
+    check_scheme(uri)
     check_tracking_server(uri)
     init_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
@@ -139,6 +192,13 @@ def setup_experiment(name: str) -> str:
     client = mlflow.MlflowClient()
     try:
         experiment = client.get_experiment_by_name(name)
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted: "
+                f"restore it (mlflow experiments restore --experiment-id "
+                f"{experiment.experiment_id}, or in the UI), or set mlflow.experiment_name in "
+                "params.yaml to a new name"
+            )
         if experiment is not None:
             return experiment.experiment_id
         location = None

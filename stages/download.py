@@ -14,24 +14,25 @@ import gzip
 import hashlib
 import logging
 import os
-import re
+import time
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
 from mnist_optimizers.cli import run_stage
-from mnist_optimizers.errors import ParamsError, PipelineError
+from mnist_optimizers.errors import PipelineError
 from mnist_optimizers.files import write_atomic
-from mnist_optimizers.params import check_keys, finite_number, load_params
-from mnist_optimizers.paths import MNIST_FILES, RAW_DIR
+from mnist_optimizers.params import load_params
+from mnist_optimizers.paths import RAW_DIR
+from mnist_optimizers.sections.download import DownloadConfig, validate_download
 
 MIRROR_ENV = "MNIST_MIRROR"
 CHUNK = 1 << 16
+# MNIST's largest file is 9.9 MB: a source that sends more is not serving MNIST.
+MAX_BYTES = 64 << 20
 
 log = logging.getLogger(__name__)
 
@@ -42,32 +43,6 @@ class DownloadError(PipelineError):
 
 class SourceError(Exception):
     """One source failed for one file; the next source is tried."""
-
-
-@dataclass(frozen=True)
-class DownloadConfig:
-    mirrors: tuple[str, ...]
-    sha256: dict[str, str]  # file name -> SHA-256 of its decompressed content
-    timeout_seconds: float
-
-
-def validate_download(section: Any) -> DownloadConfig:
-    """Check the `download` section: mirror URLs, one SHA-256 per MNIST file, a timeout."""
-    check_keys(section, ("mirrors", "sha256", "timeout_seconds"), "download", ("sha256",))
-    mirrors = section.get("mirrors") or []
-    if not isinstance(mirrors, list) or not all(isinstance(m, str) and m for m in mirrors):
-        raise ParamsError(f"download.mirrors: expected a list of base URLs, got {mirrors!r}")
-    sha256 = section["sha256"]
-    check_keys(sha256, MNIST_FILES, "download.sha256", MNIST_FILES)
-    for name, digest in sha256.items():
-        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
-            raise ParamsError(
-                f"download.sha256.{name}: expected 64 lowercase hex digits, got {digest!r}"
-            )
-    timeout = finite_number(section.get("timeout_seconds", 30), "download.timeout_seconds")
-    if timeout <= 0:
-        raise ParamsError(f"download.timeout_seconds: expected > 0, got {timeout!r}")
-    return DownloadConfig(tuple(mirrors), dict(sha256), timeout)
 
 
 def is_url(source: str) -> bool:
@@ -86,23 +61,37 @@ def resolve_sources(mirrors: tuple[str, ...], env_mirror: str | None, root: Path
     return sources
 
 
-def read_source(source: str, name: str, timeout: float) -> bytes:
-    """Return the bytes of ``name`` from a folder or a base URL, with a progress bar for URLs."""
+def read_source(source: str, name: str, timeout: float, deadline: float = 600.0) -> bytes:
+    """Return the bytes of ``name`` from a folder or a base URL, with a progress bar for URLs.
+    A URL silent for ``timeout`` seconds, slower than ``deadline`` seconds for the whole
+    file, or sending more than MAX_BYTES fails (SourceError)."""
     if not is_url(source):
         path = Path(source) / name
         try:
+            if path.stat().st_size > MAX_BYTES:
+                raise SourceError(f"{path}: larger than {MAX_BYTES >> 20} MB, not an MNIST file")
             return path.read_bytes()
         except OSError as exc:
             raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
     url = source.rstrip("/") + "/" + name
+    ends = time.monotonic() + deadline
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
             total = int(response.headers.get("Content-Length") or 0) or None
-            chunks = []
+            chunks, size = [], 0
             with tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False) as bar:
-                while chunk := response.read(CHUNK):
+                # read1: what has arrived, at most one wait; read(n) waits for all n bytes.
+                while chunk := response.read1(CHUNK):
                     chunks.append(chunk)
+                    size += len(chunk)
                     bar.update(len(chunk))
+                    if size > MAX_BYTES:
+                        raise SourceError(f"{url}: sent more than {MAX_BYTES >> 20} MB, not MNIST")
+                    if time.monotonic() > ends:
+                        raise SourceError(
+                            f"{url}: not complete after {deadline:g} s ({size} bytes; "
+                            "download.deadline_seconds)"
+                        )
     except urllib.error.HTTPError as exc:
         raise SourceError(f"cannot fetch {url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
@@ -122,13 +111,15 @@ def decompressed_sha256(data: bytes) -> str:
         raise SourceError(f"not a valid gzip file ({exc})") from None
 
 
-def fetch_verified(name: str, expected: str, sources: list[str], timeout: float) -> bytes:
+def fetch_verified(
+    name: str, expected: str, sources: list[str], timeout: float, deadline: float = 600.0
+) -> bytes:
     """Return the bytes of ``name`` from the first source whose content has SHA-256
     ``expected``; DownloadError listing every source and its failure otherwise."""
     failures = []
     for source in sources:
         try:
-            data = read_source(source, name, timeout)
+            data = read_source(source, name, timeout, deadline)
             actual = decompressed_sha256(data)
             if actual != expected:
                 raise SourceError(f"checksum mismatch: expected SHA-256 {expected}, got {actual}")
@@ -146,7 +137,9 @@ def download_all(config: DownloadConfig, sources: list[str], out_dir: Path) -> N
     """Fetch and verify every file first, then write each atomically into ``out_dir``:
     when any file fails, nothing is written."""
     verified = {
-        name: fetch_verified(name, expected, sources, config.timeout_seconds)
+        name: fetch_verified(
+            name, expected, sources, config.timeout_seconds, config.deadline_seconds
+        )
         for name, expected in config.sha256.items()
     }
     for name, data in verified.items():

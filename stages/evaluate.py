@@ -21,54 +21,23 @@ and writes:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 import pandas as pd
 
-from mnist_optimizers import files, paths, plots, runtime, stats, tables, tracking
+from mnist_optimizers import files, paths, plots, runtime, tables, tracking
 from mnist_optimizers.cli import run_stage
-from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.fit import validate_train
 from mnist_optimizers.model import evaluate_model, load_model
 from mnist_optimizers.optimizers import validate_compare, validate_optimizer_names
-from mnist_optimizers.params import check_keys, finite_number, load_params, positive_int
+from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import FIGURES_DIR, REPORTS_DIR, run_key
 from mnist_optimizers.tables import SETTINGS, Run, file_label
+from mnist_optimizers.sections.evaluate import validate_evaluate
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    batch_size: int
-    reference_val_accuracy: dict[str, float]  # optimizer name -> percent
-    targets: tuple[float, ...] = stats.DEFAULT_TARGETS  # validation accuracies to time
-    confidence: float = 0.95  # of the intervals over seeds and of the significance tests
-
-
-def validate_evaluate(section: Any) -> EvaluateConfig:
-    """Check the `evaluate` section: prediction batch size, the reference accuracies, the
-    validation targets to time and the confidence level."""
-    keys = ("batch_size", "reference_val_accuracy", "targets", "confidence")
-    check_keys(section, keys, "evaluate", ("batch_size",))
-    reference = section.get("reference_val_accuracy") or {}
-    if not isinstance(reference, dict):
-        raise ParamsError(
-            f"evaluate.reference_val_accuracy: expected a mapping of optimizer -> percent, "
-            f"got {reference!r}"
-        )
-    return EvaluateConfig(
-        batch_size=positive_int(section["batch_size"], "evaluate.batch_size"),
-        reference_val_accuracy={
-            name: finite_number(v, f"evaluate.reference_val_accuracy.{name}")
-            for name, v in reference.items()
-        },
-        targets=stats.validate_targets(section.get("targets", list(stats.DEFAULT_TARGETS))),
-        confidence=stats.validate_confidence(section.get("confidence", 0.95)),
-    )
 
 
 def write_reports(
@@ -148,13 +117,12 @@ def evaluate(params: dict[str, Any]) -> dict[str, pd.DataFrame]:
     tuning = tables.tuning_table(
         {name: files.read_json(paths.TUNE_DIR / f"{name}.json") for name in names}
     )
-    x_test, y_test = files.load_arrays(paths.PROCESSED_DIR, "x_test", "y_test")
+    x_test, y_test = files.load_processed("test")
 
     runs = []
     for k in keys:
-        evaluation = evaluate_model(
-            load_model(paths.MODELS_DIR / f"{run_key(*k)}.keras"), x_test, y_test, config.batch_size
-        )
+        path = paths.MODELS_DIR / f"{run_key(*k)}.keras"
+        evaluation = evaluate_model(load_model(path), x_test, y_test, config.batch_size, str(path))
         keras.backend.clear_session()
         log.info("%s: test accuracy %.4f", run_key(*k), evaluation.test_accuracy)
         runs.append(Run(*k, train_metrics[k], histories[k], evaluation))

@@ -13,7 +13,6 @@ MLflow run; the report stage draws it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -23,44 +22,15 @@ import tensorflow as tf
 
 from mnist_optimizers import runtime, tracking
 from mnist_optimizers.cli import run_stage
-from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.files import load_training_data, write_csv
 from mnist_optimizers.fit import fit_model
 from mnist_optimizers.model import build_model, validate_model
 from mnist_optimizers.optimizers import build_optimizer, validate_optimizer_names
-from mnist_optimizers.params import load_params, non_negative_int, positive_int
+from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import GD_VARIANTS_FILE
+from mnist_optimizers.sections.gd_variants import GDConfig, validate_gd
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GDConfig:
-    optimizer: str  # an entry of `optimizers`
-    images: int
-    epochs: int
-    mini_batch: int
-    seed: int
-
-
-def validate_gd(section: Any, optimizers: dict[str, Any]) -> GDConfig:
-    """Check the `gd_variants` section."""
-    if not isinstance(section, dict):
-        raise ParamsError(f"gd_variants: expected a mapping, got {section!r}")
-    keys = {"optimizer", "images", "epochs", "mini_batch", "seed"}
-    if set(section) != keys:
-        raise ParamsError(f"gd_variants: expected the keys {', '.join(sorted(keys))}")
-    if section["optimizer"] not in optimizers:
-        raise ParamsError(
-            f"gd_variants.optimizer: {section['optimizer']!r} is not an entry of `optimizers`"
-        )
-    return GDConfig(
-        optimizer=section["optimizer"],
-        images=positive_int(section["images"], "gd_variants.images"),
-        epochs=positive_int(section["epochs"], "gd_variants.epochs"),
-        mini_batch=positive_int(section["mini_batch"], "gd_variants.mini_batch"),
-        seed=non_negative_int(section["seed"], "gd_variants.seed"),
-    )
 
 
 def batch_sizes(config: GDConfig, images: int) -> dict[str, int]:
@@ -82,7 +52,7 @@ def gd_variants(params: dict[str, Any]) -> pd.DataFrame:
     runtime.configure_threads()
     tf.config.experimental.enable_op_determinism()
     experiment_id = tracking.setup_experiment(experiment_name)
-    data = load_training_data(config.images)
+    data = load_training_data(model_config.num_classes, config.images)
     images = len(data["x_train"])
     rows = []
     for variant, batch_size in batch_sizes(config, images).items():

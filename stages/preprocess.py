@@ -11,41 +11,19 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from mnist_optimizers.cli import run_stage
-from mnist_optimizers.errors import ParamsError, PipelineError
+from mnist_optimizers.errors import PipelineError
 from mnist_optimizers.files import atomic_path, write_json_atomic
 from mnist_optimizers.idx import load_split
-from mnist_optimizers.params import check_keys, finite_number, load_params, positive_int
+from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import DATA_SUMMARY_FILE, PROCESSED_DIR, RAW_DIR
+from mnist_optimizers.sections.preprocess import PreprocessConfig, validate_preprocess
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    val_fraction: float
-    subset: int | None
-
-
-def validate_preprocess(section: Any) -> PreprocessConfig:
-    """Check the `preprocess` section: 0 < val_fraction < 1, subset null or a positive int."""
-    check_keys(section, ("val_fraction", "subset"), "preprocess", ("val_fraction",))
-    val_fraction = finite_number(section["val_fraction"], "preprocess.val_fraction")
-    if not 0 < val_fraction < 1:
-        raise ParamsError(
-            f"preprocess.val_fraction: expected a number strictly between 0 and 1, "
-            f"got {section['val_fraction']!r}"
-        )
-    subset = section.get("subset")
-    if subset is not None:
-        subset = positive_int(subset, "preprocess.subset")
-    return PreprocessConfig(val_fraction, subset)
 
 
 def scale_images(images: np.ndarray) -> np.ndarray:

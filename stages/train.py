@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from mnist_optimizers import runtime, tracking
 from mnist_optimizers.cli import run_stage
-from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.errors import ParamsError, shown
 from mnist_optimizers.files import (
     load_training_data,
     read_json,
@@ -81,7 +81,7 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
 
     seconds: dict[str, float] = {}  # where the stage's time goes, for benchmarks/
     with timed(seconds, "load_data"):
-        data = load_training_data()
+        data = load_training_data(model_config.num_classes)
         data_summary = read_json(DATA_SUMMARY_FILE)
     precision = set_precision(train_config.precision)
     model = build_model(model_config, data["x_train"].shape[1:])
@@ -152,7 +152,7 @@ def main(argv: list[str]) -> None:
     try:
         seed = int(argv[1])
     except ValueError:
-        raise ParamsError(f"{usage}; got seed {argv[1]!r}") from None
+        raise ParamsError(f"{usage}; got seed {shown(argv[1])}") from None
     train(argv[0], seed, load_params(), tuned)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -30,46 +29,12 @@ from mnist_optimizers.fit import fit_model, set_precision, validate_train
 from mnist_optimizers.model import build_model, validate_model
 from mnist_optimizers.optimizers import build_optimizer, optimizer_spec, validate_optimizer_names
 from mnist_optimizers.params import (
-    check_keys,
-    finite_number,
     load_params,
-    non_negative_int,
-    positive_int,
 )
 from mnist_optimizers.paths import TUNE_DIR
+from mnist_optimizers.sections.tune import validate_tune
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    low: float  # the grid of learning rates: `points` values, log-spaced from low to high
-    high: float
-    points: int
-    images: int  # the budget of each trial: the first `images` training images ...
-    epochs: int  # ... for `epochs` epochs, judged on the whole validation split
-    seed: int
-
-
-def validate_tune(section: Any) -> TuneConfig:
-    """Check the `tune` section: the learning-rate grid and each trial's budget."""
-    keys = ("low", "high", "points", "images", "epochs", "seed")
-    check_keys(section, keys, "tune", keys)
-    low = finite_number(section["low"], "tune.low")
-    high = finite_number(section["high"], "tune.high")
-    if not 0 < low < high:
-        raise ParamsError(f"tune: expected 0 < low < high, got low {low!r}, high {high!r}")
-    points = positive_int(section["points"], "tune.points")
-    if points < 2:
-        raise ParamsError(f"tune.points: expected at least 2, got {points}")
-    return TuneConfig(
-        low=low,
-        high=high,
-        points=points,
-        images=positive_int(section["images"], "tune.images"),
-        epochs=positive_int(section["epochs"], "tune.epochs"),
-        seed=non_negative_int(section["seed"], "tune.seed"),
-    )
 
 
 def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +51,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
     tf.config.experimental.enable_op_determinism()
     experiment_id = tracking.setup_experiment(experiment_name)
 
-    data = load_training_data(config.images)
+    data = load_training_data(model_config.num_classes, config.images)
     set_precision(train_config.precision)
 
     trials = []

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from mnist_optimizers import runtime
-from mnist_optimizers.params import load_params
+from mnist_optimizers.params import load_params, parse_yaml
 from mnist_optimizers.paths import MNIST_FILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def edit_params(changes: dict[str, Any], folder: Path = Path(".")) -> dict[str, 
     """Change folder/params.yaml as a user would: each dotted key of ``changes`` set to its
     value (`{"tune.low": 0.1, "compare": ["sgd"]}`). Return the params now in the file."""
     path = folder / "params.yaml"
-    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    params = parse_yaml(path.read_text(encoding="utf-8"), str(path))  # as the stages read it
     for key, value in changes.items():
         set_key(params, key, value)
     write_params(folder, params)

@@ -15,7 +15,7 @@ import pytest
 
 from mnist_optimizers.paths import MNIST_FILES, RAW_DIR
 from stages import download
-from stages.download import DownloadConfig
+from mnist_optimizers.sections.download import DownloadConfig
 
 from .conftest import TRAIN_LABELS, tiny_mnist_contents, write_mirror
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from mnist_optimizers import params as params_module
-from mnist_optimizers.errors import PipelineError
+from mnist_optimizers.errors import ParamsError, PipelineError
 
 from .conftest import set_key
 
@@ -41,8 +41,8 @@ def params_text(params: dict[str, Any], change: str) -> str:
     a value that is not YAML goes into the file as typed, breaking it the way it would."""
     key, _, typed = change.partition(": ")
     try:  # read as the pipeline reads params.yaml (`1e-3` is a number)
-        value = yaml.load(typed, Loader=params_module._Yaml12Loader)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError:
+        value = params_module.parse_yaml(typed, change)
+    except ParamsError:
         value = RAW
     params = copy.deepcopy(params)
     set_key(params, key, value)
@@ -79,9 +79,23 @@ def test_the_table_covers_at_least_twenty_bad_inputs() -> None:
 def test_each_bad_input_stops_its_stage_with_the_documented_message(
     project: Path, change: str, stage: str, message: str
 ) -> None:
-    from stages import download
+    from stages import check_params, download
 
     download.main([])  # the tiny data, so that data-dependent checks see real files
     params = yaml.safe_load((project / "params.yaml").read_text())
     (project / "params.yaml").write_text(params_text(params, change))
     assert stage_message(stage, stage_args(stage, change, params)) == message
+    if change in NEEDS_THE_DATA:
+        check_params.main([])  # passes: only the stage that reads the data can tell
+    else:
+        assert stage_message("check_params", []) == message  # what `dvc repro` stops with
+
+
+# Rows only the data decides (the table's text says which).
+NEEDS_THE_DATA = {"preprocess.subset: 100000"}
+
+
+def test_rows_that_need_the_data_are_the_ones_the_table_names() -> None:
+    text = ERRORS_DOC.read_text(encoding="utf-8")
+    numbers = [i for i, (change, _, _) in enumerate(ROWS, start=1) if change in NEEDS_THE_DATA]
+    assert numbers == [21] and "Only row 21 needs the data" in text

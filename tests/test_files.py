@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,13 @@ import numpy as np
 import pytest
 
 from mnist_optimizers.errors import PipelineError
-from mnist_optimizers.files import WriteError, atomic_path, load_arrays, write_text_atomic
+from mnist_optimizers.files import (
+    WriteError,
+    atomic_path,
+    load_arrays,
+    load_training_data,
+    write_text_atomic,
+)
 
 from .conftest import PROJECT_ROOT
 
@@ -91,3 +98,52 @@ def test_processed_arrays_are_never_unpickled(tmp_path: Path) -> None:
         load_arrays(tmp_path, "x_test")
     with pytest.raises(PipelineError, match="y_test.npy: not found; run the preprocess stage"):
         load_arrays(tmp_path, "y_test")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_outputs_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:
+    """A teammate (or `mlflow ui` run as another user) reads the outputs as the umask allows:
+    the temporary file's 0600 is not what lands."""
+    old = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "report.html", "<p>")
+        with atomic_path(tmp_path / "model.keras", suffix=".keras") as tmp:
+            tmp.write_bytes(b"weights")
+    finally:
+        os.umask(old)
+    for name in ("report.html", "model.keras"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+PROCESSED = {
+    "x_train": np.zeros((6, 28, 28, 1), np.float32),
+    "y_train": np.arange(6, dtype=np.uint8),
+    "x_val": np.full((2, 28, 28, 1), 0.5, np.float32),
+    "y_val": np.array([1, 9], np.uint8),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "array", "message"),
+    [
+        ("x_train", np.zeros((6, 28, 28, 1), np.uint8) + 255,
+         r"x_train.npy: expected float32 images of shape \(N, height, width, 1\), got uint8"),
+        ("x_train", np.full((6, 28, 28, 1), 255.0, np.float32),
+         r"x_train.npy: pixel values from 255.0 to 255.0, expected images scaled to \[0, 1\]"),
+        ("x_val", np.full((2, 28, 28, 1), np.nan, np.float32), r"x_val.npy: pixel values from nan"),
+        ("x_train", np.zeros((6, 28, 28), np.float32), r"got float32 \(6, 28, 28\)"),
+        ("y_train", np.arange(5, dtype=np.uint8), r"y_train.npy: expected 6 integer labels"),
+        ("y_val", np.array([0.0, 1.0]), r"y_val.npy: expected 2 integer labels .* got float64"),
+        ("y_val", np.array([1, 12], np.int64), r"y_val.npy: labels from 1 to 12, expected 0 to 9"),
+        ("y_train", np.array([-1, 0, 1, 2, 3, 4]), r"labels from -1 to 4, expected 0 to 9"),
+    ],
+)  # fmt: skip
+def test_processed_arrays_that_preprocess_would_not_write_are_refused(
+    project: Path, name: str, array: np.ndarray, message: str
+) -> None:
+    folder = project / "data" / "processed"
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, value in (PROCESSED | {name: array}).items():
+        np.save(folder / f"{key}.npy", value)
+    with pytest.raises(PipelineError, match=message):
+        load_training_data(num_classes=10)

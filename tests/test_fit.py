@@ -1,8 +1,17 @@
-"""Fitting: the precision actually used, and the per-epoch history as CSV."""
+"""Fitting: the precision actually used, and resuming from a checkpoint."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+import tensorflow as tf
+
 from mnist_optimizers import fit
+from mnist_optimizers.model import ModelConfig, build_model
 
 
 def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(
@@ -15,3 +24,39 @@ def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(
     monkeypatch.setattr(fit, "cpu_has_bf16", lambda: True)
     assert fit.effective_precision("mixed_bfloat16") == "mixed_bfloat16"
     assert fit.effective_precision("float32") == "float32"
+
+
+def train_tiny(checkpoint: Path | None) -> list[np.ndarray]:
+    """One epoch of a tiny CNN on random images, seeded; its final weights."""
+    rng = np.random.default_rng(0)
+    data = {
+        "x_train": rng.random((32, 28, 28, 1), dtype=np.float32),
+        "y_train": rng.integers(0, 10, 32),
+        "x_val": rng.random((8, 28, 28, 1), dtype=np.float32),
+        "y_val": rng.integers(0, 10, 8),
+    }
+    keras.utils.set_random_seed(0)
+    config = ModelConfig(((4,),), kernel_size=3, pool_size=2, dense_units=(8,), num_classes=10)
+    model = build_model(config, (28, 28, 1))
+    with mlflow.start_run():
+        fit.fit_model(model, keras.optimizers.Adam(), data, 1, 8, checkpoint=checkpoint)
+    return model.get_weights()
+
+
+def test_a_checkpoint_that_does_not_load_is_discarded_and_training_starts_over(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tf.config.experimental.enable_op_determinism()
+    uninterrupted = train_tiny(None)
+    folder = project / ".checkpoints" / "adam-42-0123456789abcdef"
+    train_tiny(folder)
+    weights = folder / "epoch-1.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:300])  # cut short, as by a full disk
+
+    retrained = train_tiny(folder)
+
+    assert f"checkpoint {weights} does not load" in caplog.text
+    assert "discarded, training starts from the first epoch" in caplog.text
+    for got, expected in zip(retrained, uninterrupted, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert weights.exists()  # the new run's own checkpoint

@@ -41,6 +41,9 @@ def test_model_is_the_reference_cnn() -> None:
 class FixedModel:
     """Stands in for a Keras model: predict() returns the given probabilities."""
 
+    input_shape = (None, 28, 28, 1)
+    output_shape = (None, 10)
+
     def __init__(self, probabilities: np.ndarray) -> None:
         self.probabilities = probabilities
         self.batch_sizes: list[int] = []
@@ -85,3 +88,37 @@ def test_a_model_file_holding_code_is_refused_not_run(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="refused: it holds Python code"):
         load_model(path)
     assert not marker.exists()
+
+
+def test_a_model_for_other_data_is_refused_before_predicting() -> None:
+    model = FixedModel(one_hot_ish([0, 1]))
+    y = np.array([0, 11], np.uint8)
+    with pytest.raises(
+        PipelineError,
+        match=r"models/x.keras: takes images of shape \(28, 28, 1\) "
+        r"into 10 classes; the test set has \(28, 28, 1\), labels up to 11",
+    ):
+        evaluate_model(model, np.zeros((2, 28, 28, 1), np.float32), y, 5000, "models/x.keras")
+    assert model.batch_sizes == []
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "not a Keras model file (damaged or cut short)"),
+        (b"garbage" * 100, "not a Keras model file (damaged or cut short)"),
+        (None, "not a Keras model file"),  # a real model file, cut in half
+    ],
+)
+def test_a_damaged_model_file_is_named_with_the_stage_that_rewrites_it(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    path = tmp_path / "adam-42-tuned.keras"
+    if content is None:
+        keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]).save(path)
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    with pytest.raises(PipelineError) as error:
+        load_model(path)
+    assert str(error.value).startswith(f"{path}: {message}")
+    assert str(error.value).endswith("retrain it: dvc repro --force train_tuned@adam-42")

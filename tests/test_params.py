@@ -4,6 +4,7 @@ type them, are the rows of docs/errors.md (tests/test_errors_table.py)."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from mnist_optimizers.fit import TrainConfig, validate_train
 from mnist_optimizers.model import validate_model
 from mnist_optimizers.optimizers import build_optimizer, validate_compare
 from mnist_optimizers.params import load_params
-from stages.preprocess import PreprocessConfig, validate_preprocess
+from mnist_optimizers.sections.preprocess import PreprocessConfig, validate_preprocess
 
 from .conftest import PROJECT_ROOT
 
@@ -96,3 +97,66 @@ def test_finite_number_refuses_nan_inf_and_text(value: object) -> None:
     with pytest.raises(ParamsError, match="^k: expected a finite number"):
         params.finite_number(value, "k")
     assert params.finite_number(2, "k") == 2.0
+
+
+# What DVC (YAML 1.2) and a YAML 1.1 reader such as PyYAML disagree on.
+DIALECT = {
+    "epochs: 010": 10,  # octal 8 in YAML 1.1
+    "epochs: 0o10": 8,
+    "resume: yes": "yes",  # true in YAML 1.1
+    "resume: no": "no",
+    "resume: off": "off",
+    "epochs: 1e3": 1000.0,  # a string in PyYAML
+    "learning_rate: 1e-3": 0.001,
+    "epochs: 1_000": 1000,
+}
+
+
+@pytest.mark.parametrize(("line", "value"), DIALECT.items(), ids=list(DIALECT))
+def test_params_yaml_is_read_as_dvc_reads_it(line: str, value: object) -> None:
+    """The stages train with the value dvc.lock and `dvc params diff` record."""
+    from dvc.utils.serialize import parse_yaml as dvc_parse_yaml
+
+    ours = params.parse_yaml(line, "params.yaml")
+    assert ours == dvc_parse_yaml(line, "params.yaml")
+    (key,) = ours
+    assert ours[key] == value and type(ours[key]) is type(value)
+
+
+def test_a_key_given_twice_is_an_error_as_in_dvc(tmp_path: Path) -> None:
+    text = (PROJECT_ROOT / "params.yaml").read_text()
+    line = "  epochs: 5\n"
+    (tmp_path / "params.yaml").write_text(text.replace(line, line + "  epochs: 8\n", 1))
+    with pytest.raises(ParamsError) as error:
+        load_params(tmp_path / "params.yaml")
+    number = text[: text.index(line)].count("\n") + 2
+    assert str(error.value).startswith(
+        f"{tmp_path / 'params.yaml'}: not valid YAML at line {number}, column 3: while "
+        'constructing a mapping, found duplicate key "epochs" with value "8" (original value: "5")'
+    )
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    """Nine levels of nine aliases: 387 million values once expanded."""
+    lines, previous = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"], "l0"
+    for level in range(1, 10):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*{previous}'] * 9)}]")
+        previous = f"l{level}"
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\n")
+    started = time.monotonic()
+    with pytest.raises(ParamsError) as error:
+        load_params(tmp_path / "params.yaml")
+    assert time.monotonic() - started < 5
+    assert str(error.value) == (
+        f"{tmp_path / 'params.yaml'}: expands to more than 100000 values through YAML aliases "
+        "(*name); write the values out"
+    )
+
+
+def test_a_message_quotes_a_huge_value_in_a_hundred_characters() -> None:
+    with pytest.raises(ParamsError) as error:
+        params.positive_int("x" * 10_000_000, "train.epochs")
+    assert len(str(error.value)) < 150 and str(error.value).startswith("train.epochs: expected")
+    with pytest.raises(ParamsError) as error:
+        params.positive_int(list(range(10_000)), "train.epochs")
+    assert len(str(error.value)) < 150

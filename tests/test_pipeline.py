@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import pytest
 import requests
 import yaml
 
-from . import servers
+from . import processes, servers
 from .cli import check_no_processes_left, copy_repo, dvc, project_repo, run, stages_run
 from .conftest import edit_params, tiny_params
 
@@ -118,14 +121,18 @@ AFTER_TRAINING = ["evaluate", "report", "register"]
 
 
 def model_stages_run(output: str) -> list[str]:
-    """The stages run, but `trajectories`: it depends only on `optimizers` and
-    `trajectories`, and DVC may run it at any point of the order."""
-    return [stage for stage in stages_run(output) if stage != "trajectories"]
+    """The stages run after `check_params` (which any edit of params.yaml runs first), but
+    `trajectories`: it depends only on `optimizers` and `trajectories`, and DVC may run it
+    at any point of the order."""
+    ran = stages_run(output)
+    if "check_params" in ran:
+        assert ran[0] == "check_params", ran  # params.yaml is checked before any stage runs
+    return [stage for stage in ran if stage not in ("trajectories", "check_params")]
 
 
 def test_dvc_repro_runs_every_stage(reproduced) -> None:
     root, _, output = reproduced
-    assert "trajectories" in stages_run(output)
+    assert {"trajectories", "check_params"} <= set(stages_run(output))
     ran = model_stages_run(output)
     assert ran[:2] == ["download", "preprocess"] and ran[-3:] == AFTER_TRAINING
     assert sorted(ran[2:-3]) == sorted(TRAINING)
@@ -133,7 +140,7 @@ def test_dvc_repro_runs_every_stage(reproduced) -> None:
     for name in OPTIMIZERS:
         assert ran.index(f"tune@{name}") < ran.index(f"train_tuned@{name}-42")
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert sorted(lock["stages"]) == sorted([*ran, "trajectories"])
+    assert sorted(lock["stages"]) == sorted([*ran, "trajectories", "check_params"])
     assert lock["stages"]["train@adam-42"]["params"]["params.yaml"]["optimizers.adam"] == {
         "learning_rate": 0.001
     }
@@ -287,20 +294,50 @@ def test_an_edit_makes_only_the_stages_that_import_it_stale(workspace) -> None:
     validation, or to one library module, reruns only the stages that use it."""
     root, env = workspace
     assert stale_stages(root, env) == set()
-    trajectories = root / "stages" / "trajectories.py"
+    trajectories = root / "mnist_optimizers" / "sections" / "trajectories.py"
     edit(trajectories, ': expected a positive "', ': expected a positive number "')
-    assert stale_stages(root, env) == {"trajectories"}
+    assert stale_stages(root, env) == {"trajectories", "check_params"}
     edit(trajectories, ': expected a positive number "', ': expected a positive "')
     assert stale_stages(root, env) == set()
 
     edit(root / "mnist_optimizers" / "stats.py", "Holm-Bonferroni", "Holm's step-down")
-    assert stale_stages(root, env) == {*(f"tune@{n}" for n in OPTIMIZERS), "evaluate", "report"}
+    assert stale_stages(root, env) == {
+        *(f"tune@{n}" for n in OPTIMIZERS),
+        "evaluate",
+        "report",
+        "check_params",
+    }
+
+
+def test_params_yaml_is_checked_whole_before_any_stage_runs(workspace) -> None:
+    """A mistake in a section no stale stage reads still stops `dvc repro`, and an edit that
+    changes no value reruns only the check."""
+    root, env = workspace
+    params = root / "params.yaml"
+    good = params.read_text()
+    for typo, message in (
+        ("  epochs: 1\n", "train: unknown key(s) epoch; expected: epochs, batch_size"),
+        ("train:\n", "params.yaml: unknown key(s) trian; expected: download"),
+    ):
+        params.write_text(
+            good.replace(typo, typo.replace("epochs", "epoch").replace("train", "trian"), 1)
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True,
+            text=True, timeout=600,
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and message in output, output
+        assert stages_run(output) == ["check_params"] and "Traceback" not in output, output
+    params.write_text(good + "# a comment: no value changes\n")
+    assert stages_run(dvc(root, env, "repro")) == ["check_params"]
+    assert stale_stages(root, env) == set()
 
 
 def test_changing_one_learning_rate_reruns_only_that_optimizer(adam_lr) -> None:
     root, _, output = adam_lr
     # Adam's entry is also its grid's and its tuned runs' definition, and its 2-D paths'.
-    assert "trajectories" in stages_run(output)
+    assert stages_run(output)[0] == "check_params" and "trajectories" in stages_run(output)
     assert model_stages_run(output) == [
         "train@adam-42",
         "tune@adam",
@@ -347,9 +384,59 @@ def test_adding_a_seed_trains_only_the_new_runs(workspace) -> None:
     compare = yaml.safe_load((root / "params.yaml").read_text())["compare"]
     output = dvc(root, env, "exp", "run", "--temp", "-S", "train.seeds=[42,43]")
     assert stages_run(output) == [
+        "check_params",
         *(f"{t}@{n}-43" for t in ("train", "train_tuned") for n in compare),
         *AFTER_TRAINING,
     ]
+
+
+def test_a_stage_whose_dvc_parent_is_killed_stops_and_the_rerun_trains_once(workspace) -> None:
+    """`kill` to `dvc repro` (or its terminal closing) mid-training: the stage stops as on
+    Ctrl-C (its MLflow run KILLED, no outputs) instead of training on as an orphan whose
+    FINISHED run dvc.lock never records; the rerun leaves one FINISHED run."""
+    root, env = workspace
+    edit_params({"train.epochs": 40}, root)  # long enough to be caught mid-training
+    log = root.parent / "repro.log"
+    with log.open("w") as out:
+        repro = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro", "train@sgd-42"],
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        running = wait_for_a_running_run(root, "train@sgd-42", repro, log)
+        repro.send_signal(signal.SIGTERM)  # dvc alone, not its process group
+        repro.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while processes.tagged(env[processes.TAG_VARIABLE]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not processes.tagged(env[processes.TAG_VARIABLE]), log.read_text()[-3000:]
+    finally:
+        repro.kill()
+        repro.wait()
+    text = log.read_text()
+    assert "stopped: the process that started it" in text and "Traceback" not in text, text
+    assert client_for(root).get_run(running.info.run_id).info.status == "KILLED"
+    assert not (root / "models" / "sgd-42.keras").exists()
+
+    dvc(root, env, "repro", "train@sgd-42")
+    statuses = sorted(
+        r.info.status for r in runs_by_name(root)["sgd-42"] if r.data.params["train.epochs"] == "40"
+    )
+    assert statuses == ["FINISHED", "KILLED"]
+
+
+def wait_for_a_running_run(root: Path, stage: str, process: subprocess.Popen, log: Path):
+    """The RUNNING MLflow run of ``stage`` once it has logged an epoch."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        for runs in runs_by_name(root).values():
+            for r in runs:
+                if r.info.status == "RUNNING" and r.data.tags.get("dvc.stage") == stage:
+                    if client_for(root).get_metric_history(r.info.run_id, "val_accuracy"):
+                        return r
+        time.sleep(0.5)
+    pytest.fail(f"{stage} logged no epoch within 120 s:\n{log.read_text()[-3000:]}")
 
 
 # `dvc` as DVC's queue starts it (`dvc exp queue-worker`, found on PATH), but worker 2

@@ -13,7 +13,7 @@ from mnist_optimizers import idx
 from mnist_optimizers.files import load_arrays
 from mnist_optimizers.paths import PROCESSED_DIR
 from stages import preprocess
-from stages.preprocess import PreprocessConfig
+from mnist_optimizers.sections.preprocess import PreprocessConfig
 
 from .conftest import (
     TEST_IMAGES,

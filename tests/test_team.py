@@ -6,6 +6,8 @@ comparison seen in headless Chromium."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -21,6 +23,8 @@ from .cli import check_no_processes_left, dvc, project_repo, run
 from .conftest import tiny_params
 
 pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EPOCHS = 2
 # The four optimizers at two learning rates each: 8 experiments, each training one model.
@@ -237,13 +241,36 @@ def test_the_ui_compares_the_four_training_runs_in_chromium(server_experiments) 
     assert shown == pytest.approx(expected, abs=0.0005)
 
 
+# A stage's MLflow logging, as run_stage runs it: connect, start a run, log, end it.
+LOG_ONE_RUN = """
+import mlflow
+from mnist_optimizers import tracking
+from mnist_optimizers.cli import run_stage
+
+def main(argv):
+    experiment_id = tracking.setup_experiment("secrets-check")
+    with tracking.tracked_run(experiment_id, "sgd-42", tracking.run_tags("train@sgd-42")):
+        mlflow.log_metric("val_accuracy", 0.5)
+
+run_stage(main)
+"""
+
+
 def test_basic_authentication_turns_away_anonymous_clients(tmp_path) -> None:
     password = "a-test-password-0"
+    config_dir = tmp_path / "tmp"  # where the script writes its auth configuration
+    config_dir.mkdir()
     with servers.postgres() as pg:
         backend = servers.create_database(pg, "mlflow_auth")
         with servers.tracking_server(
-            backend, tmp_path / "artifacts", ["--auth"], {"MLFLOW_AUTH_ADMIN_PASSWORD": password}
+            backend,
+            tmp_path / "artifacts",
+            ["--auth"],
+            {"MLFLOW_AUTH_ADMIN_PASSWORD": password, "TMPDIR": str(config_dir)},
         ) as url:
+            (config,) = config_dir.glob("mlflow-basic-auth.*.ini")
+            assert config.stat().st_mode & 0o777 == 0o600  # it holds the database URI
+            check_a_password_in_the_uri_is_never_shown(url, password, tmp_path)
             search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
             assert requests.get(search, timeout=10).status_code == 401
             assert requests.get(search, auth=("admin", "wrong"), timeout=10).status_code == 401
@@ -257,3 +284,39 @@ def test_basic_authentication_turns_away_anonymous_clients(tmp_path) -> None:
                 run = client.create_run(client.create_experiment("auth-check"))
                 client.log_metric(run.info.run_id, "val_accuracy", 0.5)
                 assert client.get_run(run.info.run_id).data.metrics == {"val_accuracy": 0.5}
+    assert not list(config_dir.iterdir()), "the auth configuration outlived the server"
+
+
+def check_a_password_in_the_uri_is_never_shown(url: str, password: str, tmp_path: Path) -> None:
+    """MLFLOW_TRACKING_URI=http://admin:<password>@host: the run is logged with those
+    credentials, and the password is in no line the stage prints (MLflow's "View run at"
+    included) and in no param or tag of the run; a wrong password fails with one line
+    that does not show it either."""
+    host = url.removeprefix("http://")
+    outputs = []
+    for secret, status in ((password, 0), ("wrong-password-1", 1)):
+        result = subprocess.run(
+            [sys.executable, "-c", LOG_ONE_RUN],
+            cwd=tmp_path,
+            env=servers.tool_env(
+                {"MLFLOW_TRACKING_URI": f"http://admin:{secret}@{host}", "PYTHONPATH": str(ROOT)}
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == status, output
+        assert secret not in output and "admin:***@" not in output, output
+        outputs.append(output)
+    assert f"View run sgd-42 at: {url}/#/experiments/" in outputs[0]
+    assert "Traceback" not in outputs[1], outputs[1]
+    client = mlflow.MlflowClient(url)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        experiment = client.get_experiment_by_name("secrets-check")
+        (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    recorded = json.dumps([run.data.params, run.data.tags, run.info.to_proto().__str__()])
+    assert password not in recorded
