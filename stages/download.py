@@ -69,7 +69,7 @@ def read_source(source: str, name: str, timeout: float, deadline: float = 600.0)
         path = Path(source) / name
         try:
             if path.stat().st_size > MAX_BYTES:
-                raise SourceError(f"{path}: larger than {MAX_BYTES >> 20} MB, not an MNIST file")
+                raise SourceError(f"{path}: larger than {MAX_BYTES:,} bytes, not an MNIST file")
             return path.read_bytes()
         except OSError as exc:
             raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -86,7 +86,9 @@ def read_source(source: str, name: str, timeout: float, deadline: float = 600.0)
                     size += len(chunk)
                     bar.update(len(chunk))
                     if size > MAX_BYTES:
-                        raise SourceError(f"{url}: sent more than {MAX_BYTES >> 20} MB, not MNIST")
+                        raise SourceError(
+                            f"{url}: sent more than {MAX_BYTES:,} bytes, not an MNIST file"
+                        )
                     if time.monotonic() > ends:
                         raise SourceError(
                             f"{url}: not complete after {deadline:g} s ({size} bytes; "

@@ -37,9 +37,14 @@ def http_mirror(tiny_mirror) -> Iterator[str]:
 
 
 def config(
-    sha256: dict[str, str], mirrors: tuple[str, ...] = (), timeout: float = 5
+    sha256: dict[str, str],
+    mirrors: tuple[str, ...] = (),
+    timeout: float = 5,
+    deadline: float = 600,
 ) -> DownloadConfig:
-    return DownloadConfig(mirrors=mirrors, sha256=sha256, timeout_seconds=timeout)
+    return DownloadConfig(
+        mirrors=mirrors, sha256=sha256, timeout_seconds=timeout, deadline_seconds=deadline
+    )
 
 
 def test_env_mirror_comes_first_and_relative_folders_resolve_against_the_root(
@@ -161,3 +166,69 @@ def test_a_corrupted_byte_is_caught_and_nothing_unverified_is_kept(
         download.download_all(config(sha256), [str(corrupt)], out)
     assert f"{corrupt}: " in str(error.value)
     assert not out.exists() or not any(out.iterdir())
+
+
+class DrippingHandler(http.server.BaseHTTPRequestHandler):
+    """Answers at once, then sends its body a byte at a time, each well within the read
+    timeout: a slow or stuck mirror that a timeout per read never stops. ``body_size`` of
+    None sends bytes without end."""
+
+    body_size: int | None = 10_000
+    interval = 0.2
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        if self.body_size is not None:
+            self.send_header("Content-Length", str(self.body_size))
+        self.end_headers()
+        sent = 0
+        try:
+            while self.body_size is None or sent < self.body_size:
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                sent += 1
+                time.sleep(self.interval)
+        except OSError:  # the client gave up
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def dripping_mirror() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), DrippingHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_mirror_that_drips_is_given_up_at_its_deadline_for_the_next(
+    tmp_path: Path, tiny_mirror, dripping_mirror: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good, sha256 = tiny_mirror
+    started = time.monotonic()
+    download.download_all(
+        config(sha256, timeout=1, deadline=1.5), [dripping_mirror, str(good)], tmp_path / "raw"
+    )
+    assert time.monotonic() - started < len(MNIST_FILES) * (1.5 + 1) + 5
+    assert "not complete after 1.5 s" in caplog.text and "download.deadline_seconds" in caplog.text
+    for name in MNIST_FILES:
+        assert (tmp_path / "raw" / name).read_bytes() == (good / name).read_bytes()
+
+
+def test_a_mirror_that_never_stops_sending_is_cut_off(
+    monkeypatch: pytest.MonkeyPatch, dripping_mirror: str
+) -> None:
+    monkeypatch.setattr(DrippingHandler, "body_size", None)
+    monkeypatch.setattr(DrippingHandler, "interval", 0)
+    monkeypatch.setattr(download, "MAX_BYTES", 50_000)
+    with pytest.raises(
+        download.SourceError, match="sent more than 50,000 bytes, not an MNIST file"
+    ):
+        download.read_source(dripping_mirror, TRAIN_LABELS, timeout=5, deadline=60)

@@ -100,3 +100,14 @@ def test_pools_fixed_earlier_in_the_process_stay_with_a_warning(
     assert "TensorFlow already started in this process; keeping its intra-op threads" in (
         caplog.text
     )
+
+
+@pytest.mark.parametrize("variable", ["TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"])
+def test_a_thread_count_that_is_not_a_number_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "two")
+    with pytest.raises(
+        ParamsError, match=rf"^\${variable}: expected a positive integer, got 'two'$"
+    ):
+        runtime.configure_threads()

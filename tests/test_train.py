@@ -173,3 +173,39 @@ def test_metrics_file_says_where_the_stage_time_went(processed: Path) -> None:
     assert set(seconds) == {"load_data", "mlflow_logging", "fit", "save_model"}
     assert all(value > 0 for value in seconds.values())
     assert metrics["train_seconds"] == pytest.approx(seconds["fit"], abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("foo://x", "MLFLOW_TRACKING_URI: 'foo://x' is not a tracking store MLflow knows; use "),
+        ("sqlite:///{root}/damaged.db",
+         "MLflow tracking store {root}/damaged.db: file is not a database; it is damaged: move "
+         "it away to start a new store, or restore a backup"),
+    ],
+)  # fmt: skip
+def test_a_store_mlflow_cannot_use_is_named_before_training(
+    processed: Path, monkeypatch: pytest.MonkeyPatch, uri: str, message: str
+) -> None:
+    (processed / "damaged.db").write_bytes(b"not a database " * 100)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.format(root=processed))
+    with pytest.raises(TrackingError) as error:
+        train.main(["adam", "42"])
+    assert str(error.value).startswith(message.format(root=processed))
+    assert not MODELS_DIR.exists() and not TRAIN_METRICS_DIR.exists()
+
+
+def test_an_experiment_deleted_in_the_ui_is_named_with_how_to_restore_it(processed: Path) -> None:
+    from mnist_optimizers import tracking
+
+    client = mlflow.MlflowClient(tracking.connect())
+    experiment_id = client.create_experiment("mnist-optimizers")
+    client.delete_experiment(experiment_id)
+    with pytest.raises(TrackingError) as error:
+        train.main(["adam", "42"])
+    assert str(error.value) == (
+        f"MLflow experiment 'mnist-optimizers' (id {experiment_id}) is deleted: restore it "
+        f"(mlflow experiments restore --experiment-id {experiment_id}, or in the UI), or set "
+        "mlflow.experiment_name in params.yaml to a new name"
+    )
+    assert not MODELS_DIR.exists()
