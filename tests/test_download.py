@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,13 +21,10 @@ from mnist_optimizers.sections.download import DownloadConfig
 from .conftest import TRAIN_LABELS, tiny_mnist_contents, write_mirror
 
 
-@pytest.fixture
-def http_mirror(tiny_mirror) -> Iterator[str]:
-    """The tiny mirror served over HTTP on 127.0.0.1 on a free port."""
-    folder, _ = tiny_mirror
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None
+def serve(handler: Any) -> Iterator[str]:
+    """Serve ``handler`` over HTTP on 127.0.0.1 on a free port; yield its base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -34,6 +32,15 @@ def http_mirror(tiny_mirror) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def http_mirror(tiny_mirror) -> Iterator[str]:
+    """The tiny mirror served over HTTP on 127.0.0.1 on a free port."""
+    folder, _ = tiny_mirror
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    yield from serve(handler)
 
 
 def config(
@@ -197,15 +204,7 @@ class DrippingHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def dripping_mirror() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), DrippingHandler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield from serve(DrippingHandler)
 
 
 def test_a_mirror_that_drips_is_given_up_at_its_deadline_for_the_next(
