@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mnist_optimizers.errors import PipelineError, redact
@@ -53,23 +54,65 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signal.Signals(signum).name)
 
 
+# The shells DVC runs a stage's cmd in (`$SHELL -c cmd`, /bin/sh without SHELL). Some (dash,
+# Debian's /bin/sh) fork the command instead of exec'ing it and outlive a killed dvc.
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "ash", "busybox"})
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid`` from /proc, or None where there is no /proc or no such pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(stat.rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_shell_running_one_command(pid: int) -> bool:
+    """Whether ``pid`` is a shell started as `shell [options] -c cmd`, as DVC starts a stage."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return False
+    return len(args) >= 3 and Path(os.fsdecode(args[0])).name in SHELLS and args[-2] == b"-c"
+
+
+def ancestry_to_watch(parent: int) -> tuple[int, ...]:
+    """The processes whose end stops this stage: its parent, and, where the parent is the
+    shell DVC ran the cmd in, that shell's parent (dvc) too."""
+    if is_shell_running_one_command(parent):
+        grandparent = parent_of(parent)
+        if grandparent is not None:
+            return (parent, grandparent)
+    return (parent,)
+
+
+def ancestry_is(chain: tuple[int, ...]) -> bool:
+    """Whether this process's parent, and its parent in turn, are still ``chain``."""
+    if os.getppid() != chain[0]:
+        return False
+    return all(parent_of(child) == parent for child, parent in zip(chain, chain[1:]))
+
+
 def watch_parent(parent: int, poll: float = PARENT_POLL_SECONDS) -> None:
     """Stop this stage (SIGTERM to itself) once the process that started it is gone: `dvc
     repro` killed or its terminal closed would otherwise leave the stage training on, an
-    orphan that writes outputs and a FINISHED MLflow run dvc.lock never records."""
+    orphan that writes outputs and a FINISHED MLflow run dvc.lock never records. A shell
+    between dvc and the stage (`sh -c cmd`) is looked through: dvc's end counts."""
+    chain = ancestry_to_watch(parent)
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while ancestry_is(chain):
             time.sleep(poll)
         global _parent_gone
-        _parent_gone = parent
+        _parent_gone = chain[-1]
         os.kill(os.getpid(), signal.SIGTERM)
 
-    if parent == 1 and "DVC_STAGE" in os.environ:  # DVC started it, and is gone already
+    if chain[-1] == 1 and "DVC_STAGE" in os.environ:  # DVC started it, and is gone already
         global _parent_gone
-        _parent_gone = parent
+        _parent_gone = chain[-1]
         raise Terminated("its parent ended")
-    if parent > 1:  # else started by init, as a daemon: nothing to watch
+    if chain[-1] > 1:  # else started by init, as a daemon: nothing to watch
         threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 

@@ -47,13 +47,14 @@ def new_file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: Path, suffix: str = "", output: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     A failure (or Ctrl-C) removes the temporary file, so ``path`` is either the old file or
     the complete new one, never half-written. A full disk or any other OS error becomes
     one WriteError that names the file. ``suffix`` keeps an extension that a writer needs
-    (Keras saves only to names ending in `.keras`).
+    (Keras saves only to names ending in `.keras`). ``output=False`` marks a file that is
+    not one of the stage's outputs (a checkpoint): it is left out of WRITTEN.
     """
     path = Path(path)
     try:
@@ -69,7 +70,8 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
             os.fsync(handle.fileno())
             os.fchmod(handle.fileno(), new_file_mode())  # mkstemp made it 0600
         os.replace(tmp, path)
-        WRITTEN.append(path)
+        if output:
+            WRITTEN.append(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise WriteError(path, exc) from None
@@ -78,23 +80,25 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
+def write_atomic(
+    path: Path, write: Callable[[IO[Any]], None], binary: bool = False, output: bool = True
+) -> None:
     """Call ``write(handle)`` on a temporary file, then move it onto ``path``."""
     with (
-        atomic_path(path) as tmp,
+        atomic_path(path, output=output) as tmp,
         open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as handle,
     ):
         write(handle)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str, output: bool = True) -> None:
     """Write ``text`` to ``path`` atomically."""
-    write_atomic(path, lambda handle: handle.write(text))
+    write_atomic(path, lambda handle: handle.write(text), output=output)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any, output: bool = True) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n", output=output)
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:

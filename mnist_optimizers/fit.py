@@ -142,9 +142,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         weights = self.folder / f"epoch-{epoch + 1}.weights.h5"
-        with atomic_path(weights, suffix=".weights.h5") as tmp:
+        with atomic_path(weights, suffix=".weights.h5", output=False) as tmp:
             self.model.save_weights(tmp, overwrite=True)
-        write_json_atomic(self.folder / HISTORY_FILE, self.tracker.history)
+        write_json_atomic(self.folder / HISTORY_FILE, self.tracker.history, output=False)
         for old in self.folder.glob("epoch-*.weights.h5"):
             if old != weights:
                 old.unlink(missing_ok=True)

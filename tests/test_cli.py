@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import sys
@@ -80,12 +81,17 @@ def test_a_stage_stopped_before_writing_says_so(tmp_path: Path) -> None:
     assert "terminated (SIGTERM): no output written; `dvc repro` runs the stage again" in err
 
 
-def test_a_stage_whose_parent_dies_stops_within_seconds(tmp_path: Path) -> None:
-    """The parent (dvc repro) killed: the stage is re-parented, notices, and stops."""
+@pytest.mark.parametrize("shell", [None, "/bin/sh", "bash"], ids=["direct", "sh-c", "bash-c"])
+def test_a_stage_whose_parent_dies_stops_within_seconds(tmp_path: Path, shell: str | None) -> None:
+    """The parent (dvc repro) killed: the stage notices and stops, also where DVC ran its
+    cmd in a shell that stays between them (`sh -c cmd`: dash forks the command)."""
+    stage_cmd = [sys.executable, "-c", WAITS]
+    if shell is not None:
+        stage_cmd = [shell, "-c", shlex.join(stage_cmd)]
     parent = subprocess.Popen(
         [sys.executable, "-c", f"""
 import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", {WAITS!r}], stdout=subprocess.PIPE,
+child = subprocess.Popen({stage_cmd!r}, stdout=subprocess.PIPE,
                          stderr=open("stage.log", "w"), text=True)
 child.stdout.readline()
 print(child.pid, flush=True)
@@ -95,18 +101,36 @@ time.sleep(60)
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert parent.stdout is not None
-    stage = int(parent.stdout.readline())
+    started = int(parent.stdout.readline())  # the stage, or the shell it runs in
+    stages = [started, *_children(started)]
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 15
-    while Path(f"/proc/{stage}").exists() and time.monotonic() < deadline:
+    while any(_alive(pid) for pid in stages) and time.monotonic() < deadline:
         time.sleep(0.1)
-    alive = Path(f"/proc/{stage}").exists() and b"Z" not in _state(stage)
-    if alive:
-        subprocess.run(["kill", "-9", str(stage)], check=False)
+    alive = [pid for pid in stages if _alive(pid)]
+    for pid in alive:
+        subprocess.run(["kill", "-9", str(pid)], check=False)
     assert not alive, "the stage trained on as an orphan"
     log = (tmp_path / "stage.log").read_text()
-    assert "stopped: the process that started it (pid" in log and "has ended" in log, log
+    assert f"stopped: the process that started it (pid {parent.pid}" in log, log
+    assert "has ended" in log and "Traceback" not in log, log
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_bytes().rsplit(b")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists() and b"Z" not in _state(pid)
 
 
 def _state(pid: int) -> bytes:

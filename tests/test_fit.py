@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_optimizers import fit
+from mnist_optimizers import files, fit
 from mnist_optimizers.model import ModelConfig, build_model
 
 
@@ -60,3 +60,18 @@ def test_a_checkpoint_that_does_not_load_is_discarded_and_training_starts_over(
     for got, expected in zip(retrained, uninterrupted, strict=True):
         np.testing.assert_array_equal(got, expected)
     assert weights.exists()  # the new run's own checkpoint
+
+
+def test_checkpoints_are_not_counted_among_the_outputs_a_stopped_stage_replaced(
+    project: Path,
+) -> None:
+    """A stage with `train.resume: true` stopped mid-training has written checkpoints only:
+    it must say "no output written", not list its checkpoint files as replaced outputs."""
+    files.WRITTEN.clear()
+    folder = project / ".checkpoints" / "adam-42-0123456789abcdef"
+    train_tiny(folder)
+    assert (folder / "epoch-1.weights.h5").exists() and (folder / fit.HISTORY_FILE).exists()
+    assert files.WRITTEN == []
+    files.write_text_atomic(project / "reports" / "a.md", "a")  # an output still counts
+    assert files.WRITTEN == [project / "reports" / "a.md"]
+    files.WRITTEN.clear()

@@ -396,8 +396,11 @@ def test_adding_a_seed_trains_only_the_new_runs(workspace) -> None:
 def test_a_stage_whose_dvc_parent_is_killed_stops_and_the_rerun_trains_once(workspace) -> None:
     """`kill` to `dvc repro` (or its terminal closing) mid-training: the stage stops as on
     Ctrl-C (its MLflow run KILLED, no outputs) instead of training on as an orphan whose
-    FINISHED run dvc.lock never records; the rerun leaves one FINISHED run."""
+    FINISHED run dvc.lock never records; the rerun leaves one FINISHED run. DVC runs the
+    cmd in /bin/sh, as where SHELL is unset (CI, cron): Debian's dash forks the stage and
+    outlives dvc, the harder case (a bash exec's it)."""
     root, env = workspace
+    env = env | {"SHELL": "/bin/sh"}
     edit_params({"train.epochs": 40}, root)  # long enough to be caught mid-training
     log = root.parent / "repro.log"
     with log.open("w") as out:
