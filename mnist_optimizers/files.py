@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,6 +90,17 @@ def write_atomic(
         open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as handle,
     ):
         write(handle)
+
+
+def copy_atomic(source: Path, path: Path) -> None:
+    """Copy the file ``source`` to ``path`` atomically, as an output of the stage."""
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        try:
+            shutil.copyfile(source, tmp)
+        except FileNotFoundError:
+            raise PipelineError(
+                f"{source}: not found; run the stage that writes it (dvc repro)"
+            ) from None
 
 
 def write_text_atomic(path: Path, text: str, output: bool = True) -> None:

@@ -32,7 +32,7 @@ from mnist_optimizers.optimizers import logged_config
 from mnist_optimizers.params import check_keys, positive_int, seed
 from mnist_optimizers.paths import CHECKPOINTS_DIR
 
-PRECISIONS = ("float32", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
 HISTORY_FILE = "history.json"  # in a checkpoint folder: the epochs its weights hold
 
@@ -44,7 +44,7 @@ class TrainConfig:
     epochs: int
     batch_size: int
     seeds: tuple[int, ...]  # one training run per optimizer and seed
-    precision: str = "float32"  # a Keras dtype policy: float32, or mixed_bfloat16 (opt-in)
+    precision: str = "float32"  # auto, or a Keras dtype policy: float32, mixed_bfloat16
     resume: bool = False  # keep an epoch checkpoint and continue from it after a stop
 
 
@@ -86,9 +86,28 @@ def cpu_has_bf16() -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", cpuinfo) is not None
 
 
+def gpu_has_bf16() -> bool:
+    """True when every GPU TensorFlow sees computes bfloat16 natively (CUDA compute
+    capability 8.0 or later: Ampere, Hopper, ...); False without a GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return False
+    for gpu in gpus:
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        if capability is None or tuple(capability) < (8, 0):
+            return False
+    return True
+
+
 def effective_precision(requested: str) -> str:
-    """The dtype policy to train with: ``requested``, or float32 (with a warning) when
-    mixed_bfloat16 is asked for on a CPU without BF16 instructions, where it would be slow."""
+    """The dtype policy to train with. ``auto``: mixed_bfloat16 where the hardware computes
+    bfloat16 (a CPU with AVX-512 BF16 or AMX, a GPU of compute capability 8.0 or later),
+    float32 elsewhere (on a GPU machine, the GPU decides). ``mixed_bfloat16`` asked for where it would be slow: float32, with a
+    warning. ``float32``: float32."""
+    if requested == "auto":  # on a GPU, where TensorFlow trains, the GPU decides
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
+        fast = gpu_has_bf16() if on_gpu else cpu_has_bf16()
+        return "mixed_bfloat16" if fast else "float32"
     if requested != "mixed_bfloat16" or cpu_has_bf16() or tf.config.list_physical_devices("GPU"):
         return requested
     log.warning(
@@ -203,10 +222,12 @@ def fit_model(
     epochs: int,
     batch_size: int,
     checkpoint: Path | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> EpochTracker:
     """Compile and fit; return the tracker that holds one row per epoch and its seconds.
     With ``checkpoint``, keep the weights, optimizer state and history there after every
-    epoch, and continue from them if an earlier run left them."""
+    epoch, and continue from them if an earlier run left them. ``callbacks`` run after the
+    tracker (a pruning callback sees the epoch's logged metrics)."""
     # Integer labels with the sparse loss: the same categorical cross-entropy, no one-hot copy.
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     done: list[dict[str, float]] = []
@@ -220,16 +241,17 @@ def fit_model(
                 )
             mlflow.set_tag("resumed_after_epoch", str(len(done)))
     tracker = EpochTracker(done)
-    callbacks: list[keras.callbacks.Callback] = [tracker]
+    every: list[keras.callbacks.Callback] = [tracker]
     if checkpoint is not None:
-        callbacks.append(EpochCheckpoint(checkpoint, tracker))
+        every.append(EpochCheckpoint(checkpoint, tracker))
+    every += callbacks or []
     model.fit(
         data["x_train"],
         data["y_train"],
         validation_data=(data["x_val"], data["y_val"]),
         epochs=epochs,
         batch_size=batch_size,
-        callbacks=callbacks,
+        callbacks=every,
         initial_epoch=len(done),
         verbose=2,
     )
@@ -278,3 +300,17 @@ def run_params(
     params["data.val_fraction"] = data_summary["val_fraction"]
     params |= {f"data.sha256.{file}": digest for file, digest in data_summary["sha256"].items()}
     return params
+
+
+# Logged params that do not change a run's result: the optimizer's name in params.yaml (its
+# class and every argument Keras uses count), the other runs' seeds, checkpointing, and the
+# precision asked for (the one used counts).
+NOT_IN_CONFIGURATION = ("optimizer", "train.seeds", "train.resume", "train.precision")
+
+
+def configuration_id(logged: dict[str, Any]) -> str:
+    """The identity of a training run: a digest of the logged params that determine its
+    result (optimizer class and arguments after tuning, model, data, epochs, batch size,
+    precision used, seed, thread counts). Two runs with one id give the same model."""
+    identity = {k: v for k, v in logged.items() if k not in NOT_IN_CONFIGURATION}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()

@@ -81,11 +81,20 @@ def plot_confusion(confusion: np.ndarray, name: str, path: Path) -> None:
 
 
 def plot_tuning(tuning: pd.DataFrame, path: Path) -> None:
-    """Validation accuracy against learning rate (log scale), a line per optimizer, the
-    chosen rate circled."""
+    """Validation accuracy against learning rate (log scale), a line per optimizer through
+    the trials that ran every epoch, the chosen rate circled; a trial the pruner stopped
+    early is an x at its accuracy when stopped (after fewer epochs)."""
     fig, ax = pyplot().subplots(figsize=(6, 4), dpi=120)
     for name, group in tuning.groupby("optimizer", sort=False):
-        (line,) = ax.plot(group["learning_rate"], group["val_accuracy"], marker="o", label=name)
+        complete = group[~group["pruned"].astype(bool)]
+        pruned = group[group["pruned"].astype(bool)]
+        (line,) = ax.plot(
+            complete["learning_rate"], complete["val_accuracy"], marker="o", label=name
+        )
+        if not pruned.empty:
+            ax.scatter(
+                pruned["learning_rate"], pruned["val_accuracy"], marker="x", color=line.get_color()
+            )
         chosen = group[group["chosen"]]
         ax.scatter(
             chosen["learning_rate"],
@@ -94,14 +103,16 @@ def plot_tuning(tuning: pd.DataFrame, path: Path) -> None:
             facecolors="none",
             edgecolors=line.get_color(),
         )
+    if tuning["pruned"].astype(bool).any():
+        ax.scatter([], [], marker="x", color="grey", label="stopped early (pruned)")
     ax.set_xscale("log")
     ax.set(
         xlabel="learning rate",
         ylabel="validation accuracy",
-        title="Learning-rate grid (circled: chosen on validation)",
+        title="Learning-rate search (circled: chosen on validation)",
     )
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     save_figure(fig, path)
 
 

@@ -237,19 +237,23 @@ def confusion_frame(runs: list[Run], y_test: np.ndarray) -> pd.DataFrame:
 
 
 def tuning_table(results: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
-    """Every trial of each optimizer's grid (metrics/tune/<optimizer>.json): learning rate,
-    validation accuracy, whether it was chosen."""
+    """Every trial of each optimizer's search (metrics/tune/<optimizer>.json), by rate:
+    validation accuracy after the epochs it reached, whether the pruner stopped it early
+    (its accuracy is then after fewer epochs), whether it was chosen."""
     rows = []
     for name, result in results.items():
-        for trial in result["trials"]:
+        for trial in sorted(result["trials"], key=lambda t: t["learning_rate"]):
             rows.append(
                 {
                     "optimizer": name,
                     "learning_rate": trial["learning_rate"],
                     "val_accuracy": trial["val_accuracy"],
+                    "epochs": trial.get("epochs", result["epochs"]),
+                    "pruned": trial.get("pruned", False),
                     "chosen": trial["learning_rate"] == result["best_learning_rate"],
                     "images": result["images"],
-                    "epochs": result["epochs"],
+                    "max_epochs": result["epochs"],
+                    "pruner": result.get("pruner", "none"),
                 }
             )
     return pd.DataFrame(rows)
@@ -314,9 +318,11 @@ def section_title(setting: str, tuning: pd.DataFrame) -> str:
     if setting != "tuned":
         return SECTION_TITLES[setting]
     grid = ", ".join(f"{r:g}" for r in sorted(tuning["learning_rate"].unique()))
+    first = tuning.iloc[0]
+    pruning = "" if first["pruner"] == "none" else f", weak ones stopped early: {first['pruner']}"
     return (
-        f"{SECTION_TITLES[setting]} (grid {grid}; each trial {tuning['images'].iloc[0]} "
-        f"training images x {tuning['epochs'].iloc[0]} epochs; chosen on validation accuracy)"
+        f"{SECTION_TITLES[setting]} (grid {grid}; each trial {first['images']} training "
+        f"images x up to {first['max_epochs']} epochs{pruning}; chosen on validation accuracy)"
     )
 
 

@@ -363,13 +363,17 @@ def log_model(model: keras.Model, example: np.ndarray) -> None:
 
 
 def log_to_run(
-    label: str, run_id: str, metrics: dict[str, float], artifacts: dict[Path, str]
+    label: str,
+    run_id: str,
+    metrics: dict[str, float],
+    artifacts: dict[Path, str],
+    tags: dict[str, str] | None = None,
 ) -> bool:
-    """Log ``metrics`` (at step 0) and ``artifacts`` (file -> artifact folder) into the
-    finished run ``run_id``. A run missing from the current store (trained against another
+    """Log ``metrics`` (at step 0), ``artifacts`` (file -> artifact folder) and ``tags`` into
+    the finished run ``run_id``. A run missing from the current store (trained against another
     one, restored from DVC's run cache) is skipped with a warning naming ``label``; return
     whether it was logged."""
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
     from mlflow.utils.time import get_current_time_millis
 
     client = mlflow.MlflowClient()
@@ -382,7 +386,11 @@ def log_to_run(
         )  # fmt: skip
         return False
     now = get_current_time_millis()
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+    )
     for path, folder in artifacts.items():
         client.log_artifact(run_id, str(path), folder)
     return True

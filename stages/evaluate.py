@@ -120,10 +120,17 @@ def evaluate(params: dict[str, Any]) -> dict[str, pd.DataFrame]:
     x_test, y_test = files.load_processed("test")
 
     runs = []
+    evaluations = {}  # by MLflow run: a tuned row that reused its default run is one model
     for k in keys:
-        path = paths.MODELS_DIR / f"{run_key(*k)}.keras"
-        evaluation = evaluate_model(load_model(path), x_test, y_test, config.batch_size, str(path))
-        keras.backend.clear_session()
+        run_id = train_metrics[k]["mlflow_run_id"]
+        if run_id not in evaluations:
+            path = paths.MODELS_DIR / f"{run_key(*k)}.keras"
+            model = load_model(path)
+            evaluations[run_id] = evaluate_model(
+                model, x_test, y_test, config.batch_size, str(path)
+            )
+            keras.backend.clear_session()
+        evaluation = evaluations[run_id]
         log.info("%s: test accuracy %.4f", run_key(*k), evaluation.test_accuracy)
         runs.append(Run(*k, train_metrics[k], histories[k], evaluation))
 

@@ -5,9 +5,11 @@ run to MLflow.
 arguments of a Keras optimizer; the class is the key itself (`adam` -> `keras.optimizers.Adam`)
 unless the entry names it with `class:`. `<seed>` is one of `train.seeds`. Writes
 models/<optimizer>-<seed>.keras, a per-epoch history (metrics/history/<optimizer>-<seed>.csv)
-and metrics/train/<optimizer>-<seed>.json, which holds the MLflow run id. With `--tuned`
-(stage `train_tuned@<optimizer>-<seed>`) it trains with the best rate of `tune@<optimizer>`
-and writes the same files with a `-tuned` suffix.
+and metrics/train/<optimizer>-<seed>.json, which holds the MLflow run id and the run's
+configuration id. With `--tuned` (stage `train_tuned@<optimizer>-<seed>`) it trains with the
+best rate of `tune@<optimizer>` and writes the same files with a `-tuned` suffix; where that
+rate makes the same configuration as the default run (the search kept the default rate), it
+trains nothing: it copies the default run's files and tags its MLflow run as both settings'.
 
     python -m stages.train adam 42     # what `dvc repro train@adam-42` runs
 """
@@ -27,6 +29,7 @@ from mnist_optimizers import runtime, tracking
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.errors import ParamsError, shown
 from mnist_optimizers.files import (
+    copy_atomic,
     load_training_data,
     read_json,
     write_json_atomic,
@@ -34,6 +37,7 @@ from mnist_optimizers.files import (
 )
 from mnist_optimizers.fit import (
     checkpoint_dir,
+    configuration_id,
     fit_model,
     history_csv,
     run_params,
@@ -59,6 +63,10 @@ from mnist_optimizers.paths import (
 )
 
 log = logging.getLogger(__name__)
+
+# The MLflow tags that say which settings' tables a run stands in: both are "true" on a
+# default run whose tuned rate was the same (filter: tags.tuned_setting = 'true').
+SETTING_TAGS = {False: "default_setting", True: "tuned_setting"}
 
 
 def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> None:
@@ -87,23 +95,26 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
     model = build_model(model_config, data["x_train"].shape[1:])
 
     stage = f"train_tuned@{run_key(name, seed)}" if tuned else f"train@{key}"
+    params = run_params(name, optimizer, model_config, train_config, model, data_summary)
+    logged = params | {
+        "train.seed": seed,
+        "train.effective_precision": precision,
+        "runtime.intra_op_threads": threads.intra_op,
+        "runtime.inter_op_threads": threads.inter_op,
+    }
+    configuration = configuration_id(logged)
+    if tuned and reuse_default_run(name, seed, configuration):
+        return
     tags = tracking.run_tags(stage) | {
         "optimizer": name,
         "seed": str(seed),
-        "tuned": str(tuned).lower(),
+        SETTING_TAGS[False]: str(not tuned).lower(),
+        SETTING_TAGS[True]: str(tuned).lower(),
+        "configuration": configuration,
     }
     with tracking.tracked_run(experiment_id, key, tags) as run:
         with timed(seconds, "mlflow_logging"):
-            params = run_params(name, optimizer, model_config, train_config, model, data_summary)
-            mlflow.log_params(
-                params
-                | {
-                    "train.seed": seed,
-                    "train.effective_precision": precision,
-                    "runtime.intra_op_threads": threads.intra_op,
-                    "runtime.inter_op_threads": threads.inter_op,
-                }
-            )
+            mlflow.log_params(logged)
         checkpoint = None
         if train_config.resume:
             checkpoint = checkpoint_dir(key, {"params": params, "seed": seed, "data": data_summary})
@@ -131,6 +142,7 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
             "val_accuracy": last["val_accuracy"],
             "train_seconds": round(seconds["fit"], 2),
             "mlflow_run_id": run.info.run_id,
+            "configuration": configuration,
         }
         # Outputs last, the metrics file last of all: a failure leaves no complete-looking set.
         with timed(seconds, "save_model"):
@@ -141,6 +153,26 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
     if checkpoint is not None:
         shutil.rmtree(checkpoint, ignore_errors=True)  # the outputs are complete
     log.info("%s: val_accuracy %.4f in %.1f s", stage, last["val_accuracy"], seconds["fit"])
+
+
+def reuse_default_run(name: str, seed: int, configuration: str) -> bool:
+    """Where the tuned run of ``name`` and ``seed`` would be the same configuration as its
+    default run, take the default run's model, history and metrics as the tuned run's,
+    tag its MLflow run as the tuned setting's too, and return True; else return False."""
+    default_key, key = run_key(name, seed), run_key(name, seed, tuned=True)
+    default = read_json(TRAIN_METRICS_DIR / f"{default_key}.json")
+    if default.get("configuration") != configuration:
+        return False
+    tracking.log_to_run(default_key, default["mlflow_run_id"], {}, {}, {SETTING_TAGS[True]: "true"})
+    copy_atomic(MODELS_DIR / f"{default_key}.keras", MODELS_DIR / f"{key}.keras")
+    copy_atomic(HISTORY_DIR / f"{default_key}.csv", HISTORY_DIR / f"{key}.csv")
+    write_json_atomic(TRAIN_METRICS_DIR / f"{key}.json", default | {"reused": default_key})
+    log.info(
+        "train_tuned@%s: the tuned rate %g is the default run's configuration: %s's model "
+        "and MLflow run %s reused, nothing trained",
+        default_key, default["learning_rate"], default_key, default["mlflow_run_id"],
+    )  # fmt: skip
+    return True
 
 
 def main(argv: list[str]) -> None:

@@ -1,11 +1,13 @@
-"""Stage `tune@<optimizer>`: a learning-rate grid for one optimizer, on a budget.
+"""Stage `tune@<optimizer>`: a learning-rate search for one optimizer, on a budget.
 
-Trains the CNN once per learning rate of the log-spaced grid in `tune` (params.yaml), each
-on the first `tune.images` training images for `tune.epochs` epochs, and judges it on the whole
-validation split: never on the test set, which would make the reported test accuracies
-optimistic. Every trial is an MLflow run nested under one parent run per optimizer
-(`tune adam`), so the UI shows the grid as a group. Writes metrics/tune/<optimizer>.json:
-the trials and the best learning rate, which the `train_tuned` stages train with.
+Tries every rate of the log-spaced grid in `tune` (params.yaml), each on the first
+`tune.images` training images for up to `tune.epochs` epochs, judged on the whole validation
+split: never on the test set, which would make the reported test accuracies optimistic.
+Optuna's successive-halving pruner stops the weak trials after `tune.min_epochs`
+(mnist_optimizers/search.py). Every trial is an MLflow run nested under one parent run per
+optimizer (`tune adam`), with its rate, the epochs it reached and why it stopped. Writes
+metrics/tune/<optimizer>.json: the trials and the best learning rate, which the
+`train_tuned` stages train with.
 
     python -m stages.tune adam       # what `dvc repro tune@adam` runs
 """
@@ -13,32 +15,30 @@ the trials and the best learning rate, which the `train_tuned` stages train with
 from __future__ import annotations
 
 import logging
-import math
+import time
 from typing import Any
 
 import keras
 import mlflow
-import pandas as pd
+import optuna
 import tensorflow as tf
 
-from mnist_optimizers import runtime, stats, tracking
+from mnist_optimizers import runtime, search, stats, tracking
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.files import load_training_data, write_json_atomic
 from mnist_optimizers.fit import fit_model, set_precision, validate_train
 from mnist_optimizers.model import build_model, validate_model
 from mnist_optimizers.optimizers import build_optimizer, optimizer_spec, validate_optimizer_names
-from mnist_optimizers.params import (
-    load_params,
-)
+from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import TUNE_DIR
-from mnist_optimizers.sections.tune import validate_tune
+from mnist_optimizers.sections.tune import TuneConfig, validate_tune
 
 log = logging.getLogger(__name__)
 
 
 def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run the grid for optimizer ``name``; write and return its result."""
+    """Run the search for optimizer ``name``; write and return its result."""
     spec = optimizer_spec(validate_optimizer_names(params["optimizers"]), name)
     model_config = validate_model(params["model"])
     train_config = validate_train(params["train"])
@@ -52,10 +52,50 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
     experiment_id = tracking.setup_experiment(experiment_name)
 
     data = load_training_data(model_config.num_classes, config.images)
-    set_precision(train_config.precision)
+    precision = set_precision(train_config.precision)
 
-    trials = []
+    trials: list[dict[str, Any]] = []
     tags = tracking.run_tags(f"tune@{name}") | {"optimizer": name}
+
+    def objective(trial: optuna.Trial) -> float:
+        rate = search.suggest_rate(trial, grid)
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(config.seed)
+        optimizer = build_optimizer(name, spec | {"learning_rate": rate})
+        model = build_model(model_config, data["x_train"].shape[1:])
+        pruning = search.PruneWeakTrial(trial)
+        with tracking.tracked_run(
+            experiment_id, f"{name} lr={rate:g}", tags | {"trial": "true"}, nested=True
+        ):
+            mlflow.log_params({"optimizer": name, "optimizer.learning_rate": rate})
+            start = time.perf_counter()
+            tracker = fit_model(
+                model, optimizer, data, config.epochs, train_config.batch_size, callbacks=[pruning]
+            )
+            seconds = time.perf_counter() - start
+            reason = search.stop_reason(pruning.pruned_after, config.epochs, config)
+            mlflow.log_metric("epochs_reached", len(tracker.history))
+            mlflow.set_tags(
+                {"pruned": str(pruning.pruned_after is not None).lower(), "stopped": reason}
+            )
+        last = tracker.history[-1]
+        value = search.judged_value(last)
+        trials.append(
+            {
+                "learning_rate": rate,
+                "val_accuracy": value,
+                "val_loss": last["val_loss"],
+                "epochs": len(tracker.history),
+                "pruned": pruning.pruned_after is not None,
+                "stopped": reason,
+                "seconds": round(seconds, 2),
+            }
+        )
+        log.info("tune@%s: lr %g -> val_accuracy %.4f, %s", name, rate, value, reason)
+        if pruning.pruned_after is not None:
+            raise optuna.TrialPruned(reason)
+        return value
+
     with tracking.tracked_run(experiment_id, f"tune {name}", tags) as parent:
         mlflow.log_params(
             {
@@ -64,27 +104,21 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
                 "tune.images": len(data["x_train"]),
                 "tune.epochs": config.epochs,
                 "tune.seed": config.seed,
+                "tune.pruner": pruner_name(config),
+                "train.effective_precision": precision,
             }
         )
-        for rate in grid:
-            keras.backend.clear_session()
-            keras.utils.set_random_seed(config.seed)
-            optimizer = build_optimizer(name, spec | {"learning_rate": rate})
-            model = build_model(model_config, data["x_train"].shape[1:])
-            with tracking.tracked_run(
-                experiment_id, f"{name} lr={rate:g}", tags | {"trial": "true"}, nested=True
-            ):
-                mlflow.log_params({"optimizer": name, "optimizer.learning_rate": rate})
-                tracker = fit_model(model, optimizer, data, config.epochs, train_config.batch_size)
-            last = tracker.history[-1]
-            # A diverged run (NaN loss) ranks last, not first.
-            val_accuracy = 0.0 if math.isnan(last["val_loss"]) else last["val_accuracy"]
-            trials.append(
-                {"learning_rate": rate, "val_accuracy": val_accuracy, "val_loss": last["val_loss"]}
-            )
-            log.info("tune@%s: lr %g -> val_accuracy %.4f", name, rate, val_accuracy)
-        best = stats.best_learning_rate(pd.DataFrame(trials))
-        mlflow.log_metric("best_learning_rate", best)
+        study = search.create_study(config, grid)
+        study.optimize(objective, n_trials=len(grid), catch=())
+        best = search.best_rate(trials)
+        epochs_trained = sum(t["epochs"] for t in trials)
+        mlflow.log_metrics(
+            {
+                "best_learning_rate": best,
+                "epochs_trained": epochs_trained,
+                "trials_pruned": sum(t["pruned"] for t in trials),
+            }
+        )
         mlflow.set_tag("best_learning_rate", f"{best:g}")
     result = {
         "optimizer": name,
@@ -92,11 +126,28 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
         "trials": trials,
         "images": len(data["x_train"]),
         "epochs": config.epochs,
+        "pruner": pruner_name(config),
+        "epochs_trained": epochs_trained,
+        "seconds": round(sum(t["seconds"] for t in trials), 2),
         "mlflow_run_id": parent.info.run_id,
     }
     write_json_atomic(TUNE_DIR / f"{name}.json", result)
-    log.info("tune@%s: best learning rate %g", name, best)
+    log.info(
+        "tune@%s: best learning rate %g; %d of %d trials pruned, %d epochs trained of %d",
+        name, best, sum(t["pruned"] for t in trials), len(trials), epochs_trained,
+        len(trials) * config.epochs,
+    )  # fmt: skip
     return result
+
+
+def pruner_name(config: TuneConfig) -> str:
+    """The pruning, in words: what the tables and MLflow say of the search."""
+    if not config.prune:
+        return "none"
+    return (
+        f"successive halving (first rung after {config.min_epochs} epoch(s), "
+        f"reduction factor {config.reduction_factor})"
+    )
 
 
 def main(argv: list[str]) -> None:

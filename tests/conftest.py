@@ -84,7 +84,7 @@ def tiny_params(sha256: dict[str, str]) -> dict[str, Any]:
     params["train"]["epochs"] = 1
     params["train"]["batch_size"] = 32
     params["train"]["seeds"] = [42]
-    params["tune"] |= {"low": 0.001, "high": 0.1, "points": 3, "images": 100, "epochs": 1}
+    params["tune"] |= {"low": 0.001, "high": 0.1, "points": 3, "images": 100, "epochs": 2}
     params["gd_variants"] |= {"images": 64, "epochs": 1, "mini_batch": 16}
     params["evaluate"]["batch_size"] = 64
     params["trajectories"]["steps"] = 20

@@ -26,6 +26,27 @@ def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(
     assert fit.effective_precision("float32") == "float32"
 
 
+@pytest.mark.parametrize(
+    ("cpu", "gpus", "expected"),
+    [(True, [], "mixed_bfloat16"), (False, [], "float32"), (True, [(7, 5)], "float32"),
+     (False, [(8, 0)], "mixed_bfloat16"), (True, [(9, 0), (7, 0)], "float32")],
+    ids=["bf16-cpu", "plain-cpu", "old-gpu", "ampere-gpu", "mixed-gpus"],
+)  # fmt: skip
+def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(
+    monkeypatch, caplog, cpu: bool, gpus: list[tuple[int, int]], expected: str
+) -> None:
+    devices = [f"GPU:{i}" for i in range(len(gpus))]
+    monkeypatch.setattr(fit, "cpu_has_bf16", lambda: cpu)
+    monkeypatch.setattr(fit.tf.config, "list_physical_devices", lambda kind=None: devices)
+    monkeypatch.setattr(
+        fit.tf.config.experimental,
+        "get_device_details",
+        lambda device: {"compute_capability": gpus[devices.index(device)]},
+    )
+    assert fit.effective_precision("auto") == expected
+    assert "instead" not in caplog.text  # auto is not a request that failed: no warning
+
+
 def train_tiny(checkpoint: Path | None) -> list[np.ndarray]:
     """One epoch of a tiny CNN on random images, seeded; its final weights."""
     rng = np.random.default_rng(0)

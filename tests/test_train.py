@@ -209,3 +209,62 @@ def test_an_experiment_deleted_in_the_ui_is_named_with_how_to_restore_it(process
         "mlflow.experiment_name in params.yaml to a new name"
     )
     assert not MODELS_DIR.exists()
+
+
+def write_tune_result(name: str, rate: float) -> None:
+    """metrics/tune/<name>.json as the search writes it, choosing ``rate``."""
+    path = Path("metrics/tune") / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"optimizer": name, "best_learning_rate": rate}))
+
+
+def test_a_tuned_rate_equal_to_the_default_reuses_the_default_run(processed: Path) -> None:
+    """The search kept Adam's default rate: train_tuned trains nothing; its files are the
+    default run's, and the one MLflow run is found by both settings' filters."""
+    default = run_train("adam")
+    write_tune_result("adam", 0.001)
+    keras.backend.clear_session()
+    train.main(["adam", "42", "--tuned"])
+
+    tuned = json.loads((TRAIN_METRICS_DIR / "adam-42-tuned.json").read_text())
+    assert tuned == default | {"reused": "adam-42"}
+    assert len(default["configuration"]) == 64
+    for folder, suffix in ((MODELS_DIR, ".keras"), (HISTORY_DIR, ".csv")):
+        tuned_file = (folder / f"adam-42-tuned{suffix}").read_bytes()
+        assert tuned_file == (folder / f"adam-42{suffix}").read_bytes()
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs(client.get_experiment_by_name("mnist-optimizers").experiment_id)
+    assert run.info.run_id == default["mlflow_run_id"]
+    assert run.data.tags["default_setting"] == run.data.tags["tuned_setting"] == "true"
+    assert run.data.tags["configuration"] == default["configuration"]
+
+
+def test_a_tuned_rate_that_differs_trains_its_own_run(processed: Path) -> None:
+    default = run_train("adam")
+    write_tune_result("adam", 0.01)
+    keras.backend.clear_session()
+    train.main(["adam", "42", "--tuned"])
+
+    tuned = json.loads((TRAIN_METRICS_DIR / "adam-42-tuned.json").read_text())
+    assert "reused" not in tuned and tuned["learning_rate"] == pytest.approx(0.01)
+    assert tuned["mlflow_run_id"] != default["mlflow_run_id"]
+    assert tuned["configuration"] != default["configuration"]
+    client = mlflow.MlflowClient()
+    run = client.get_run(tuned["mlflow_run_id"])
+    assert (run.data.tags["default_setting"], run.data.tags["tuned_setting"]) == ("false", "true")
+    default_run = client.get_run(default["mlflow_run_id"])
+    assert default_run.data.tags["tuned_setting"] == "false"
+
+
+def test_the_configuration_id_ignores_what_does_not_change_the_result(processed: Path) -> None:
+    """The seed list, checkpointing, the precision asked for (when the same one is used) and
+    the optimizer's name in params.yaml do not make another configuration; a seed does."""
+    base = {"optimizer": "adam", "optimizer.class": "Adam", "optimizer.learning_rate": 0.001,
+            "train.seeds": (42,), "train.resume": False, "train.precision": "float32",
+            "train.effective_precision": "float32", "train.seed": 42}  # fmt: skip
+    same = base | {"optimizer": "my_adam", "train.seeds": (42, 43), "train.resume": True,
+                   "train.precision": "auto"}  # fmt: skip
+    assert fit.configuration_id(same) == fit.configuration_id(base)
+    for change in ({"train.seed": 43}, {"optimizer.learning_rate": 0.00100001},
+                   {"train.effective_precision": "mixed_bfloat16"}):  # fmt: skip
+        assert fit.configuration_id(base | change) != fit.configuration_id(base)

@@ -22,13 +22,17 @@ class TuneConfig:
     points: int
     images: int  # the budget of each trial: the first `images` training images ...
     epochs: int  # ... for `epochs` epochs, judged on the whole validation split
-    seed: int
+    seed: int  # the models' initial weights and the order the grid is tried in
+    prune: bool = True  # stop weak trials early by successive halving
+    reduction_factor: int = 3  # past each rung, the best 1/reduction_factor go on
+    min_epochs: int = 1  # the first rung
 
 
 def validate_tune(section: Any) -> TuneConfig:
-    """Check the `tune` section: the learning-rate grid and each trial's budget."""
-    keys = ("low", "high", "points", "images", "epochs", "seed")
-    check_keys(section, keys, "tune", keys)
+    """Check the `tune` section: the learning-rate grid, each trial's budget, the pruning."""
+    required = ("low", "high", "points", "images", "epochs", "seed")
+    keys = (*required, "prune", "reduction_factor", "min_epochs")
+    check_keys(section, keys, "tune", required)
     low = finite_number(section["low"], "tune.low")
     high = finite_number(section["high"], "tune.high")
     if not 0 < low < high:
@@ -38,11 +42,28 @@ def validate_tune(section: Any) -> TuneConfig:
     points = positive_int(section["points"], "tune.points")
     if points < 2:
         raise ParamsError(f"tune.points: expected at least 2, got {points}")
+    epochs = positive_int(section["epochs"], "tune.epochs")
+    prune = section.get("prune", True)
+    if not isinstance(prune, bool):
+        raise ParamsError(f"tune.prune: expected true or false, got {shown(prune)}")
+    reduction_factor = positive_int(section.get("reduction_factor", 3), "tune.reduction_factor")
+    if reduction_factor < 2:
+        raise ParamsError(f"tune.reduction_factor: expected at least 2, got {reduction_factor}")
+    min_epochs = positive_int(section.get("min_epochs", 1), "tune.min_epochs")
+    if prune and min_epochs >= epochs:
+        raise ParamsError(
+            f"tune.min_epochs: the first rung must come before the last epoch to prune "
+            f"anything: expected less than tune.epochs ({epochs}), got {min_epochs}; "
+            "or set tune.prune: false"
+        )
     return TuneConfig(
         low=low,
         high=high,
         points=points,
         images=positive_int(section["images"], "tune.images"),
-        epochs=positive_int(section["epochs"], "tune.epochs"),
+        epochs=epochs,
         seed=seed(section["seed"], "tune.seed"),
+        prune=prune,
+        reduction_factor=reduction_factor,
+        min_epochs=min_epochs,
     )
