@@ -171,6 +171,37 @@ def bench_precision(clone: Path, log: Path) -> dict:
     return rows
 
 
+# The learning-rate search against the grid it replaced: (label, tune params).
+SEARCHES = (
+    ("5-point grid, every trial to the end", {"points": 5, "prune": False}),
+    ("9-point search, successive halving", {"points": 9, "prune": True}),
+)
+
+
+def bench_search(clone: Path, log: Path) -> dict:
+    """Each optimizer's tune stage with the old 5-point grid and the new pruned 9-point
+    search, alternating, on the same budget (the clone's tune.images and tune.epochs)."""
+    rows = {}
+    for name in OPTIMIZERS:
+        row = {}
+        for label, tune in SEARCHES:
+            set_params(clone, **{f"tune__{key}": value for key, value in tune.items()})
+            measured = measure([sys.executable, "-m", "stages.tune", name], clone, log)
+            result = json.loads((clone / "metrics" / "tune" / f"{name}.json").read_text())
+            row[label] = {
+                "seconds": measured.seconds,
+                "fit_seconds": result["seconds"],
+                "epochs_trained": result["epochs_trained"],
+                "trials": len(result["trials"]),
+                "pruned": sum(t["pruned"] for t in result["trials"]),
+                "best_learning_rate": result["best_learning_rate"],
+                "precision": train_metrics(clone, run_key(name, SEED))["precision"],
+            }
+        rows[name] = row
+    subprocess.run(["git", "checkout", "-q", "--", "params.yaml"], cwd=clone, check=True)
+    return rows
+
+
 # Thread settings, for one fit_probe process ("1 job") or two at once ("2 jobs"): "stage" is
 # what mnist_optimizers.runtime sets from the cores and $PIPELINE_JOBS; "TensorFlow default" sets nothing
 # (as many intra- and inter-op threads as cores, in each process).

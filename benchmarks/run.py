@@ -1,5 +1,6 @@
 """Benchmark the pipeline: against plain Keras, where a stage's time goes, no-op and one-param
-reruns, memory, FLOP/s against the CPU's peak, and float32 against mixed_bfloat16.
+reruns, memory, FLOP/s against the CPU's peak, float32 against mixed_bfloat16, and the
+learning-rate search against the grid it replaced.
 
     python -m benchmarks.run                          # everything: about an hour on 2 cores
     python -m benchmarks.run --only noop,memory,flops # a part
@@ -31,6 +32,7 @@ from benchmarks.parts import (
     bench_pipeline,
     bench_precision,
     bench_runcache,
+    bench_search,
     bench_threads,
 )
 from benchmarks.report import report
@@ -41,6 +43,7 @@ PARTS = (
     "flops",
     "pipeline",
     "precision",
+    "search",
     "threads",
     "input",
     "parallel",
@@ -85,6 +88,7 @@ def main() -> None:
             "flops": lambda: bench_flops(clone),
             "pipeline": lambda: bench_pipeline(clone, args.runs, log),
             "precision": lambda: bench_precision(clone, log),
+            "search": lambda: bench_search(clone, log),
             "threads": lambda: bench_threads(clone, args.runs, log),
             "input": lambda: bench_input(clone, args.runs, log),
             "parallel": lambda: bench_parallel(clone, args.runs, log),
