@@ -147,18 +147,32 @@ def test_dvc_repro_runs_every_stage(reproduced) -> None:
 
 
 def test_mlflow_holds_one_complete_run_per_training(reproduced) -> None:
+    """One MLflow run per training configuration: a tuned rate equal to the default one
+    reuses the default run (tagged for both settings) instead of training it again."""
     root, _, _ = reproduced
     runs = runs_by_name(root)
-    trained = [f"{n}-42{s}" for n in OPTIMIZERS for s in ("", "-tuned")]
-    assert set(trained) <= set(runs)
+    trained = []
+    for n in OPTIMIZERS:
+        default = json.loads((root / "metrics" / "train" / f"{n}-42.json").read_text())
+        tuned = json.loads((root / "metrics" / "train" / f"{n}-42-tuned.json").read_text())
+        reused = tuned.get("reused") == f"{n}-42"
+        assert reused == (tuned["learning_rate"] == default["learning_rate"]), (default, tuned)
+        assert (tuned["mlflow_run_id"] == default["mlflow_run_id"]) == reused
+        assert (f"{n}-42-tuned" in runs) == (not reused)
+        trained += [f"{n}-42"] + ([] if reused else [f"{n}-42-tuned"])
+    configurations = [runs[name][0].data.tags["configuration"] for name in trained]
+    assert len(set(configurations)) == len(trained)
     client = client_for(root)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     for name in trained:
         (r,) = runs[name]
-        stage = f"train_tuned@{name[:-6]}" if name.endswith("-tuned") else f"train@{name}"
+        tuned_run = name.endswith("-tuned")
+        stage = f"train_tuned@{name[:-6]}" if tuned_run else f"train@{name}"
         assert r.info.status == "FINISHED" and r.data.tags["dvc.stage"] == stage
         assert r.data.tags["seed"] == "42"
-        assert r.data.tags["tuned"] == str(name.endswith("-tuned")).lower()
+        reused = f"{name}-tuned" not in runs and not tuned_run
+        assert r.data.tags["default_setting"] == str(not tuned_run).lower()
+        assert r.data.tags["tuned_setting"] == str(tuned_run or reused).lower()
         assert r.data.tags["mlflow.source.git.commit"]
         assert "optimizer.learning_rate" in r.data.params and r.data.params["train.epochs"] == "1"
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")] == [1]
@@ -223,7 +237,7 @@ def test_the_served_champion_predicts_real_test_images(reproduced) -> None:
     assert correct >= 19, f"{correct}/20 test images right"
 
 
-def test_each_grid_is_a_parent_run_with_one_child_per_rate(reproduced) -> None:
+def test_each_search_is_a_parent_run_with_one_child_per_rate(reproduced) -> None:
     root, _, _ = reproduced
     runs = runs_by_name(root)
     for name in OPTIMIZERS:
@@ -235,12 +249,15 @@ def test_each_grid_is_a_parent_run_with_one_child_per_rate(reproduced) -> None:
             for r in rs
             if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
         ]
-        rates = sorted(float(r.data.params["optimizer.learning_rate"]) for r in children)
+        children.sort(key=lambda r: float(r.data.params["optimizer.learning_rate"]))
+        rates = [float(r.data.params["optimizer.learning_rate"]) for r in children]
         assert rates == pytest.approx([0.001, 0.01, 0.1])
         assert all(r.info.status == "FINISHED" for r in children)
-        # The best rate is the child with the highest validation accuracy, and the tuned
-        # run trained with it.
-        top = max(children, key=lambda r: r.data.metrics["val_accuracy"])
+        # The best rate is the complete (not pruned) child with the highest validation
+        # accuracy (a tie: the smaller rate), and the tuned run trained with it.
+        complete = [r for r in children if r.data.tags["pruned"] == "false"]
+        assert all(r.data.metrics["epochs_reached"] == 2 for r in complete)
+        top = max(complete, key=lambda r: r.data.metrics["val_accuracy"])
         assert float(top.data.params["optimizer.learning_rate"]) == pytest.approx(best)
         tuned = json.loads((root / "metrics" / "train" / f"{name}-42-tuned.json").read_text())
         assert tuned["learning_rate"] == pytest.approx(best, rel=1e-6)

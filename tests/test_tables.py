@@ -99,3 +99,24 @@ def test_html_tables_read_like_the_markdown_and_escape_every_cell() -> None:
     assert "<td>&lt;sgd&gt;</td><td>0.01</td><td></td><td>3</td><td>False</td>" in html
     markdown = frame.to_markdown(index=False)
     assert "96.5 " in markdown and "96.50" not in markdown
+
+
+def test_the_tuning_table_shows_pruned_trials_as_such_and_by_rate() -> None:
+    result = {
+        "best_learning_rate": 0.001,
+        "images": 100,
+        "epochs": 2,
+        "pruner": "successive halving (first rung after 1 epoch(s), reduction factor 3)",
+        "trials": [  # in the order the search tried them
+            {"learning_rate": 0.01, "val_accuracy": 0.5, "epochs": 1, "pruned": True},
+            {"learning_rate": 0.001, "val_accuracy": 0.9, "epochs": 2, "pruned": False},
+            {"learning_rate": 0.0001, "val_accuracy": 0.7, "epochs": 2, "pruned": False},
+        ],
+    }
+    table = tables.tuning_table({"adam": result})
+    assert list(table["learning_rate"]) == [0.0001, 0.001, 0.01]
+    assert list(table["pruned"]) == [False, False, True] and list(table["epochs"]) == [2, 2, 1]
+    assert list(table["chosen"]) == [False, True, False]
+    title = tables.section_title("tuned", table)
+    assert "grid 0.0001, 0.001, 0.01; each trial 100 training images x up to 2 epochs" in title
+    assert "weak ones stopped early: successive halving" in title
