@@ -52,6 +52,18 @@ def compare(float32: pd.DataFrame, bf16: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as text: rates to 3 significant digits, percentages and p to 3 decimals."""
+    shown = table.astype(object).where(table.notna(), "")
+    shown["learning_rate"] = table["learning_rate"].map(lambda rate: f"{rate:.3g}")
+    for column in ("float32 test %", "bf16 test %", "p", "p (Holm)"):
+        shown[column] = table[column].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    shown["difference (points)"] = table["difference (points)"].map(
+        lambda v: "" if pd.isna(v) else f"{v:+.3f}"
+    )
+    return shown
+
+
 def decision(table: pd.DataFrame) -> tuple[bool, str]:
     """Whether bfloat16 passes, and why, in one sentence."""
     done = table[table["comparable"]]
@@ -76,7 +88,7 @@ def main(argv: list[str]) -> int:
     float32 = pd.concat([pd.read_csv(path) for path in args.float32], ignore_index=True)
     float32 = float32.drop_duplicates(subset=[*KEYS, "seed"])
     table = compare(float32, pd.read_csv(args.bf16))
-    print(table.to_markdown(index=False, floatfmt=".3f"))
+    print(readable(table).to_markdown(index=False, disable_numparse=True))
     ok, why = decision(table)
     print(f"\n{why}")
     return 0 if ok else 1

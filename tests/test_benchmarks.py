@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from benchmarks import harness
@@ -141,3 +142,31 @@ def test_report_of_threads_input_and_parallel_runs() -> None:
     assert "- tf.data / arrays: 1.000 (0.900-1.100)x" in text
     assert "| ratio, two at a time / one at a time | 0.850 (0.800-0.900)x |" in text
     assert "Faster: two at a time." in text
+
+
+def runs_csv(rows: list[tuple[str, str, float, list[float]]]) -> pd.DataFrame:
+    """A runs.csv as evaluate writes it: (setting, optimizer, rate, test accuracy per seed)."""
+    return pd.DataFrame(
+        [
+            {"setting": s, "optimizer": o, "seed": 42 + i, "learning_rate": r, "test_accuracy": a}
+            for s, o, r, accuracies in rows
+            for i, a in enumerate(accuracies)
+        ]
+    )
+
+
+def test_the_precision_decision_matches_rates_and_applies_both_limits() -> None:
+    from benchmarks import precision_decision as decide
+
+    float32 = runs_csv([("default", "adam", 0.001, [0.990, 0.991, 0.992]),
+                        ("tuned", "adam", 0.001, [0.990, 0.991, 0.992])])  # fmt: skip
+    close = runs_csv([("default", "adam", 0.001, [0.9905, 0.9912, 0.9918]),
+                      ("tuned", "adam", 0.00316, [0.99, 0.99, 0.99])])  # fmt: skip
+    table = decide.compare(float32, close)
+    assert list(table["comparable"]) == [True, False]  # another tuned rate: not comparable
+    assert decide.decision(table)[0]
+    assert list(decide.readable(table)["learning_rate"]) == ["0.001", "0.00316"]
+
+    far = runs_csv([("default", "adam", 0.001, [0.986, 0.987, 0.988])])  # 0.4 points lower
+    ok, why = decide.decision(decide.compare(float32, far))
+    assert not ok and "1 significant difference(s), 1 mean(s) more than 0.3 points" in why
