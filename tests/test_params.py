@@ -24,7 +24,7 @@ DEFAULTS = load_params(PROJECT_ROOT / "params.yaml")
 
 def test_project_params_are_valid_and_match_the_reference_setup() -> None:
     assert validate_train(DEFAULTS["train"]) == TrainConfig(
-        epochs=5, batch_size=128, seeds=(42, 43, 44), precision="float32"
+        epochs=5, batch_size=128, seeds=(42, 43, 44), precision="auto"
     )
     assert validate_preprocess(DEFAULTS["preprocess"]) == PreprocessConfig(0.1, None)
     model = validate_model(DEFAULTS["model"])
