@@ -27,6 +27,15 @@ def report(results: dict) -> str:
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
         "",
     ]
+    if "measured" in results:
+        lines += [
+            "Each part as last run (a part run alone keeps the others' numbers): "
+            + "; ".join(
+                f"{part} {m['date']} on {m['cpu']}" for part, m in results["measured"].items()
+            )
+            + ". The machine above is the last run's.",
+            "",
+        ]
     if "pipeline" in results:
         rows = results["pipeline"]["runs"]
 

@@ -71,6 +71,12 @@ def main() -> None:
     results_file = ROOT / "benchmarks" / "results.json"
     # A part run alone replaces that part and keeps the others' earlier results.
     results: dict = json.loads(results_file.read_text()) if results_file.exists() else {}
+    # Which day and CPU measured each part: a part run alone keeps the others' record.
+    measured = results.get("measured") or {
+        part: {"date": results["date"], "cpu": results["cpu"]["model"]}
+        for part in PARTS
+        if part in results
+    }
     results |= {
         "date": time.strftime("%Y-%m-%d"),
         "runs": args.runs,
@@ -98,8 +104,10 @@ def main() -> None:
             if part in parts:
                 print(f"benchmark: {part} ...", flush=True)
                 results[part] = steps[part]()
+                measured[part] = {"date": results["date"], "cpu": results["cpu"]["model"]}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    results["measured"] = measured
     results_file.write_text(json.dumps(results, indent=2) + "\n")
     (ROOT / "BENCHMARKS.md").write_text(report(results) + "\n")
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")
