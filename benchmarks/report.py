@@ -109,7 +109,7 @@ def report(results: dict) -> str:
             lines += [
                 f"- Achieved in a training epoch (train + validation pass, median epoch): "
                 f"{flops['achieved_gflops']:.1f} GFLOP/s, "
-                f"{100 * flops['achieved_gflops'] / cpu['peak_fp32_gflops']:.1f}% of the fp32 peak",
+                f"{100 * flops['achieved_gflops'] / peak_of(results, 'flops'):.1f}% of the fp32 peak of the CPU it ran on",
                 "- The count is of direct convolution. oneDNN may run 3x3 convolutions with "
                 "algorithms that need fewer multiplications (Winograd), and the cores may run "
                 "above the nominal clock, so a figure near or above 100% is possible.",
@@ -272,3 +272,12 @@ def report_search(rows: dict) -> list[str]:
         "",
     ]
     return lines
+
+
+def peak_of(results: dict, part: str) -> float:
+    """The fp32 peak of the CPU that ran ``part`` (the last run's CPU if not recorded)."""
+    return (
+        results.get("measured", {})
+        .get(part, {})
+        .get("peak_fp32_gflops", results["cpu"]["peak_fp32_gflops"])
+    )

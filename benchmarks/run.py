@@ -51,6 +51,11 @@ PARTS = (
 )
 
 
+def measured_on(date: str, cpu: dict) -> dict:
+    """The day and CPU a part ran on (its peak, for the parts that compare with it)."""
+    return {"date": date, "cpu": cpu["model"], "peak_fp32_gflops": cpu["peak_fp32_gflops"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -73,9 +78,7 @@ def main() -> None:
     results: dict = json.loads(results_file.read_text()) if results_file.exists() else {}
     # Which day and CPU measured each part: a part run alone keeps the others' record.
     measured = results.get("measured") or {
-        part: {"date": results["date"], "cpu": results["cpu"]["model"]}
-        for part in PARTS
-        if part in results
+        part: measured_on(results["date"], results["cpu"]) for part in PARTS if part in results
     }
     results |= {
         "date": time.strftime("%Y-%m-%d"),
@@ -104,7 +107,7 @@ def main() -> None:
             if part in parts:
                 print(f"benchmark: {part} ...", flush=True)
                 results[part] = steps[part]()
-                measured[part] = {"date": results["date"], "cpu": results["cpu"]["model"]}
+                measured[part] = measured_on(results["date"], results["cpu"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results["measured"] = measured
