@@ -51,14 +51,20 @@ def start_training(project: Path, env: dict[str, str] | None = None) -> subproce
         )
 
 
-def store_client() -> mlflow.MlflowClient:
-    """A client of the test project's store (the `project` fixture sets the URI)."""
-    return mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+def store_client(uri: str | None = None) -> mlflow.MlflowClient:
+    """A client of ``uri``, by default the test project's store (the `project` fixture sets
+    the URI). It opens the store as a stage does: a new SQLite store's tables are created under
+    the store's lock and with its timeout, since the stage may be creating them right now."""
+    from mnist_optimizers import tracking
+
+    uri = tracking.with_sqlite_timeout(uri or os.environ["MLFLOW_TRACKING_URI"])
+    tracking.init_sqlite_store(uri)
+    return mlflow.MlflowClient(uri)
 
 
 def wait_for_epochs(uri: str, process: subprocess.Popen, project: Path, epochs: int = 2):
     """Wait until the stage's MLflow run has logged ``epochs`` epochs; return the run."""
-    c = mlflow.MlflowClient(uri)
+    c = store_client(uri)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, (project / "train.log").read_text()[-3000:]

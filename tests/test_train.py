@@ -268,3 +268,29 @@ def test_the_configuration_id_ignores_what_does_not_change_the_result(processed:
     for change in ({"train.seed": 43}, {"optimizer.learning_rate": 0.00100001},
                    {"train.effective_precision": "mixed_bfloat16"}):  # fmt: skip
         assert fit.configuration_id(base | change) != fit.configuration_id(base)
+
+
+def test_stages_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two stages at once (`dvc queue start -j 2`), or a stage and a test's client, may open a
+    store that does not exist yet. MLflow's table creation fails when run twice at once ("table
+    ... already exists"; without the store's lock 7 of 9 such openings failed here), so the
+    first takes the lock beside the store and the others wait for it."""
+    import subprocess
+    import sys
+
+    from . import servers
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = "from mnist_optimizers import tracking; tracking.connect()"
+    env = servers.tool_env({"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(servers.PROJECT_ROOT)})
+    openers = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    try:
+        errors = [opener.communicate(timeout=120)[1] for opener in openers]
+    finally:
+        for opener in openers:
+            opener.kill()
+    assert [opener.returncode for opener in openers] == [0, 0, 0], "\n".join(errors)[-3000:]
+    assert mlflow.MlflowClient(uri).search_experiments()  # one usable store, Default inside
