@@ -1,10 +1,14 @@
 """The learning-rate search of stage `tune`: Optuna's grid sampler over log-spaced rates,
-with its successive-halving pruner stopping weak trials after their first epochs.
+with its successive-halving pruner stopping weak trials early.
 
-Each trial reports its validation accuracy after every epoch; the pruner keeps a trial
-going past a rung (`min_epochs`, then `min_epochs` x `reduction_factor`, ...) only if it is
-among the best 1/`reduction_factor` of the trials that reached that rung. The best rate is
-chosen among the trials that completed every epoch, on validation accuracy only.
+Training progress is counted in batches, so that a rung can fall inside an epoch. Each
+trial is judged on the whole validation split at every rung (`min_epochs` epochs' worth of
+batches, then that times `reduction_factor`, ...) and at every epoch's end; past a rung it
+goes on only if it is among the best 1/`reduction_factor` of the trials that reached that
+rung. Optuna's pruner is asynchronous (ASHA): run one trial at a time, a trial that is the
+best so far at a rung always goes on, so early trials are promoted more often than the
+halving alone would; a first rung at half an epoch keeps what that costs small. The best
+rate is chosen among the trials that completed every epoch, on validation accuracy only.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import math
 from typing import Any
 
 import keras
+import numpy as np
 import optuna
 import pandas as pd
 
@@ -20,14 +25,35 @@ from mnist_optimizers import stats
 from mnist_optimizers.sections.tune import TuneConfig
 
 
-def create_study(config: TuneConfig, grid: list[float]) -> optuna.Study:
+def batches_per_epoch(images: int, batch_size: int) -> int:
+    """The batches Keras runs in one epoch over ``images`` (the last one may be short)."""
+    return math.ceil(images / batch_size)
+
+
+def first_rung(config: TuneConfig, per_epoch: int) -> int:
+    """The first rung, in batches: `min_epochs` epochs' worth, at least one batch."""
+    return max(1, round(config.min_epochs * per_epoch))
+
+
+def rungs(config: TuneConfig, per_epoch: int) -> list[int]:
+    """The batch counts at which the pruner judges a trial, before its last batch."""
+    total = config.epochs * per_epoch
+    rung = first_rung(config, per_epoch)
+    points = []
+    while rung < total:
+        points.append(rung)
+        rung *= config.reduction_factor
+    return points
+
+
+def create_study(config: TuneConfig, grid: list[float], per_epoch: int) -> optuna.Study:
     """An in-memory study that tries every rate of ``grid`` once, in an order fixed by
     `tune.seed`, pruning by successive halving unless `tune.prune` is false."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log says each trial
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     if config.prune:
         pruner = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=config.min_epochs, reduction_factor=config.reduction_factor
+            min_resource=first_rung(config, per_epoch), reduction_factor=config.reduction_factor
         )
     return optuna.create_study(
         direction="maximize",
@@ -41,38 +67,82 @@ def suggest_rate(trial: optuna.Trial, grid: list[float]) -> float:
     return trial.suggest_float("learning_rate", grid[0], grid[-1], log=True)
 
 
-def judged_value(row: dict[str, float]) -> float:
+def judged_value(val_loss: float, val_accuracy: float) -> float:
     """What a trial is judged on: its validation accuracy; a diverged one (NaN loss) gets 0,
     so it ranks last instead of poisoning the comparison."""
-    return 0.0 if math.isnan(row["val_loss"]) else float(row["val_accuracy"])
+    return 0.0 if math.isnan(val_loss) else float(val_accuracy)
+
+
+def validation_scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(loss, accuracy) of predicted class probabilities, as Keras' sparse categorical
+    cross-entropy (probabilities clipped to its epsilon) and accuracy compute them; a
+    prediction that is not finite (a diverged model) gives a NaN loss."""
+    probabilities = probabilities.astype(np.float64)
+    if not np.isfinite(probabilities).all():
+        return math.nan, float(np.mean(probabilities.argmax(axis=1) == labels))
+    picked = probabilities[np.arange(len(labels)), labels]
+    loss = float(-np.mean(np.log(np.clip(picked, keras.config.epsilon(), 1.0))))
+    return loss, float(np.mean(probabilities.argmax(axis=1) == labels))
 
 
 class PruneWeakTrial(keras.callbacks.Callback):
-    """After every epoch, report the judged value to the Optuna trial; stop the fit when the
-    pruner says the trial is not among the best at its rung. ``pruned_after`` is then the
-    last epoch it trained."""
+    """Judge the trial at every rung and every epoch's end: report its validation accuracy
+    to Optuna (step: batches trained), and raise `optuna.TrialPruned` out of the fit when
+    the pruner says it is not among the best at its rung. A rung inside an epoch is judged
+    on the model's predictions for the validation split (an evaluate there would reset the
+    epoch's training metrics). ``reports`` holds (batches, val_loss, val_accuracy, judged)
+    in order; ``pruned_at`` the batches trained when it was pruned."""
 
-    def __init__(self, trial: optuna.Trial) -> None:
+    def __init__(
+        self, trial: optuna.Trial, config: TuneConfig, data: dict[str, np.ndarray],
+        batch_size: int,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.trial = trial
-        self.pruned_after: int | None = None
+        self.x_val, self.y_val = data["x_val"], data["y_val"]
+        self.batch_size = batch_size
+        self.per_epoch = batches_per_epoch(len(data["x_train"]), batch_size)
+        judged_at = rungs(config, self.per_epoch) if config.prune else []
+        self.mid_epoch_rungs = {r for r in judged_at if r % self.per_epoch}
+        self.epoch = 0
+        self.reports: list[tuple[int, float, float, float]] = []
+        self.pruned_at: int | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        step = self.epoch * self.per_epoch + batch + 1
+        if step in self.mid_epoch_rungs:
+            probabilities = self.model.predict(self.x_val, self.batch_size, verbose=0)
+            self.judge(step, *validation_scores(probabilities, self.y_val))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        value = judged_value({"val_loss": logs["val_loss"], "val_accuracy": logs["val_accuracy"]})
-        self.trial.report(value, epoch + 1)
+        self.judge((epoch + 1) * self.per_epoch, logs["val_loss"], logs["val_accuracy"])
+
+    def judge(self, step: int, val_loss: float, val_accuracy: float) -> None:
+        value = judged_value(val_loss, val_accuracy)
+        self.reports.append((step, float(val_loss), float(val_accuracy), value))
+        self.trial.report(value, step)
         if self.trial.should_prune():
-            self.pruned_after = epoch + 1
-            self.model.stop_training = True
+            self.pruned_at = step
+            raise optuna.TrialPruned(f"pruned after {step} batches")
+
+    @property
+    def epochs_reached(self) -> float:
+        """The epochs the trial trained, a fraction where it was pruned inside one."""
+        return round(self.reports[-1][0] / self.per_epoch, 2) if self.reports else 0.0
 
 
-def stop_reason(pruned_after: int | None, epochs: int, config: TuneConfig) -> str:
+def stop_reason(pruning: PruneWeakTrial, config: TuneConfig) -> str:
     """Why a trial stopped, in words for the MLflow run and the tuning table."""
-    if pruned_after is None:
-        return f"completed all {epochs} epochs"
+    if pruning.pruned_at is None:
+        return f"completed all {config.epochs} epochs"
     return (
-        f"pruned after epoch {pruned_after} of {epochs}: not among the best "
-        f"1/{config.reduction_factor} of the trials at that rung (successive halving)"
+        f"pruned after {pruning.epochs_reached:g} of {config.epochs} epochs "
+        f"({pruning.pruned_at} of {config.epochs * pruning.per_epoch} batches): not among "
+        f"the best 1/{config.reduction_factor} of the trials at that rung (successive halving)"
     )
 
 

@@ -14,6 +14,7 @@ metrics/tune/<optimizer>.json: the trials and the best learning rate, which the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -63,36 +64,39 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
         keras.utils.set_random_seed(config.seed)
         optimizer = build_optimizer(name, spec | {"learning_rate": rate})
         model = build_model(model_config, data["x_train"].shape[1:])
-        pruning = search.PruneWeakTrial(trial)
+        pruning = search.PruneWeakTrial(trial, config, data, train_config.batch_size)
         with tracking.tracked_run(
             experiment_id, f"{name} lr={rate:g}", tags | {"trial": "true"}, nested=True
         ):
             mlflow.log_params({"optimizer": name, "optimizer.learning_rate": rate})
             start = time.perf_counter()
-            tracker = fit_model(
-                model, optimizer, data, config.epochs, train_config.batch_size, callbacks=[pruning]
-            )
+            with contextlib.suppress(optuna.TrialPruned):  # the pruner stopped it: a result
+                fit_model(
+                    model, optimizer, data, config.epochs, train_config.batch_size,
+                    callbacks=[pruning],
+                )  # fmt: skip
             seconds = time.perf_counter() - start
-            reason = search.stop_reason(pruning.pruned_after, config.epochs, config)
-            mlflow.log_metric("epochs_reached", len(tracker.history))
+            reason = search.stop_reason(pruning, config)
+            for step, _, _, judged in pruning.reports:
+                mlflow.log_metric("judged_val_accuracy", judged, step=step)
+            mlflow.log_metric("epochs_reached", pruning.epochs_reached)
             mlflow.set_tags(
-                {"pruned": str(pruning.pruned_after is not None).lower(), "stopped": reason}
+                {"pruned": str(pruning.pruned_at is not None).lower(), "stopped": reason}
             )
-        last = tracker.history[-1]
-        value = search.judged_value(last)
+        _, val_loss, _, value = pruning.reports[-1]
         trials.append(
             {
                 "learning_rate": rate,
                 "val_accuracy": value,
-                "val_loss": last["val_loss"],
-                "epochs": len(tracker.history),
-                "pruned": pruning.pruned_after is not None,
+                "val_loss": val_loss,
+                "epochs": pruning.epochs_reached,
+                "pruned": pruning.pruned_at is not None,
                 "stopped": reason,
                 "seconds": round(seconds, 2),
             }
         )
         log.info("tune@%s: lr %g -> val_accuracy %.4f, %s", name, rate, value, reason)
-        if pruning.pruned_after is not None:
+        if pruning.pruned_at is not None:
             raise optuna.TrialPruned(reason)
         return value
 
@@ -108,16 +112,14 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
                 "train.effective_precision": precision,
             }
         )
-        study = search.create_study(config, grid)
+        per_epoch = search.batches_per_epoch(len(data["x_train"]), train_config.batch_size)
+        study = search.create_study(config, grid, per_epoch)
         study.optimize(objective, n_trials=len(grid), catch=())
         best = search.best_rate(trials)
-        epochs_trained = sum(t["epochs"] for t in trials)
+        epochs_trained = round(sum(t["epochs"] for t in trials), 2)
+        pruned = sum(t["pruned"] for t in trials)
         mlflow.log_metrics(
-            {
-                "best_learning_rate": best,
-                "epochs_trained": epochs_trained,
-                "trials_pruned": sum(t["pruned"] for t in trials),
-            }
+            {"best_learning_rate": best, "epochs_trained": epochs_trained, "trials_pruned": pruned}
         )
         mlflow.set_tag("best_learning_rate", f"{best:g}")
     result = {
@@ -133,8 +135,8 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
     }
     write_json_atomic(TUNE_DIR / f"{name}.json", result)
     log.info(
-        "tune@%s: best learning rate %g; %d of %d trials pruned, %d epochs trained of %d",
-        name, best, sum(t["pruned"] for t in trials), len(trials), epochs_trained,
+        "tune@%s: best learning rate %g; %d of %d trials pruned, %g epochs trained of %d",
+        name, best, pruned, len(trials), epochs_trained,
         len(trials) * config.epochs,
     )  # fmt: skip
     return result
@@ -145,7 +147,7 @@ def pruner_name(config: TuneConfig) -> str:
     if not config.prune:
         return "none"
     return (
-        f"successive halving (first rung after {config.min_epochs} epoch(s), "
+        f"successive halving (first rung after {config.min_epochs:g} epoch(s), "
         f"reduction factor {config.reduction_factor})"
     )
 

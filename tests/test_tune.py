@@ -29,11 +29,20 @@ def test_search_runs_nested_under_one_parent_prunes_weak_trials_and_picks_the_be
     result = json.loads((TUNE_DIR / "adam.json").read_text())
     trials = result["trials"]
     assert sorted(t["learning_rate"] for t in trials) == [0.0001, 0.001, 0.01, 0.1, 1.0]
-    for t in trials:  # a pruned trial stopped after the first rung, the others ran every epoch
-        assert (t["epochs"], t["pruned"]) in {(1, True), (2, False)}, t
-        assert t["stopped"].startswith("pruned after epoch 1 of 2" if t["pruned"] else "completed")
+    # 100 images in batches of 32: 4 batches an epoch. The rungs: half an epoch (2 batches,
+    # judged mid-epoch), then 3 times that (6 batches); a trial past both runs all 8.
+    stops = {
+        (0.5, True, "pruned after 0.5 of 2 epochs (2 of 8 batches)"),
+        (1.5, True, "pruned after 1.5 of 2 epochs (6 of 8 batches)"),
+        (2, False, "completed all 2 epochs"),
+    }
+    for t in trials:
+        assert any(
+            (t["epochs"], t["pruned"]) == (e, p) and t["stopped"].startswith(why)
+            for e, p, why in stops
+        ), t
     pruned = [t for t in trials if t["pruned"]]
-    assert pruned, "5 rates, 1 in 3 goes on past epoch 1: some trial must have been pruned"
+    assert any(t["epochs"] == 0.5 for t in pruned), "1 in 3 goes on past the first rung"
     assert result["epochs_trained"] == sum(t["epochs"] for t in trials) < 5 * 2
     complete = [t for t in trials if not t["pruned"]]
     best = max(sorted(complete, key=lambda t: t["learning_rate"]), key=lambda t: t["val_accuracy"])
@@ -57,8 +66,15 @@ def test_search_runs_nested_under_one_parent_prunes_weak_trials_and_picks_the_be
         assert child.data.tags["pruned"] == str(t["pruned"]).lower()
         assert child.data.tags["stopped"] == t["stopped"]
         assert child.data.metrics["epochs_reached"] == t["epochs"]
-        steps = client.get_metric_history(child.info.run_id, "val_accuracy")
-        assert [m.step for m in steps] == list(range(1, t["epochs"] + 1))
+        epochs = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert [m.step for m in epochs] == list(range(1, int(t["epochs"]) + 1))  # whole ones
+        # What the pruner judged, at each rung and each epoch's end, in batches trained.
+        judged = client.get_metric_history(child.info.run_id, "judged_val_accuracy")
+        assert [m.step for m in judged] == [2, 4, 6, 8][: [2, 4, 6, 8].index(t["epochs"] * 4) + 1]
+        assert judged[-1].value == t["val_accuracy"]
+        for m in judged:  # at an epoch's end it is the epoch's validation accuracy
+            if m.step % 4 == 0:
+                assert m.value == epochs[m.step // 4 - 1].value
 
 
 def test_the_search_is_reproducible_and_without_pruning_trains_every_trial(
@@ -99,3 +115,38 @@ def test_a_bad_grid_fails_before_any_training(project: Path) -> None:
     with pytest.raises(ParamsError, match="tune: expected 0 < low < high"):
         tune.main(["adam"])
     assert not TUNE_DIR.exists()
+
+
+def test_rungs_fall_in_batches_so_that_a_fraction_of_an_epoch_is_judged_mid_epoch() -> None:
+    from mnist_optimizers import search
+    from mnist_optimizers.sections.tune import validate_tune
+
+    params = load_params()["tune"]
+    config = validate_tune(params | {"epochs": 2, "min_epochs": 0.5, "reduction_factor": 3})
+    per_epoch = search.batches_per_epoch(10000, 128)
+    assert per_epoch == 79  # the last batch holds 16 images
+    assert search.rungs(config, per_epoch) == [40, 120]  # 0.51 and 1.52 epochs, of 158
+    whole = validate_tune(params | {"epochs": 4, "min_epochs": 1, "reduction_factor": 2})
+    assert search.rungs(whole, 10) == [10, 20]  # both at an epoch's end
+    tiny = validate_tune(params | {"epochs": 2, "min_epochs": 0.1})
+    assert search.rungs(tiny, 4) == [1, 3]  # never less than one batch
+
+
+def test_the_mid_epoch_judgement_scores_as_keras_does_and_a_diverged_model_ranks_last() -> None:
+    import keras
+    import numpy as np
+
+    from mnist_optimizers import search
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(10), size=200).astype("float32")
+    labels = rng.integers(0, 10, size=200)
+    loss, accuracy = search.validation_scores(probabilities, labels)
+    expected_loss = keras.losses.SparseCategoricalCrossentropy()(labels, probabilities)
+    assert loss == pytest.approx(float(expected_loss), rel=1e-5)
+    metric = keras.metrics.SparseCategoricalAccuracy()
+    metric.update_state(labels, probabilities)
+    assert accuracy == pytest.approx(float(metric.result()))
+    probabilities[3, 0] = np.nan
+    loss, accuracy = search.validation_scores(probabilities, labels)
+    assert np.isnan(loss) and search.judged_value(loss, accuracy) == 0.0
