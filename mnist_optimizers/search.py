@@ -73,25 +73,26 @@ def judged_value(val_loss: float, val_accuracy: float) -> float:
     return 0.0 if math.isnan(val_loss) else float(val_accuracy)
 
 
-def validation_scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(loss, accuracy) of predicted class probabilities, as Keras' sparse categorical
-    cross-entropy (probabilities clipped to its epsilon) and accuracy compute them; a
-    prediction that is not finite (a diverged model) gives a NaN loss."""
-    probabilities = probabilities.astype(np.float64)
-    if not np.isfinite(probabilities).all():
-        return math.nan, float(np.mean(probabilities.argmax(axis=1) == labels))
-    picked = probabilities[np.arange(len(labels)), labels]
-    loss = float(-np.mean(np.log(np.clip(picked, keras.config.epsilon(), 1.0))))
-    return loss, float(np.mean(probabilities.argmax(axis=1) == labels))
+def evaluate_mid_epoch(model: keras.Model, data: dict[str, np.ndarray], batch_size: int) -> dict:
+    """The model's validation loss and accuracy in the middle of a fit, computed as Keras
+    computes them at an epoch's end (its traced test step, nothing traced anew); the
+    training metrics the epoch has accumulated so far, which `evaluate` resets, are put
+    back as they were, so the epoch's logs are those of a fit never interrupted."""
+    accumulated = [variable.numpy() for variable in model.metrics_variables]
+    scores = model.evaluate(
+        data["x_val"], data["y_val"], batch_size=batch_size, verbose=0, return_dict=True
+    )
+    for variable, value in zip(model.metrics_variables, accumulated, strict=True):
+        variable.assign(value)
+    return {"val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"])}
 
 
 class PruneWeakTrial(keras.callbacks.Callback):
     """Judge the trial at every rung and every epoch's end: report its validation accuracy
     to Optuna (step: batches trained), and raise `optuna.TrialPruned` out of the fit when
-    the pruner says it is not among the best at its rung. A rung inside an epoch is judged
-    on the model's predictions for the validation split (an evaluate there would reset the
-    epoch's training metrics). ``reports`` holds (batches, val_loss, val_accuracy, judged)
-    in order; ``pruned_at`` the batches trained when it was pruned."""
+    the pruner says it is not among the best at its rung (the idiom of Optuna's own Keras
+    callback). ``reports`` holds (batches, val_loss, val_accuracy, judged value) in order;
+    ``pruned_at`` the batches trained when it was pruned."""
 
     def __init__(
         self, trial: optuna.Trial, config: TuneConfig, data: dict[str, np.ndarray],
@@ -99,7 +100,7 @@ class PruneWeakTrial(keras.callbacks.Callback):
     ) -> None:  # fmt: skip
         super().__init__()
         self.trial = trial
-        self.x_val, self.y_val = data["x_val"], data["y_val"]
+        self.data = data
         self.batch_size = batch_size
         self.per_epoch = batches_per_epoch(len(data["x_train"]), batch_size)
         judged_at = rungs(config, self.per_epoch) if config.prune else []
@@ -114,8 +115,8 @@ class PruneWeakTrial(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         step = self.epoch * self.per_epoch + batch + 1
         if step in self.mid_epoch_rungs:
-            probabilities = self.model.predict(self.x_val, self.batch_size, verbose=0)
-            self.judge(step, *validation_scores(probabilities, self.y_val))
+            scores = evaluate_mid_epoch(self.model, self.data, self.batch_size)
+            self.judge(step, scores["val_loss"], scores["val_accuracy"])
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}

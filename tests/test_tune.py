@@ -132,21 +132,48 @@ def test_rungs_fall_in_batches_so_that_a_fraction_of_an_epoch_is_judged_mid_epoc
     assert search.rungs(tiny, 4) == [1, 3]  # never less than one batch
 
 
-def test_the_mid_epoch_judgement_scores_as_keras_does_and_a_diverged_model_ranks_last() -> None:
+def test_judging_mid_epoch_leaves_the_training_as_it_would_have_been(project: Path) -> None:
+    """The mid-epoch judgement runs Keras' evaluate, which resets the metrics the epoch is
+    accumulating: they are put back, so the history equals that of a fit never judged."""
     import keras
     import numpy as np
 
     from mnist_optimizers import search
+    from mnist_optimizers.fit import fit_model
+    from mnist_optimizers.model import build_model, validate_model
+    from mnist_optimizers.sections.tune import validate_tune
+
+    class NeverPrune:  # an Optuna trial whose pruner lets everything go on
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def report(self, value: float, step: int) -> None:
+            self.steps.append(step)
+
+        def should_prune(self) -> bool:
+            return False
 
     rng = np.random.default_rng(0)
-    probabilities = rng.dirichlet(np.ones(10), size=200).astype("float32")
-    labels = rng.integers(0, 10, size=200)
-    loss, accuracy = search.validation_scores(probabilities, labels)
-    expected_loss = keras.losses.SparseCategoricalCrossentropy()(labels, probabilities)
-    assert loss == pytest.approx(float(expected_loss), rel=1e-5)
-    metric = keras.metrics.SparseCategoricalAccuracy()
-    metric.update_state(labels, probabilities)
-    assert accuracy == pytest.approx(float(metric.result()))
-    probabilities[3, 0] = np.nan
-    loss, accuracy = search.validation_scores(probabilities, labels)
-    assert np.isnan(loss) and search.judged_value(loss, accuracy) == 0.0
+    data = {
+        "x_train": rng.random((64, 28, 28, 1), dtype=np.float32),
+        "y_train": rng.integers(0, 10, 64),
+        "x_val": rng.random((40, 28, 28, 1), dtype=np.float32),
+        "y_val": rng.integers(0, 10, 40),
+    }
+    params = load_params()
+    config = validate_tune(params["tune"] | {"epochs": 2, "min_epochs": 0.5})
+
+    def history(callbacks: list) -> list[dict]:
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(7)
+        model = build_model(validate_model(params["model"]), (28, 28, 1))
+        with mlflow.start_run():
+            tracker = fit_model(model, keras.optimizers.SGD(0.1), data, 2, 16, callbacks=callbacks)
+        return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in tracker.history]
+
+    trial = NeverPrune()
+    judge = search.PruneWeakTrial(trial, config, data, batch_size=16)  # type: ignore[arg-type]
+    judged = history([judge])
+    assert trial.steps == [2, 4, 6, 8]  # 4 batches an epoch: mid-epoch rungs at 2 and 6
+    assert judged == history([])
+    assert [r[2] for r in judge.reports if r[0] % 4 == 0] == [row["val_accuracy"] for row in judged]
