@@ -171,19 +171,20 @@ def bench_precision(clone: Path, log: Path) -> dict:
     return rows
 
 
-# The learning-rate search against the grid it replaced, and against the same 9 points with
-# every trial trained to the end (what the pruning may have cost): (label, tune params).
+# The learning-rate search against the grid it replaced, with its first rung after one epoch
+# (the default) and after half an epoch, and the same 9 points with every trial trained to
+# the end (the rate the pruning should find): (label, tune params).
 SEARCHES = (
-    ("5-point grid, every trial to the end", {"points": 5, "prune": False}),
-    ("9-point search, successive halving", {"points": 9, "prune": True}),
-    ("9-point grid, every trial to the end", {"points": 9, "prune": False}),
+    ("5-point grid, unpruned (before)", {"points": 5, "prune": False, "min_epochs": 1}),
+    ("9 points, first rung at 1 epoch", {"points": 9, "prune": True, "min_epochs": 1}),
+    ("9 points, first rung at 0.5 epoch", {"points": 9, "prune": True, "min_epochs": 0.5}),
+    ("9-point grid, unpruned", {"points": 9, "prune": False, "min_epochs": 1}),
 )
 
 
 def bench_search(clone: Path, log: Path) -> dict:
-    """Each optimizer's tune stage with the old 5-point grid, the new pruned 9-point search
-    and the 9 points unpruned, in turn, on the same budget (the clone's tune.images and
-    tune.epochs)."""
+    """Each optimizer's tune stage with each of SEARCHES in turn, on the same budget (the
+    clone's tune.images and tune.epochs)."""
     rows = {}
     for name in OPTIMIZERS:
         row = {}

@@ -24,7 +24,7 @@ def set_tune(**values: object) -> dict:
 def test_search_runs_nested_under_one_parent_prunes_weak_trials_and_picks_the_best(
     processed: Path,
 ) -> None:
-    set_tune(low=0.0001, high=1.0, points=5, images=100, epochs=2)
+    set_tune(low=0.0001, high=1.0, points=5, images=100, epochs=2, min_epochs=0.5)
     tune.main(["adam"])
     result = json.loads((TUNE_DIR / "adam.json").read_text())
     trials = result["trials"]
