@@ -18,6 +18,9 @@ MODELS_DIR = Path("models")
 TRAIN_METRICS_DIR = Path("metrics/train")
 HISTORY_DIR = Path("metrics/history")
 TUNE_DIR = Path("metrics/tune")
+# The rate each search chose, alone: train_tuned depends on it, not on the whole search
+# (seconds, run ids), so a search rerun that chooses the same rate trains nothing again.
+TUNED_RATE_DIR = Path("metrics/tuned_rate")
 EVALUATE_METRICS_FILE = Path("metrics/evaluate.json")
 REPORTS_DIR = Path("reports")
 FIGURES_DIR = REPORTS_DIR / "figures"  # evaluate's figures

@@ -58,7 +58,7 @@ from mnist_optimizers.paths import (
     HISTORY_DIR,
     MODELS_DIR,
     TRAIN_METRICS_DIR,
-    TUNE_DIR,
+    TUNED_RATE_DIR,
     run_key,
 )
 
@@ -71,10 +71,10 @@ SETTING_TAGS = {False: "default_setting", True: "tuned_setting"}
 
 def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> None:
     """Validate everything, check the tracking store, then train, log and save. ``tuned``
-    trains with the best learning rate of `tune@<name>` (metrics/tune/<name>.json)."""
+    trains with the best learning rate of `tune@<name>` (metrics/tuned_rate/<name>.json)."""
     spec = optimizer_spec(validate_optimizer_names(params["optimizers"]), name)
     if tuned:
-        spec = spec | {"learning_rate": read_json(TUNE_DIR / f"{name}.json")["best_learning_rate"]}
+        spec = spec | {"learning_rate": read_json(TUNED_RATE_DIR / f"{name}.json")["learning_rate"]}
     model_config = validate_model(params["model"])
     train_config = validate_train(params["train"])
     if seed not in train_config.seeds:

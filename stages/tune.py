@@ -6,8 +6,9 @@ split: never on the test set, which would make the reported test accuracies opti
 Optuna's successive-halving pruner stops the weak trials after `tune.min_epochs`
 (mnist_optimizers/search.py). Every trial is an MLflow run nested under one parent run per
 optimizer (`tune adam`), with its rate, the epochs it reached and why it stopped. Writes
-metrics/tune/<optimizer>.json: the trials and the best learning rate, which the
-`train_tuned` stages train with.
+metrics/tune/<optimizer>.json: the trials and the best learning rate; and
+metrics/tuned_rate/<optimizer>.json: the best rate alone, which the `train_tuned` stages
+train with (a rerun that chooses the same rate leaves them up to date).
 
     python -m stages.tune adam       # what `dvc repro tune@adam` runs
 """
@@ -32,7 +33,7 @@ from mnist_optimizers.fit import fit_model, set_precision, validate_train
 from mnist_optimizers.model import build_model, validate_model
 from mnist_optimizers.optimizers import build_optimizer, optimizer_spec, validate_optimizer_names
 from mnist_optimizers.params import load_params
-from mnist_optimizers.paths import TUNE_DIR
+from mnist_optimizers.paths import TUNE_DIR, TUNED_RATE_DIR
 from mnist_optimizers.sections.tune import TuneConfig, validate_tune
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
         "mlflow_run_id": parent.info.run_id,
     }
     write_json_atomic(TUNE_DIR / f"{name}.json", result)
+    write_json_atomic(TUNED_RATE_DIR / f"{name}.json", {"optimizer": name, "learning_rate": best})
     log.info(
         "tune@%s: best learning rate %g; %d of %d trials pruned, %g epochs trained of %d",
         name, best, pruned, len(trials), epochs_trained,

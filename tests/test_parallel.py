@@ -24,7 +24,7 @@ def test_stale_stages_of_each_round_in_pipeline_order() -> None:
     status = {
         "train@adam-42": [{"changed deps": {"params.yaml": "modified"}}],
         "tune@adam": [{"changed deps": {"params.yaml": "modified"}}],
-        "train_tuned@adam-42": [{"changed deps": {"metrics/tune/adam.json": "deleted"}}],
+        "train_tuned@adam-42": [{"changed deps": {"metrics/tuned_rate/adam.json": "deleted"}}],
         "train@sgd-42": ["changed outs"],
         "evaluate": [{"changed deps": {"models": "modified"}}],
     }

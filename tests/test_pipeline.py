@@ -326,6 +326,22 @@ def test_an_edit_makes_only_the_stages_that_import_it_stale(workspace) -> None:
     }
 
 
+def test_a_search_rerun_that_chooses_the_same_rate_trains_nothing_again(workspace) -> None:
+    """train_tuned depends on the rate the search chose, not on the whole search: a search
+    run again (new seconds, new MLflow runs) that chooses the same rate retrains nothing."""
+    root, env = workspace
+    name = OPTIMIZERS[0]
+    before = json.loads((root / "metrics" / "tune" / f"{name}.json").read_text())
+    output = dvc(root, env, "repro", "--force", "--single-item", f"tune@{name}")
+    assert stages_run(output) == [f"tune@{name}"]
+    again = json.loads((root / "metrics" / "tune" / f"{name}.json").read_text())
+    assert again["mlflow_run_id"] != before["mlflow_run_id"]
+    assert again["best_learning_rate"] == before["best_learning_rate"]
+    stale = stale_stages(root, env)
+    assert "evaluate" in stale and not [s for s in stale if s.startswith("train_tuned@")], stale
+    assert f"train_tuned@{name}-42" not in stages_run(dvc(root, env, "repro"))
+
+
 def test_params_yaml_is_checked_whole_before_any_stage_runs(workspace) -> None:
     """A mistake in a section no stale stage reads still stops `dvc repro`, and an edit that
     changes no value reruns only the check."""

@@ -212,10 +212,10 @@ def test_an_experiment_deleted_in_the_ui_is_named_with_how_to_restore_it(process
 
 
 def write_tune_result(name: str, rate: float) -> None:
-    """metrics/tune/<name>.json as the search writes it, choosing ``rate``."""
-    path = Path("metrics/tune") / f"{name}.json"
+    """metrics/tuned_rate/<name>.json as the search writes it, choosing ``rate``."""
+    path = Path("metrics/tuned_rate") / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"optimizer": name, "best_learning_rate": rate}))
+    path.write_text(json.dumps({"optimizer": name, "learning_rate": rate}))
 
 
 def test_a_tuned_rate_equal_to_the_default_reuses_the_default_run(processed: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.params import load_params
-from mnist_optimizers.paths import TRAIN_METRICS_DIR, TUNE_DIR
+from mnist_optimizers.paths import TRAIN_METRICS_DIR, TUNE_DIR, TUNED_RATE_DIR
 from stages import train, tune
 
 from .conftest import edit_params
@@ -47,6 +47,8 @@ def test_search_runs_nested_under_one_parent_prunes_weak_trials_and_picks_the_be
     complete = [t for t in trials if not t["pruned"]]
     best = max(sorted(complete, key=lambda t: t["learning_rate"]), key=lambda t: t["val_accuracy"])
     assert result["best_learning_rate"] == best["learning_rate"]
+    chosen = json.loads((TUNED_RATE_DIR / "adam.json").read_text())  # what train_tuned reads
+    assert chosen == {"optimizer": "adam", "learning_rate": best["learning_rate"]}
     assert result["images"] == 100 and result["pruner"].startswith("successive halving")
 
     client = mlflow.MlflowClient()
