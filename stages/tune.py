@@ -47,9 +47,9 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
     config = validate_tune(params["tune"])
     experiment_name = tracking.validate_mlflow(params["mlflow"])
     grid = stats.log_grid(config.low, config.high, config.points)
+    runtime.configure_threads()  # before the first TensorFlow op: building an optimizer
     for rate in grid:  # fail on a bad spec before any training, not at the third trial
         build_optimizer(name, spec | {"learning_rate": rate})
-    runtime.configure_threads()
     tf.config.experimental.enable_op_determinism()
     experiment_id = tracking.setup_experiment(experiment_name)
 

@@ -139,6 +139,9 @@ def test_dvc_repro_runs_every_stage(reproduced) -> None:
     # Each optimizer's grid comes before the runs that train its best rate.
     for name in OPTIMIZERS:
         assert ran.index(f"tune@{name}") < ran.index(f"train_tuned@{name}-42")
+    # Every stage that trains sized TensorFlow's threads before TensorFlow started (the tune
+    # stage once built its optimizers first, and trained with TensorFlow's defaults).
+    assert "TensorFlow already started" not in output
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted([*ran, "trajectories", "check_params"])
     assert lock["stages"]["train@adam-42"]["params"]["params.yaml"]["optimizers.adam"] == {
