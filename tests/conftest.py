@@ -91,6 +91,18 @@ def tiny_params(sha256: dict[str, str]) -> dict[str, Any]:
     return params
 
 
+def random_images(train: int, val: int) -> dict[str, np.ndarray]:
+    """Seeded random 28x28 images and labels, split as the stages' data is: a model's input
+    where what it learns does not matter."""
+    rng = np.random.default_rng(0)
+    return {
+        "x_train": rng.random((train, 28, 28, 1), dtype=np.float32),
+        "y_train": rng.integers(0, 10, train),
+        "x_val": rng.random((val, 28, 28, 1), dtype=np.float32),
+        "y_val": rng.integers(0, 10, val),
+    }
+
+
 def write_params(folder: Path, params: dict[str, Any]) -> Path:
     """Write ``params`` as folder/params.yaml."""
     path = folder / "params.yaml"

@@ -13,6 +13,8 @@ import tensorflow as tf
 from mnist_optimizers import files, fit
 from mnist_optimizers.model import ModelConfig, build_model
 
+from .conftest import random_images
+
 
 def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(
     monkeypatch, caplog
@@ -49,13 +51,7 @@ def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(
 
 def train_tiny(checkpoint: Path | None) -> list[np.ndarray]:
     """One epoch of a tiny CNN on random images, seeded; its final weights."""
-    rng = np.random.default_rng(0)
-    data = {
-        "x_train": rng.random((32, 28, 28, 1), dtype=np.float32),
-        "y_train": rng.integers(0, 10, 32),
-        "x_val": rng.random((8, 28, 28, 1), dtype=np.float32),
-        "y_val": rng.integers(0, 10, 8),
-    }
+    data = random_images(train=32, val=8)
     keras.utils.set_random_seed(0)
     config = ModelConfig(((4,),), kernel_size=3, pool_size=2, dense_units=(8,), num_classes=10)
     model = build_model(config, (28, 28, 1))

@@ -14,7 +14,7 @@ from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import TRAIN_METRICS_DIR, TUNE_DIR, TUNED_RATE_DIR
 from stages import train, tune
 
-from .conftest import edit_params
+from .conftest import edit_params, random_images
 
 
 def set_tune(**values: object) -> dict:
@@ -138,7 +138,6 @@ def test_judging_mid_epoch_leaves_the_training_as_it_would_have_been(project: Pa
     """The mid-epoch judgement runs Keras' evaluate, which resets the metrics the epoch is
     accumulating: they are put back, so the history equals that of a fit never judged."""
     import keras
-    import numpy as np
 
     from mnist_optimizers import search
     from mnist_optimizers.fit import fit_model
@@ -155,13 +154,7 @@ def test_judging_mid_epoch_leaves_the_training_as_it_would_have_been(project: Pa
         def should_prune(self) -> bool:
             return False
 
-    rng = np.random.default_rng(0)
-    data = {
-        "x_train": rng.random((64, 28, 28, 1), dtype=np.float32),
-        "y_train": rng.integers(0, 10, 64),
-        "x_val": rng.random((40, 28, 28, 1), dtype=np.float32),
-        "y_val": rng.integers(0, 10, 40),
-    }
+    data = random_images(train=64, val=40)
     params = load_params()
     config = validate_tune(params["tune"] | {"epochs": 2, "min_epochs": 0.5})
 
