@@ -7,8 +7,9 @@ batches, then that times `reduction_factor`, ...) and at every epoch's end; past
 goes on only if it is among the best 1/`reduction_factor` of the trials that reached that
 rung. Optuna's pruner is asynchronous (ASHA): run one trial at a time, a trial that is the
 best so far at a rung always goes on, so early trials are promoted more often than the
-halving alone would; a first rung at half an epoch keeps what that costs small. The best
-rate is chosen among the trials that completed every epoch, on validation accuracy only.
+halving alone would (BENCHMARKS.md measures what that costs, with the first rung at one
+epoch and at half of one). The best rate is chosen among the trials that completed every
+epoch, on validation accuracy only.
 """
 
 from __future__ import annotations
