@@ -81,6 +81,11 @@ MAX_WORKER_STARTS = 3
 # repo/experiments/queue/base.py): a task a worker takes between the two listings is in
 # neither. A task missing for longer than this is an error.
 MISSING_SECONDS = 60.0
+# `dvc queue status` reads each task's info file while a worker may be writing it, and then
+# fails with DVC's catch-all "unexpected error - Expecting value: line 1 column 1 (char 0)"
+# (an empty file read as JSON; seen in CI; cf. treeverse/dvc#8014). Such a failure is read
+# again, up to this many times in a row.
+STATUS_RETRIES = 5
 # A bound for the short queue commands (status, start, kill, logs, exp run --queue).
 COMMAND_TIMEOUT_SECONDS = 300.0
 DEFAULT_TASK_TIMEOUT_SECONDS = 7200.0
@@ -336,6 +341,20 @@ class QueueRun:
         named = ", ".join(f"{t} ({stages.get(t, '?')})" for t in tasks)
         return PipelineError(f"queued runs {named} {why}:\n" + "\n".join(parts))
 
+    def queue_status(self) -> str:
+        """`dvc queue status`; a failure of DVC's own while a worker writes a task's file is
+        read again (STATUS_RETRIES times in a row at most), any other failure raised."""
+        for attempt in range(1, STATUS_RETRIES + 1):
+            try:
+                return self.dvc("queue", "status")
+            except PipelineError as exc:
+                if "ERROR: unexpected error" not in str(exc) or attempt == STATUS_RETRIES:
+                    raise
+                reason = str(exc).split("ERROR: unexpected error - ")[-1].splitlines()[0]
+                log.warning("dvc queue status failed (%s): reading it again", reason)
+                time.sleep(self.poll)
+        raise AssertionError("unreachable")
+
     def wait(self, stages: Mapping[str, str]) -> dict[str, str]:
         """Poll `dvc queue status` until every task of ``stages`` (task -> stage) has ended;
         restart workers that left tasks queued, fail tasks that overrun or lost their worker."""
@@ -345,7 +364,7 @@ class QueueRun:
         orphaned_since: float | None = None
         missing_since: float | None = None
         while True:
-            states = task_states(self.dvc("queue", "status"), tasks)
+            states = task_states(self.queue_status(), tasks)
             now = time.monotonic()
             missing = [task for task in tasks if task not in states]
             missing_since = (missing_since or now) if missing else None

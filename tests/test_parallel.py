@@ -216,6 +216,39 @@ def test_a_task_missing_from_one_status_listing_is_waited_for(fake_queue, tmp_pa
     assert len(polls) == 3
 
 
+DVC_RACE = PipelineError(
+    "dvc queue status failed:\nTask  Name  Created  Status\n\n"
+    "ERROR: unexpected error - Expecting value: line 1 column 1 (char 0)\n"
+)  # what CI saw while a worker was writing a task's info file
+
+
+def test_a_status_listing_that_fails_inside_dvc_is_read_again(fake_queue, tmp_path: Path) -> None:
+    polls = []
+
+    def states(queue: FakeQueue) -> dict[str, str]:
+        polls.append(1)
+        if len(polls) <= 2:
+            raise DVC_RACE
+        return {"ready-fees": "Success"}
+
+    fake_queue([[EXIT, EXIT]], states)
+    assert run_queue(tmp_path, {"ready-fees": "train@sgd-42"}) == {"ready-fees": "Success"}
+    assert len(polls) == 3
+
+
+def test_a_status_listing_that_keeps_failing_fails_the_run(fake_queue, tmp_path: Path) -> None:
+    polls = []
+
+    def states(queue: FakeQueue) -> dict[str, str]:
+        polls.append(1)
+        raise DVC_RACE
+
+    fake_queue([[EXIT, EXIT]], states)
+    with pytest.raises(PipelineError, match="Expecting value"):
+        run_queue(tmp_path, {"ready-fees": "train@sgd-42"})
+    assert len(polls) >= parallel.STATUS_RETRIES  # then once more as the run cleans up
+
+
 def test_a_task_gone_from_the_queue_fails_the_run(
     fake_queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
