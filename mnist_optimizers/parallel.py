@@ -344,16 +344,16 @@ class QueueRun:
     def queue_status(self) -> str:
         """`dvc queue status`; a failure of DVC's own while a worker writes a task's file is
         read again (STATUS_RETRIES times in a row at most), any other failure raised."""
-        for attempt in range(1, STATUS_RETRIES + 1):
+        for _ in range(STATUS_RETRIES - 1):
             try:
                 return self.dvc("queue", "status")
             except PipelineError as exc:
-                if "ERROR: unexpected error" not in str(exc) or attempt == STATUS_RETRIES:
+                if "ERROR: unexpected error" not in str(exc):
                     raise
                 reason = str(exc).split("ERROR: unexpected error - ")[-1].splitlines()[0]
                 log.warning("dvc queue status failed (%s): reading it again", reason)
                 time.sleep(self.poll)
-        raise AssertionError("unreachable")
+        return self.dvc("queue", "status")  # the last try: its failure is raised
 
     def wait(self, stages: Mapping[str, str]) -> dict[str, str]:
         """Poll `dvc queue status` until every task of ``stages`` (task -> stage) has ended;
