@@ -34,6 +34,9 @@ def setup_logging() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # MLflow's own INFO lines (a new store's "Creating initial MLflow database tables...")
+    # say nothing a person acts on; its warnings still show.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 # How often a stage checks that the process that started it (dvc) is still there.

@@ -253,7 +253,7 @@ def fit_model(
         batch_size=batch_size,
         callbacks=every,
         initial_epoch=len(done),
-        verbose=2,
+        verbose="auto",  # a progress bar on a terminal only (mnist_optimizers.quiet)
     )
     return tracker
 

@@ -21,7 +21,10 @@ TUNE_DIR = Path("metrics/tune")
 # The rate each search chose, alone: train_tuned depends on it, not on the whole search
 # (seconds, run ids), so a search rerun that chooses the same rate trains nothing again.
 TUNED_RATE_DIR = Path("metrics/tuned_rate")
+# The headline (`dvc metrics show`, `dvc exp show`): mean test accuracy per setting and
+# optimizer; the rest (intervals, losses, seconds) in SUMMARY_FILE.
 EVALUATE_METRICS_FILE = Path("metrics/evaluate.json")
+SUMMARY_FILE = Path("reports/summary.json")
 REPORTS_DIR = Path("reports")
 FIGURES_DIR = REPORTS_DIR / "figures"  # evaluate's figures
 CONFUSION_DIR = REPORTS_DIR / "confusion"  # evaluate's confusion data, for `dvc plots`

@@ -259,12 +259,22 @@ def tuning_table(results: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def evaluate_metrics(
+def headline_metrics(comparisons: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
+    """What `dvc metrics show` and `dvc exp show` print: per setting and optimizer, the mean
+    test accuracy over seeds, in percent (8 numbers for the default comparison, short
+    column names such as `tuned.adam`, so a 200-column terminal shows them all)."""
+    return {
+        setting: {row["optimizer"]: row["test_accuracy_%"] for row in table.to_dict("records")}
+        for setting, table in comparisons.items()
+    }
+
+
+def summary_metrics(
     comparisons: dict[str, pd.DataFrame], confidence: float
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """What `dvc metrics show` prints: per setting and optimizer, the means over seeds
-    (fractions, as the training metrics are) and the intervals of validation and test
-    accuracy."""
+    """Everything behind the headline, for `dvc metrics show reports/summary.json` and the
+    report: per setting and optimizer, the means over seeds (fractions, as the training
+    metrics are) and the intervals of validation and test accuracy, test loss, seconds."""
     level = f"{100 * confidence:g}"
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     for setting, table in comparisons.items():

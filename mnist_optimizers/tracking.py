@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import urllib.parse
@@ -35,6 +37,7 @@ from mlflow.exceptions import MlflowException
 from mnist_optimizers.cli import Terminated
 from mnist_optimizers.errors import ParamsError, PipelineError, shown
 from mnist_optimizers.params import check_keys
+from mnist_optimizers.paths import PROCESSED_DIR
 
 if TYPE_CHECKING:
     import keras
@@ -46,6 +49,12 @@ HEALTH_TIMEOUT_SECONDS = 5
 HOST_TAG, PID_TAG = "pipeline.host", "pipeline.pid"
 # How long a SQLite writer waits for another's write before "database is locked".
 SQLITE_TIMEOUT_SECONDS = 60
+# MLflow 3's UI opens an experiment on the view of its kind: the training runs for this one,
+# not the GenAI overview (traces, token usage) it shows an experiment of no kind.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# The MLflow dataset context of each split a run saw: training and validation in training,
+# test in evaluate.
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 
 log = logging.getLogger(__name__)
 
@@ -200,12 +209,18 @@ def setup_experiment(name: str) -> str:
                 "params.yaml to a new name"
             )
         if experiment is not None:
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the kind was set
+                client.set_experiment_tag(
+                    experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+                )
             return experiment.experiment_id
         location = None
         if sqlite_path(uri) is not None:
             location = (project_root() / ARTIFACTS_DIR).as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except MlflowException:
             # Another stage (`dvc queue start -j 2`) created it first.
             experiment = client.get_experiment_by_name(name)
@@ -359,6 +374,55 @@ def log_model(model: keras.Model, example: np.ndarray) -> None:
         signature=infer_signature(example, model.predict(example, verbose=0)),
         input_example=example,
         pip_requirements=model_requirements(),
+    )
+
+
+def datasets(
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], data_summary: dict[str, Any]
+) -> list[tuple[Any, str]]:
+    """Each split as an MLflow dataset and its context, for the run's Dataset column: named
+    by split and image count (`mnist-train-54000`), its source the processed file, its digest
+    that of the downloaded files' SHA-256, the preprocessing settings and the images taken
+    (so runs on different subsets or data differ at a glance, without hashing the arrays)."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.data.numpy_dataset import from_numpy
+
+    # MLflow registers its local-file source twice (for `file:` and plain paths), and warns
+    # that a path "can be interpreted in multiple ways" when left to choose: choose for it.
+    local = next(s for s in get_registered_sources() if s._get_source_type() == "local")
+    inputs = []
+    for split, (x, y) in splits.items():
+        identity = {
+            "sha256": data_summary["sha256"],
+            "subset": data_summary["subset"],
+            "val_fraction": data_summary["val_fraction"],
+            "split": split,
+            "images": len(x),
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        source = local._resolve((project_root() / PROCESSED_DIR / f"x_{split}.npy").as_uri())
+        dataset = from_numpy(
+            x, targets=y, source=source, name=f"mnist-{split}-{len(x)}", digest=digest
+        )
+        inputs.append((dataset, DATASET_CONTEXTS[split]))
+    return inputs
+
+
+def log_datasets(inputs: list[tuple[Any, str]], run_id: str | None = None) -> None:
+    """Log ``inputs`` (from `datasets`) into the active run, or into the finished ``run_id``."""
+    if run_id is None:
+        for dataset, context in inputs:
+            mlflow.log_input(dataset, context=context)
+        return
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    mlflow.MlflowClient().log_inputs(
+        run_id,
+        datasets=[
+            DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+            for dataset, context in inputs
+        ],
     )
 
 

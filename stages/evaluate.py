@@ -4,8 +4,10 @@ For each optimizer named in `compare` and each of `train.seeds` it loads models/
 (Keras safe mode) and metrics/train/<name>-<seed>.json, predicts the test set in large batches,
 and writes:
 
-- metrics/evaluate.json: per optimizer, the mean, standard deviation and confidence interval
-  over seeds of validation and test accuracy, test loss and training seconds;
+- metrics/evaluate.json: the headline `dvc metrics show` and `dvc exp show` print, the mean
+  test accuracy (%) per setting and optimizer; reports/summary.json: the rest, per optimizer
+  the mean and confidence interval over seeds of validation and test accuracy, test loss
+  and training seconds;
 - reports/comparison.{md,csv}: that table, with the reference accuracies beside ours and the
   time to each validation target; reports/runs.csv: one row per optimizer and seed;
 - reports/significance.{md,csv}: every pair of optimizers, the difference of their mean test
@@ -20,6 +22,7 @@ and writes:
 
 from __future__ import annotations
 
+import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
 import logging
 from pathlib import Path
 from typing import Any
@@ -89,16 +92,22 @@ def write_reports(
     ]
 
 
-def log_to_mlflow(runs: list[Run], artifacts: list[Path]) -> None:
-    """Each model's test metrics into its training run, the shared files into every run."""
+def log_to_mlflow(runs: list[Run], artifacts: list[Path], test_set: list) -> None:
+    """Each model's test metrics into its training run, with the test set as its dataset
+    (context `test`), and the shared files into every run."""
+    test_logged = set()
     for run in runs:
+        run_id = run.train["mlflow_run_id"]
         confusion = FIGURES_DIR / f"confusion_{file_label(run.optimizer, run.setting)}.png"
-        tracking.log_to_run(
+        logged = tracking.log_to_run(
             run.key,
-            run.train["mlflow_run_id"],
+            run_id,
             run.evaluation.metrics(),
             {confusion: "evaluation"} | {path: "comparison" for path in artifacts},
         )
+        if logged and run_id not in test_logged:  # a reused run is one run
+            tracking.log_datasets(test_set, run_id)
+            test_logged.add(run_id)
 
 
 def evaluate(params: dict[str, Any]) -> dict[str, pd.DataFrame]:
@@ -154,10 +163,15 @@ def evaluate(params: dict[str, Any]) -> dict[str, pd.DataFrame]:
     }
     artifacts = write_reports(runs, results, y_test, config.confidence)
     files.write_json_atomic(
-        paths.EVALUATE_METRICS_FILE,
-        tables.evaluate_metrics(results["comparisons"], config.confidence),
+        paths.SUMMARY_FILE, tables.summary_metrics(results["comparisons"], config.confidence)
     )
-    log_to_mlflow(runs, artifacts)
+    files.write_json_atomic(
+        paths.EVALUATE_METRICS_FILE, tables.headline_metrics(results["comparisons"])
+    )
+    test_set = tracking.datasets(
+        {"test": (x_test, y_test)}, files.read_json(paths.DATA_SUMMARY_FILE)
+    )
+    log_to_mlflow(runs, artifacts, test_set)
     return results["comparisons"]
 
 

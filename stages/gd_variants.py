@@ -12,6 +12,7 @@ MLflow run; the report stage draws it.
 
 from __future__ import annotations
 
+import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
 import logging
 from typing import Any
 

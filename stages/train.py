@@ -16,6 +16,7 @@ trains nothing: it copies the default run's files and tags its MLflow run as bot
 
 from __future__ import annotations
 
+import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
 import logging
 import shutil
 from dataclasses import asdict
@@ -115,6 +116,8 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
     with tracking.tracked_run(experiment_id, key, tags) as run:
         with timed(seconds, "mlflow_logging"):
             mlflow.log_params(logged)
+            splits = {split: (data[f"x_{split}"], data[f"y_{split}"]) for split in ("train", "val")}
+            tracking.log_datasets(tracking.datasets(splits, data_summary))
         checkpoint = None
         if train_config.resume:
             checkpoint = checkpoint_dir(key, {"params": params, "seed": seed, "data": data_summary})

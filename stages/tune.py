@@ -15,6 +15,7 @@ train with (a rerun that chooses the same rate leaves them up to date).
 
 from __future__ import annotations
 
+import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
 import contextlib
 import logging
 import time
@@ -28,12 +29,12 @@ import tensorflow as tf
 from mnist_optimizers import runtime, search, stats, tracking
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.errors import ParamsError
-from mnist_optimizers.files import load_training_data, write_json_atomic
+from mnist_optimizers.files import load_training_data, read_json, write_json_atomic
 from mnist_optimizers.fit import fit_model, set_precision, validate_train
 from mnist_optimizers.model import build_model, validate_model
 from mnist_optimizers.optimizers import build_optimizer, optimizer_spec, validate_optimizer_names
 from mnist_optimizers.params import load_params
-from mnist_optimizers.paths import TUNE_DIR, TUNED_RATE_DIR
+from mnist_optimizers.paths import DATA_SUMMARY_FILE, TUNE_DIR, TUNED_RATE_DIR
 from mnist_optimizers.sections.tune import TuneConfig, validate_tune
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,8 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
                 "train.effective_precision": precision,
             }
         )
+        splits = {split: (data[f"x_{split}"], data[f"y_{split}"]) for split in ("train", "val")}
+        tracking.log_datasets(tracking.datasets(splits, read_json(DATA_SUMMARY_FILE)))
         per_epoch = search.batches_per_epoch(len(data["x_train"]), train_config.batch_size)
         study = search.create_study(config, grid, per_epoch)
         study.optimize(objective, n_trials=len(grid), catch=())

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 
 from mnist_optimizers.errors import PipelineError
-from mnist_optimizers.paths import EVALUATE_METRICS_FILE, REPORTS_DIR
+from mnist_optimizers.paths import EVALUATE_METRICS_FILE, REPORTS_DIR, SUMMARY_FILE
 from stages import evaluate
 
 
 def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(evaluated: Path) -> None:
-    every = json.loads(EVALUATE_METRICS_FILE.read_text())
+    every = json.loads(SUMMARY_FILE.read_text())
     assert list(every) == ["default", "tuned"]
     metrics = every["default"]
     assert list(metrics) == ["sgd", "adam"]
@@ -36,6 +36,17 @@ def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(evaluat
     ]
     adam = runs[runs["optimizer"] == "adam"]
     assert metrics["adam"]["test_accuracy"] == pytest.approx(adam["test_accuracy"].mean(), abs=1e-4)
+    # The headline `dvc metrics show` prints: the same means, in percent, one per setting and
+    # optimizer, nothing else.
+    headline = json.loads(EVALUATE_METRICS_FILE.read_text())
+    assert {s: list(by_name) for s, by_name in headline.items()} == {
+        "default": ["sgd", "adam"],
+        "tuned": ["sgd", "adam"],
+    }
+    for setting in ("default", "tuned"):
+        for name in ("sgd", "adam"):
+            mean = every[setting][name]["test_accuracy"]
+            assert headline[setting][name] == pytest.approx(100 * mean, abs=0.006)
     assert (
         metrics["adam"]["test_accuracy_ci_low"]
         <= metrics["adam"]["test_accuracy"]
@@ -89,6 +100,8 @@ def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(evaluat
         run_id = json.loads(Path(f"metrics/train/{key}.json").read_text())["mlflow_run_id"]
         run = client.get_run(run_id)
         assert run.data.metrics["test_accuracy"] == pytest.approx(row.test_accuracy)
+        contexts = [d.tags[0].value for d in run.inputs.dataset_inputs]
+        assert sorted(contexts) == ["test", "training", "validation"]  # test once, reused or not
         assert run.data.metrics["test_loss"] == pytest.approx(row.test_loss)
         artifacts = {a.path for a in client.list_artifacts(run_id, "comparison")}
         assert {"comparison/comparison.md", "comparison/significance.md"} <= artifacts

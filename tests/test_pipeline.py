@@ -8,8 +8,10 @@ each test that changes a repo (params, experiments, stages run) gets its own cop
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -283,9 +285,12 @@ def test_metrics_table_and_plots_are_there_for_a_user(reproduced, tmp_path: Path
     metrics = json.loads(dvc(root, env, "metrics", "show", "--json"))
     (workspace,) = metrics.values()  # keyed by revision: "" (DVC 3.67) or "workspace"
     shown = workspace["data"]["metrics/evaluate.json"]["data"]
-    assert sorted(shown) == ["default", "tuned"]
-    assert sorted(shown["default"]) == sorted(OPTIMIZERS)
-    assert "test_accuracy" in shown["tuned"]["adam"]
+    # The headline alone: mean test accuracy (%) per setting and optimizer.
+    assert {setting: sorted(by_name) for setting, by_name in shown.items()} == {
+        "default": sorted(OPTIMIZERS),
+        "tuned": sorted(OPTIMIZERS),
+    }
+    assert all(0 <= value <= 100 for by_name in shown.values() for value in by_name.values())
     table = pd.read_csv(root / "reports" / "comparison.csv")
     default = table[table["setting"] == "default"]
     assert list(default["optimizer"]) == OPTIMIZERS
@@ -387,6 +392,30 @@ def test_changing_one_learning_rate_reruns_only_that_optimizer(adam_lr) -> None:
     assert len(adam_runs) == 2
     assert adam_runs[-1].data.params["optimizer.learning_rate"] == "0.002"
     assert adam_runs[-1].data.tags["dvc.experiment"] == "adam-lr"
+
+
+def readme_exp_show() -> list[str]:
+    """The `dvc exp show` command the README documents, as arguments."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- exp-show:", 1)[1].split("```bash\n", 1)[1]
+    return shlex.split(block.split("\n", 1)[0])
+
+
+def test_dvc_exp_show_with_the_readme_option_is_a_table_a_person_reads(adam_lr) -> None:
+    """`dvc exp show` with the README's one option: at most 40 columns (about 260 without
+    it), each optimizer's headline accuracies, and the changed learning rate."""
+    root, env, _ = adam_lr
+    command = readme_exp_show()
+    assert command[:3] == ["dvc", "exp", "show"] and len(command) == 5  # one option
+    table = pd.read_csv(io.StringIO(dvc(root, env, *command[1:], "--csv")))
+    assert len(table.columns) <= 40, list(table.columns)
+    everything = pd.read_csv(io.StringIO(dvc(root, env, "exp", "show", "--csv")))
+    assert len(everything.columns) > 2 * len(table.columns)
+    (row,) = table[table["Experiment"] == "adam-lr"].to_dict("records")
+    assert row["optimizers.adam.learning_rate"] == 0.002
+    for setting in ("default", "tuned"):
+        for name in OPTIMIZERS:
+            assert 0 <= float(row[f"{setting}.{name}"]) <= 100
 
 
 def test_an_added_optimizer_gets_a_stage_in_a_temp_experiment_and_joins_the_table(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 from pathlib import Path
 
@@ -46,6 +48,15 @@ def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path)
     assert run.info.run_name == "adam-42" and run.info.status == "FINISHED"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == "mnist-optimizers"
+    # MLflow's UI opens a model-training experiment on its runs, not on the GenAI overview.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # The data the run saw, in the UI's Dataset column: name, digest, source, context.
+    inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}  # context -> dataset
+    assert sorted(inputs) == ["training", "validation"]
+    assert inputs["training"].name == "mnist-train-180" and len(inputs["training"].digest) == 16
+    assert inputs["validation"].name == "mnist-val-20"
+    assert json.loads(inputs["training"].source)["uri"].endswith("data/processed/x_train.npy")
+    assert json.loads(inputs["training"].profile)["features_shape"] == [180, 28, 28, 1]
     params = run.data.params
     assert params["optimizer.class"] == "Adam"
     assert params["optimizer.learning_rate"] == "0.001"
@@ -294,3 +305,32 @@ def test_stages_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
             opener.kill()
     assert [opener.returncode for opener in openers] == [0, 0, 0], "\n".join(errors)[-3000:]
     assert mlflow.MlflowClient(uri).search_experiments()  # one usable store, Default inside
+
+
+OWN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [\w.]+ (INFO|WARNING|ERROR) ")
+
+
+def test_a_training_stage_prints_only_its_own_lines(processed: Path, monkeypatch) -> None:
+    """What `dvc repro` shows of a training stage: its own log lines (the threads, one line
+    per epoch, the result), none of TensorFlow's start-up lines, Keras' progress bars, or
+    MLflow's notices; a new MLflow store included. Before mnist_optimizers.quiet this stage
+    printed 16 lines of others' here (absl, oneDNN, cpu_feature_guard, MLflow's new store,
+    Keras' epoch lines and progress bars, NodeDef) around its own 4."""
+    import subprocess
+    import sys
+
+    from . import servers
+
+    edit_params({"train.epochs": 2})
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # the stage sets it, not the test
+    env = os.environ | {"PYTHONPATH": str(servers.PROJECT_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.train", "adam", "42"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert [line for line in lines if not OWN_LINE.match(line)] == []
+    assert sum(" mnist_optimizers.fit INFO epoch " in line for line in lines) == 2
+    assert "train@adam-42: val_accuracy" in lines[-1]
+    assert len(lines) == 4, lines  # the threads, 2 epochs, the result

@@ -1,0 +1,71 @@
+"""TensorFlow and Keras, loaded without their start-up noise: a stage that trains or loads
+a model imports this module before anything that imports TensorFlow, so that its output is
+what a person reads (what it does, one line per epoch, the result) and a warning means that
+something is wrong.
+
+What silences what, with TensorFlow 2.21 and Keras 3.15 (tests/test_train.py counts the
+lines of a training stage that are not the pipeline's own):
+
+- `TF_CPP_MIN_LOG_LEVEL=3`, read when TensorFlow's C++ runtime starts: its log once started,
+  the CPU-feature notice and the E-level "NodeDef mentions attribute use_unbounded_threadpool"
+  line that tf.data prints at every fit (a harmless mismatch inside TensorFlow). Set it to 0
+  in the environment to see all of it again.
+- The lines written while TensorFlow's libraries load, before absl's log is initialised
+  (oneDNN's "custom operations are on", absl's "All log messages before
+  absl::InitializeLog() is called are written to STDERR"), ignore that variable
+  (tensorflow/tensorflow#100442) and go straight to file descriptor 2. TensorFlow is
+  therefore imported here with descriptor 2 pointed at a temporary file; every captured
+  line but those is then written to stderr, so nothing else is lost.
+- Keras' progress bars (`fit`, and the `predict` MLflow runs on the input example) only on a
+  terminal: elsewhere Keras' interactive logging is off, and Keras sends its progress lines
+  to absl's Python logger, which is kept at WARNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import tempfile
+
+# INFO lines of TensorFlow's C++ log ("I0000 00:00:... port.cc:153] ...") and the notice
+# absl prints before its first line.
+START_UP_NOISE = re.compile(
+    r"^(I\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\] |"
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called)"
+)
+
+
+def filter_start_up_log(text: str) -> str:
+    """``text`` without TensorFlow's start-up INFO lines and absl's notice."""
+    return "".join(
+        line for line in text.splitlines(keepends=True) if not START_UP_NOISE.match(line)
+    )
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and Keras with descriptor 2 captured, then write what was captured,
+    less the start-up noise, to stderr (also when the import fails)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            sys.stderr.write(filter_start_up_log(captured.read().decode(errors="replace")))
+            sys.stderr.flush()
+    if not sys.stdout.isatty():
+        keras.utils.disable_interactive_logging()
+        logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+import_tensorflow_quietly()
