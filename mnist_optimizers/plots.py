@@ -38,9 +38,10 @@ def save_figure(fig: Figure, path: Path) -> None:
     pyplot().close(fig)
 
 
-def plot_history(history: pd.DataFrame, column: str, path: Path) -> None:
+def plot_history(history: pd.DataFrame, column: str, path: Path, setting: str) -> None:
     """Per optimizer, the mean over seeds of ``column`` against epoch with a band from the
-    lowest to the highest seed, saved as PNG."""
+    lowest to the highest seed, saved as PNG; the title says which ``setting`` (the learning
+    rates) it shows."""
     from matplotlib.ticker import MaxNLocator
 
     label = HISTORY_LABELS.get(column, column)
@@ -55,7 +56,9 @@ def plot_history(history: pd.DataFrame, column: str, path: Path) -> None:
                 color=line.get_color(),
                 alpha=0.2,
             )
-    ax.set(xlabel="epoch", ylabel=label, title=f"{label} per epoch (band: lowest-highest seed)")
+    ax.set(xlabel="epoch", ylabel=label, title=f"{label} per epoch, {setting}")
+    ax.text(0.99, 0.01, "band: lowest to highest seed", transform=ax.transAxes, ha="right",
+            va="bottom", fontsize=7, color="0.4")  # fmt: skip
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()

@@ -149,11 +149,77 @@ def significance_table(runs: pd.DataFrame, confidence: float) -> pd.DataFrame:
             "optimizer_a": table["a"],
             "optimizer_b": table["b"],
             "test_difference_points": (100 * table["difference"]).round(2),
-            "p_value": table["p_value"].round(4),
-            "p_holm": table["p_holm"].round(4),
+            "p_value": table["p_value"].map(_significant_digits),
+            "p_holm": table["p_holm"].map(_significant_digits),
             "significant": table["significant"],
         }
     )
+
+
+def _significant_digits(value: float) -> float:
+    """``value`` to 4 significant digits: a p-value of 3e-6 stays 3e-06, not 0."""
+    return value if pd.isna(value) else float(f"{value:.4g}")
+
+
+def p_text(p: float) -> str:
+    """A p-value as a person reads it: 4 decimals, "< 0.0001" below that, never "0"."""
+    if pd.isna(p):
+        return ""
+    return "< 0.0001" if p < 0.0001 else f"{p:.4f}"
+
+
+def readable_significance(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """The significance table for people: headers that say what and in which unit, p-values
+    as text (significance.csv keeps the numbers)."""
+    return pd.DataFrame(
+        {
+            "optimizer A": table["optimizer_a"],
+            "optimizer B": table["optimizer_b"],
+            "A − B, test accuracy (points)": table["test_difference_points"].map(
+                lambda d: f"{d:+.2f}"
+            ),
+            "p (Welch's t-test)": table["p_value"].map(p_text),
+            "p (Holm-corrected)": table["p_holm"].map(p_text),
+            f"significant at {1 - confidence:g}": table["significant"].map(
+                lambda s: "yes" if s else "no"
+            ),
+        }
+    )
+
+
+def headline(
+    comparisons: Mapping[str, pd.DataFrame], significance: Mapping[str, pd.DataFrame]
+) -> list[str]:
+    """The answer first, one sentence per setting: which optimizer leads on test accuracy,
+    by how much over the next, whether that lead is significant, and how many of the
+    differences are."""
+    sentences = []
+    for setting, table in comparisons.items():
+        ranked = table.sort_values("test_accuracy_%", ascending=False, kind="stable")
+        best = ranked.iloc[0]
+        text = (
+            f"{SECTION_TITLES[setting]}: {best['optimizer']} leads on test accuracy "
+            f"({best['test_accuracy_%']:.2f}%, lr {best['learning_rate']:g})"
+        )
+        pairs = significance[setting]
+        if len(ranked) > 1:
+            second = ranked.iloc[1]
+            gap = best["test_accuracy_%"] - second["test_accuracy_%"]
+            names = {best["optimizer"], second["optimizer"]}
+            (pair,) = [
+                r for r in pairs.itertuples() if {r.optimizer_a, r.optimizer_b} == names
+            ] or [None]
+            verdict = "not testable"
+            if pair is not None and not pd.isna(pair.p_holm):
+                verdict = "significant" if pair.significant else "not significant"
+            text += f", {gap:.2f} points ahead of {second['optimizer']} ({verdict})"
+            testable = pairs.dropna(subset=["p_holm"])
+            text += (
+                f"; significant differences between optimizers: "
+                f"{int(testable['significant'].sum())} of {len(pairs)}"
+            )
+        sentences.append(text + ".")
+    return sentences
 
 
 def significance_lead(table: pd.DataFrame, confidence: float) -> str:
@@ -176,8 +242,8 @@ def significance_lead(table: pd.DataFrame, confidence: float) -> str:
 def significance_markdown(tables: Mapping[str, pd.DataFrame], confidence: float) -> str:
     """Per setting, the lead sentence and the significance table."""
     return "\n".join(
-        f"## {setting} learning rates\n\n{significance_lead(table, confidence)}\n\n"
-        f"{table.to_markdown(index=False)}\n"
+        f"## {SECTION_TITLES[setting]}\n\n{significance_lead(table, confidence)}\n\n"
+        f"{readable_significance(table, confidence).to_markdown(index=False, disable_numparse=True)}\n"
         for setting, table in tables.items()
     )
 
@@ -311,14 +377,19 @@ def readable_table(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
             out[f"{kind} accuracy % (mean ± std)"] = _mean_std(
                 row[f"{kind}_accuracy_%"], row[f"{kind}_std"]
             )
+            if kind == "val":  # beside the validation accuracy it compares with
+                ref = row["reference_val_accuracy_%"]
+                out["tutorial val %"] = "" if ref is None or pd.isna(ref) else f"{ref:.2f}"
             out[f"{kind} {level}% interval"] = _interval(
                 row[f"{kind}_ci{level}_low"], row[f"{kind}_ci{level}_high"]
             )
-        ref = row["reference_val_accuracy_%"]
-        out["tutorial val %"] = "" if ref is None or pd.isna(ref) else f"{ref:.2f}"
-        out["test loss"] = f"{row['test_loss']:.4f}"
-        out["training s"] = f"{row['train_seconds']:.0f}"
-        out |= {k.replace("to_val_", "to val "): v for k, v in row.items() if k.startswith("to_")}
+        out["test loss (cross-entropy)"] = f"{row['test_loss']:.4f}"
+        out["training time (s)"] = f"{row['train_seconds']:.0f}"
+        out |= {
+            f"time to {k.removeprefix('to_val_')} val accuracy": v
+            for k, v in row.items()
+            if k.startswith("to_val_")
+        }
         rows.append(out)
     return pd.DataFrame(rows)
 
@@ -376,9 +447,13 @@ def _column_text(values: list[Any]) -> list[str]:
     return ["" if n is None else format(n, "g") if floats else str(n) for n in numbers]
 
 
-def html_table(frame: pd.DataFrame) -> str:
-    """``frame`` as an HTML table, every cell escaped, numbers as in its Markdown form."""
-    columns = [_column_text(list(frame[c])) for c in frame.columns]
+def html_table(frame: pd.DataFrame, as_text: bool = False) -> str:
+    """``frame`` as an HTML table, every cell escaped, numbers as in its Markdown form; or,
+    with ``as_text``, every cell as the frame holds it (text already formatted)."""
+    columns = [
+        [str(v) for v in frame[c]] if as_text else _column_text(list(frame[c]))
+        for c in frame.columns
+    ]
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = "\n".join(
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"

@@ -60,7 +60,8 @@ def write_reports(
     for setting in SETTINGS.values():
         for column in ("val_accuracy", "val_loss"):
             path = FIGURES_DIR / f"{file_label(column, setting)}.png"
-            plots.plot_history(mean[mean["setting"] == setting], column, path)
+            title = tables.SECTION_TITLES[setting].lower()
+            plots.plot_history(mean[mean["setting"] == setting], column, path, title)
             figures.append(path)
     plots.plot_tuning(results["tuning"], FIGURES_DIR / "tuning.png")
     files.write_csv(REPORTS_DIR / "history.csv", results["history"])

@@ -48,6 +48,7 @@ STYLE = (
     "table{border-collapse:collapse;font-size:0.85em;margin:1em 0;}"
     "td,th{border:1px solid #ccc;padding:0.2em 0.5em;text-align:right;}"
     "img{max-width:100%;}"
+    ".answer{font-size:1.15em;line-height:1.5;}"
 )
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,11 @@ def significance_html(significance: pd.DataFrame, confidence: float) -> str:
     parts = []
     for setting, table in significance.groupby("setting", sort=False):
         table = table.drop(columns="setting")
-        parts.append(f"<h3>{html.escape(setting)} learning rates</h3>")
+        parts.append(f"<h3>{html.escape(tables.SECTION_TITLES[setting])}</h3>")
         parts.append(f"<p>{html.escape(tables.significance_lead(table, confidence))}</p>")
-        parts.append(tables.html_table(table))
+        parts.append(
+            tables.html_table(tables.readable_significance(table, confidence), as_text=True)
+        )
     return "\n".join(parts)
 
 
@@ -92,12 +95,32 @@ def report(params: dict[str, Any]) -> Path:
     plots.plot_time_to_target(runs, targets[0], REPORT_DIR / "time_to_target.png")
     plots.plot_gd_variants(gd, REPORT_DIR / "gd_variants.png")
 
-    gd_last = gd.groupby("variant", sort=False).tail(1)[
-        ["variant", "batch_size", "updates", "seconds", "val_accuracy"]
-    ]
+    gd_last = (
+        gd.groupby("variant", sort=False)
+        .tail(1)[["variant", "batch_size", "updates", "seconds", "val_accuracy"]]
+        .rename(
+            columns={
+                "batch_size": "batch size",
+                "seconds": "seconds (all epochs)",
+                "val_accuracy": "val accuracy (last epoch)",
+            }
+        )
+    )
+    answer = tables.headline(
+        {s: t for s, t in comparison.groupby("setting", sort=False)},
+        {s: t for s, t in significance.groupby("setting", sort=False)},
+    )
+    lead = (
+        f"Mean test accuracy over {int(comparison['seeds'].max())} seeds; significance by "
+        f"Welch's t-test on test accuracy, Holm-corrected over the pairs, at {1 - confidence:g}."
+    )
     markdown = "\n".join(
         [
             "# Optimizer comparison",
+            "",
+            *(f"- {sentence}" for sentence in answer),
+            "",
+            lead,
             "",
             (REPORTS_DIR / "comparison.md").read_text(encoding="utf-8"),
             "## Which differences are real",
@@ -114,6 +137,10 @@ def report(params: dict[str, Any]) -> Path:
     write_text_atomic(REPORT_MD, markdown)
     body = [
         "<h1>Optimizer comparison</h1>",
+        "<ul class='answer'>"
+        + "".join(f"<li>{html.escape(sentence)}</li>" for sentence in answer)
+        + "</ul>",
+        f"<p>{html.escape(lead)}</p>",
         comparison_html(comparison, tuning, confidence),
         "<h2>Which differences are real</h2>",
         significance_html(significance, confidence),

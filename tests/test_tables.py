@@ -61,6 +61,36 @@ def test_significance_says_which_differences_are_real() -> None:
     assert tables.significance_lead(table, 0.95).startswith("Not testable")
 
 
+def test_p_values_read_as_a_person_writes_them() -> None:
+    assert tables.p_text(3e-6) == "< 0.0001" and tables.p_text(0.0) == "< 0.0001"
+    assert tables.p_text(0.01234) == "0.0123" and tables.p_text(1.0) == "1.0000"
+    assert tables.p_text(float("nan")) == ""
+    table = tables.significance_table(runs_frame(), 0.95)
+    assert table["p_value"].iloc[0] > 0  # kept to 4 significant digits, never rounded to 0
+    readable = tables.readable_significance(table, 0.95)
+    assert list(readable.columns) == [
+        "optimizer A",
+        "optimizer B",
+        "A − B, test accuracy (points)",
+        "p (Welch's t-test)",
+        "p (Holm-corrected)",
+        "significant at 0.05",
+    ]
+    assert readable.iloc[0].tolist()[2:] == ["+2.00", "0.0003", "0.0003", "yes"]
+
+
+def test_the_headline_says_who_leads_by_how_much_and_whether_it_is_real() -> None:
+    runs = runs_frame()
+    comparison = tables.comparison_table(runs, {}, [0.98], 0.95)
+    significance = tables.significance_table(runs, 0.95)
+    (sentence,) = tables.headline({"default": comparison}, {"default": significance})
+    assert sentence == (
+        "Learning rates from params.yaml: adam leads on test accuracy (99.20%, lr 0.001), "
+        "2.00 points ahead of sgd (significant); significant differences between "
+        "optimizers: 1 of 1."
+    )
+
+
 def test_history_mean_has_a_band_over_seeds() -> None:
     history = pd.DataFrame(
         {
