@@ -35,8 +35,10 @@ def setup_logging() -> None:
     handler.setFormatter(RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     # MLflow's own INFO lines (a new store's "Creating initial MLflow database tables...")
-    # say nothing a person acts on; its warnings still show.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # say nothing a person acts on, nor do Keras' progress lines, which go to absl's logger
+    # off a terminal (tracking.log_model); their warnings still show.
+    for noisy in ("mlflow", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 # How often a stage checks that the process that started it (dvc) is still there.

@@ -14,6 +14,7 @@ import json
 import shutil
 import logging
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -253,7 +254,7 @@ def fit_model(
         batch_size=batch_size,
         callbacks=every,
         initial_epoch=len(done),
-        verbose="auto",  # a progress bar on a terminal only (mnist_optimizers.quiet)
+        verbose=1 if sys.stdout.isatty() else 0,  # bars on a terminal; EpochTracker logs each epoch
     )
     return tracker
 

@@ -16,14 +16,16 @@ lines of a training stage that are not the pipeline's own):
   (tensorflow/tensorflow#100442) and go straight to file descriptor 2. TensorFlow is
   therefore imported here with descriptor 2 pointed at a temporary file; every captured
   line but those is then written to stderr, so nothing else is lost.
-- Keras' progress bars (`fit`, and the `predict` MLflow runs on the input example) only on a
-  terminal: elsewhere Keras' interactive logging is off, and Keras sends its progress lines
-  to absl's Python logger, which is kept at WARNING.
+- Keras' progress bars show only on a terminal: `fit` is verbose only there
+  (mnist_optimizers/fit.py; the stage logs one line per epoch anyway), and the `predict` that
+  MLflow runs on a logged model's input example runs with Keras' interactive logging off
+  (tracking.log_model), which sends its progress lines to absl's logger, kept at WARNING
+  (cli.setup_logging). Not a process-wide switch: `keras.backend.clear_session()`, which
+  the search calls before each trial, turns it back on.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
@@ -55,7 +57,7 @@ def import_tensorflow_quietly() -> None:
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import keras
+            import keras  # noqa: F401
             import tensorflow  # noqa: F401
         finally:
             os.dup2(saved, 2)
@@ -63,9 +65,6 @@ def import_tensorflow_quietly() -> None:
             captured.seek(0)
             sys.stderr.write(filter_start_up_log(captured.read().decode(errors="replace")))
             sys.stderr.flush()
-    if not sys.stdout.isatty():
-        keras.utils.disable_interactive_logging()
-        logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 import_tensorflow_quietly()

@@ -24,6 +24,7 @@ import os
 import urllib.parse
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -362,19 +363,29 @@ def model_requirements() -> list[str]:
 
 
 def log_model(model: keras.Model, example: np.ndarray) -> None:
-    """Log ``model`` to the active run as `model/`, with its signature and an input example."""
+    """Log ``model`` to the active run as `model/`, with its signature and an input example.
+    MLflow checks the example by predicting it with Keras' default verbosity: its progress
+    bars are kept off the log unless stdout is a terminal."""
+    import keras
     from mlflow.models import infer_signature
 
-    mlflow.models.Model.log(
-        artifact_path=None,
-        name="model",
-        flavor=KerasFlavor,
-        flavor_name="mlflow.keras",
-        model=model,
-        signature=infer_signature(example, model.predict(example, verbose=0)),
-        input_example=example,
-        pip_requirements=model_requirements(),
-    )
+    bars = sys.stdout.isatty()
+    if not bars:
+        keras.utils.disable_interactive_logging()  # progress lines go to absl's log instead
+    try:
+        mlflow.models.Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=KerasFlavor,
+            flavor_name="mlflow.keras",
+            model=model,
+            signature=infer_signature(example, model.predict(example, verbose=0)),
+            input_example=example,
+            pip_requirements=model_requirements(),
+        )
+    finally:
+        if not bars:
+            keras.utils.enable_interactive_logging()
 
 
 def datasets(

@@ -111,9 +111,9 @@ def log_to_mlflow(runs: list[Run], artifacts: list[Path], test_set: list) -> Non
             test_logged.add(run_id)
 
 
-def evaluate(params: dict[str, Any]) -> dict[str, pd.DataFrame]:
+def evaluate(params: dict[str, Any]) -> list[str]:
     """Evaluate every model (each optimizer, seed and setting), write the reports and log
-    them; return the comparison table of each setting."""
+    them; return the headline, a sentence per setting (who leads, by how much, is it real)."""
     names = validate_compare(params["compare"], validate_optimizer_names(params["optimizers"]))
     seeds = validate_train(params["train"]).seeds
     config = validate_evaluate(params["evaluate"])
@@ -173,12 +173,13 @@ def evaluate(params: dict[str, Any]) -> dict[str, pd.DataFrame]:
         {"test": (x_test, y_test)}, files.read_json(paths.DATA_SUMMARY_FILE)
     )
     log_to_mlflow(runs, artifacts, test_set)
-    return results["comparisons"]
+    return tables.headline(results["comparisons"], results["significance"])
 
 
 def main(argv: list[str]) -> None:
-    for setting, table in evaluate(load_params()).items():
-        print(f"{setting} learning rates:\n{table.to_markdown(index=False)}\n")
+    for sentence in evaluate(load_params()):
+        log.info("%s", sentence)
+    log.info("tables: %s; the page: dvc repro report", REPORTS_DIR / "comparison.md")
 
 
 if __name__ == "__main__":

@@ -310,27 +310,42 @@ def test_stages_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
 OWN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [\w.]+ (INFO|WARNING|ERROR) ")
 
 
-def test_a_training_stage_prints_only_its_own_lines(processed: Path, monkeypatch) -> None:
-    """What `dvc repro` shows of a training stage: its own log lines (the threads, one line
-    per epoch, the result), none of TensorFlow's start-up lines, Keras' progress bars, or
-    MLflow's notices; a new MLflow store included. Before mnist_optimizers.quiet this stage
-    printed 16 lines of others' here (absl, oneDNN, cpu_feature_guard, MLflow's new store,
-    Keras' epoch lines and progress bars, NodeDef) around its own 4."""
+def stage_output(*command: str) -> list[str]:
+    """The lines a stage run as DVC runs it (`python -m stages.<name> ...`, stdout not a
+    terminal) prints on stdout and stderr together; TF_CPP_MIN_LOG_LEVEL left to the stage."""
     import subprocess
     import sys
 
     from . import servers
 
-    edit_params({"train.epochs": 2})
-    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # the stage sets it, not the test
     env = os.environ | {"PYTHONPATH": str(servers.PROJECT_ROOT)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "stages.train", "adam", "42"],
+        [sys.executable, "-m", *command],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
     )  # fmt: skip
-    lines = done.stdout.splitlines()
     assert done.returncode == 0, done.stdout[-3000:]
+    return done.stdout.splitlines()
+
+
+def test_a_training_stage_prints_only_its_own_lines(processed: Path) -> None:
+    """What `dvc repro` shows of a training stage: its own log lines (the threads, one line
+    per epoch, the result), none of TensorFlow's start-up lines, Keras' progress bars, or
+    MLflow's notices; a new MLflow store included. Before mnist_optimizers.quiet this stage
+    printed 16 lines of others' here (absl, oneDNN, cpu_feature_guard, MLflow's new store,
+    Keras' epoch lines and progress bars, NodeDef) around its own 4."""
+    edit_params({"train.epochs": 2})
+    lines = stage_output("stages.train", "adam", "42")
     assert [line for line in lines if not OWN_LINE.match(line)] == []
     assert sum(" mnist_optimizers.fit INFO epoch " in line for line in lines) == 2
     assert "train@adam-42: val_accuracy" in lines[-1]
     assert len(lines) == 4, lines  # the threads, 2 epochs, the result
+
+
+def test_a_search_prints_one_line_per_trial_and_no_progress_bars(processed: Path) -> None:
+    """The search clears Keras' session before each trial, which turns Keras' interactive
+    logging back on: its fits are quiet off a terminal all the same."""
+    lines = stage_output("stages.tune", "adam")
+    assert [line for line in lines if not OWN_LINE.match(line)] == []
+    assert sum("INFO tune@adam: lr " in line for line in lines) == 3  # tune.points
+    assert "best learning rate" in lines[-1]
