@@ -206,9 +206,9 @@ def headline(
             second = ranked.iloc[1]
             gap = best["test_accuracy_%"] - second["test_accuracy_%"]
             names = {best["optimizer"], second["optimizer"]}
-            (pair,) = [
-                r for r in pairs.itertuples() if {r.optimizer_a, r.optimizer_b} == names
-            ] or [None]
+            pair = next(
+                (r for r in pairs.itertuples() if {r.optimizer_a, r.optimizer_b} == names), None
+            )
             verdict = "not testable"
             if pair is not None and not pd.isna(pair.p_holm):
                 verdict = "significant" if pair.significant else "not significant"

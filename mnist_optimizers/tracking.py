@@ -50,8 +50,8 @@ HEALTH_TIMEOUT_SECONDS = 5
 HOST_TAG, PID_TAG = "pipeline.host", "pipeline.pid"
 # How long a SQLite writer waits for another's write before "database is locked".
 SQLITE_TIMEOUT_SECONDS = 60
-# MLflow 3's UI opens an experiment on the view of its kind: the training runs for this one,
-# not the GenAI overview (traces, token usage) it shows an experiment of no kind.
+# The experiment's kind in MLflow 3: model training, not GenAI. (MLflow 3.17's UI opens on
+# its GenAI overview all the same unless the browser chose "Model training": README, MLflow.)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # The MLflow dataset context of each split a run saw: training and validation in training,
 # test in evaluate.
@@ -388,10 +388,10 @@ def log_model(model: keras.Model, example: np.ndarray) -> None:
             keras.utils.enable_interactive_logging()
 
 
-def datasets(
-    splits: dict[str, tuple[np.ndarray, np.ndarray]], data_summary: dict[str, Any]
-) -> list[tuple[Any, str]]:
-    """Each split as an MLflow dataset and its context, for the run's Dataset column: named
+def datasets(data: dict[str, np.ndarray], data_summary: dict[str, Any]) -> list[tuple[Any, str]]:
+    """Each split in ``data`` (arrays keyed `x_train`, `y_train`, ... as
+    `files.load_training_data` returns them) as an MLflow dataset and its context, for the
+    run's Dataset column: named
     by split and image count (`mnist-train-54000`), its source the processed file, its digest
     that of the downloaded files' SHA-256, the preprocessing settings and the images taken
     (so runs on different subsets or data differ at a glance, without hashing the arrays)."""
@@ -402,7 +402,10 @@ def datasets(
     # that a path "can be interpreted in multiple ways" when left to choose: choose for it.
     local = next(s for s in get_registered_sources() if s._get_source_type() == "local")
     inputs = []
-    for split, (x, y) in splits.items():
+    for split, context in DATASET_CONTEXTS.items():
+        if f"x_{split}" not in data:
+            continue
+        x, y = data[f"x_{split}"], data[f"y_{split}"]
         identity = {
             "sha256": data_summary["sha256"],
             "subset": data_summary["subset"],
@@ -415,7 +418,7 @@ def datasets(
         dataset = from_numpy(
             x, targets=y, source=source, name=f"mnist-{split}-{len(x)}", digest=digest
         )
-        inputs.append((dataset, DATASET_CONTEXTS[split]))
+        inputs.append((dataset, context))
     return inputs
 
 

@@ -170,7 +170,7 @@ def evaluate(params: dict[str, Any]) -> list[str]:
         paths.EVALUATE_METRICS_FILE, tables.headline_metrics(results["comparisons"])
     )
     test_set = tracking.datasets(
-        {"test": (x_test, y_test)}, files.read_json(paths.DATA_SUMMARY_FILE)
+        {"x_test": x_test, "y_test": y_test}, files.read_json(paths.DATA_SUMMARY_FILE)
     )
     log_to_mlflow(runs, artifacts, test_set)
     return tables.headline(results["comparisons"], results["significance"])

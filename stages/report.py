@@ -107,8 +107,8 @@ def report(params: dict[str, Any]) -> Path:
         )
     )
     answer = tables.headline(
-        {s: t for s, t in comparison.groupby("setting", sort=False)},
-        {s: t for s, t in significance.groupby("setting", sort=False)},
+        dict(list(comparison.groupby("setting", sort=False))),
+        dict(list(significance.groupby("setting", sort=False))),
     )
     lead = (
         f"Mean test accuracy over {int(comparison['seeds'].max())} seeds; significance by "

@@ -116,8 +116,7 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
     with tracking.tracked_run(experiment_id, key, tags) as run:
         with timed(seconds, "mlflow_logging"):
             mlflow.log_params(logged)
-            splits = {split: (data[f"x_{split}"], data[f"y_{split}"]) for split in ("train", "val")}
-            tracking.log_datasets(tracking.datasets(splits, data_summary))
+            tracking.log_datasets(tracking.datasets(data, data_summary))
         checkpoint = None
         if train_config.resume:
             checkpoint = checkpoint_dir(key, {"params": params, "seed": seed, "data": data_summary})

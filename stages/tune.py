@@ -114,8 +114,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
                 "train.effective_precision": precision,
             }
         )
-        splits = {split: (data[f"x_{split}"], data[f"y_{split}"]) for split in ("train", "val")}
-        tracking.log_datasets(tracking.datasets(splits, read_json(DATA_SUMMARY_FILE)))
+        tracking.log_datasets(tracking.datasets(data, read_json(DATA_SUMMARY_FILE)))
         per_epoch = search.batches_per_epoch(len(data["x_train"]), train_config.batch_size)
         study = search.create_study(config, grid, per_epoch)
         study.optimize(objective, n_trials=len(grid), catch=())
