@@ -423,7 +423,20 @@ def datasets(data: dict[str, np.ndarray], data_summary: dict[str, Any]) -> list[
 
 
 def log_datasets(inputs: list[tuple[Any, str]], run_id: str | None = None) -> None:
-    """Log ``inputs`` (from `datasets`) into the active run, or into the finished ``run_id``."""
+    """Log ``inputs`` (from `datasets`) into the active run, or into the finished ``run_id``.
+    Two stages at once may log one dataset at once; the tracking server then inserts it twice
+    and one of them fails on the table's unique key (seen in CI, PostgreSQL's
+    UniqueViolation). Logged again, the dataset is found and reused, so one retry."""
+    try:
+        _log_datasets(inputs, run_id)
+    except MlflowException as exc:
+        if not any(key in str(exc) for key in ("UniqueViolation", "UNIQUE constraint")):
+            raise
+        log.warning("MLflow: a dataset was logged by another stage at once; logging again")
+        _log_datasets(inputs, run_id)
+
+
+def _log_datasets(inputs: list[tuple[Any, str]], run_id: str | None) -> None:
     if run_id is None:
         for dataset, context in inputs:
             mlflow.log_input(dataset, context=context)

@@ -349,3 +349,28 @@ def test_a_search_prints_one_line_per_trial_and_no_progress_bars(processed: Path
     assert [line for line in lines if not OWN_LINE.match(line)] == []
     assert sum("INFO tune@adam: lr " in line for line in lines) == 3  # tune.points
     assert "best learning rate" in lines[-1]
+
+
+def test_a_dataset_logged_by_two_stages_at_once_is_logged_again(monkeypatch) -> None:
+    """Two queued stages logged one dataset at once to the tracking server, and one failed
+    with PostgreSQL's UniqueViolation (CI): the second try finds the dataset and succeeds."""
+    from mlflow.exceptions import MlflowException
+
+    from mnist_optimizers import tracking
+
+    calls = []
+
+    def log_once_failing(inputs, run_id):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise MlflowException("(psycopg.errors.UniqueViolation) duplicate key value")
+
+    monkeypatch.setattr(tracking, "_log_datasets", log_once_failing)
+    tracking.log_datasets([], "run")
+    assert calls == ["run", "run"]
+    calls.clear()
+    monkeypatch.setattr(
+        tracking, "_log_datasets", lambda *_: (_ for _ in ()).throw(MlflowException("other"))
+    )
+    with pytest.raises(MlflowException, match="other"):
+        tracking.log_datasets([], "run")
