@@ -1,7 +1,8 @@
 """The stage runner: logging, signals and exit codes, the same for every stage.
 
 A PipelineError becomes one clear line and exit status 1; Ctrl-C and SIGTERM stop a stage
-at once, writing nothing, with status 130 or 143.
+at once, writing nothing, with status 130 or 143. A signal that arrives while the stage is
+inside a query to the tracking store waits until the query is over (hold_signals_in_the_store).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import FrameType
 
 from mnist_optimizers.errors import PipelineError, redact
 from mnist_optimizers.files import WRITTEN
@@ -55,8 +56,70 @@ class Terminated(BaseException):
         self.why = why
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
+def _interrupt(signum: int) -> None:
+    """Raise the exception that unwinds the stage for ``signum``."""
+    global _stopped_by
+    _stopped_by = signum
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(signal.Signals(signum).name)
+
+
+# Signals raised inside SQLAlchemy (a query to the MLflow store) broke out of it midway: it
+# closed sqlite3's connection under a cursor still open and logged "Error closing cursor"
+# with a traceback, and some timings turned Ctrl-C into an MLflow error and exit status 1
+# (both seen in CI). Such a signal is held, checked again every HOLD_CHECK_SECONDS, and
+# raised once the stage is out of these modules, or after HOLD_AT_MOST_SECONDS (a store that
+# hangs); a second signal is raised at once.
+HOLD_INSIDE = frozenset({"sqlalchemy", "alembic"})
+HOLD_CHECK_SECONDS = 0.02
+HOLD_AT_MOST_SECONDS = 5.0
+
+_held: tuple[int, float] | None = None  # the signal held, and since when (monotonic)
+_stopped_by: int | None = None  # the signal whose exception is unwinding the stage
+
+
+def inside_the_store(frame: FrameType | None) -> bool:
+    """Whether ``frame``, or a frame that called it, runs SQLAlchemy's or Alembic's code."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").partition(".")[0] in HOLD_INSIDE:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    global _held
+    if _held is None and inside_the_store(frame):
+        _held = (signum, time.monotonic())
+        signal.setitimer(signal.ITIMER_REAL, HOLD_CHECK_SECONDS)
+        return
+    _held = None
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    _interrupt(signum)
+
+
+def _on_hold_check(signum: int, frame: FrameType | None) -> None:
+    global _held
+    if _held is None:
+        return
+    held, since = _held
+    if inside_the_store(frame) and time.monotonic() - since < HOLD_AT_MOST_SECONDS:
+        signal.setitimer(signal.ITIMER_REAL, HOLD_CHECK_SECONDS)
+        return
+    _held = None
+    _interrupt(held)
+
+
+def hold_signals_in_the_store() -> None:
+    """Install the handlers of SIGTERM, SIGHUP and SIGINT (unless the stage was started with
+    SIGINT ignored) that raise their exception, held while inside the store's code."""
+    stops = [signal.SIGTERM, signal.SIGHUP]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        stops.append(signal.SIGINT)
+    for signum in stops:
+        signal.signal(signum, _on_stop_signal)
+    signal.signal(signal.SIGALRM, _on_hold_check)
 
 
 # The shells DVC runs a stage's cmd in (`$SHELL -c cmd`, /bin/sh without SHELL). Some (dash,
@@ -129,28 +192,37 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
     SIGINT (Ctrl-C), SIGTERM and SIGHUP, or the end of the process that started it, stop it
     at once, writing nothing, with status 130, 143 or 129."""
     setup_logging()
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    signal.signal(signal.SIGHUP, _raise_terminated)
+    hold_signals_in_the_store()
     try:
         watch_parent(os.getppid())
         main(sys.argv[1:])
     except PipelineError as exc:
-        log.error("%s", exc)
-        sys.exit(1)
+        if _stopped_by is None:
+            log.error("%s", exc)
+            sys.exit(1)
+        # A library turned the signal's exception into an error of its own.
+        log.error("while stopping: %s", exc)
+        stopped(_stopped_by)
     except KeyboardInterrupt:
+        stopped(signal.SIGINT)
+    except Terminated:
+        stopped(_stopped_by or signal.SIGTERM)
+
+
+def stopped(signum: int) -> None:
+    """Say why the stage stopped and what it wrote; exit with 128 + ``signum``."""
+    if _parent_gone is not None:
+        log.error(
+            "stopped: the process that started it (pid %d: dvc repro killed, or its "
+            "terminal closed) has ended; %s",
+            _parent_gone,
+            what_was_written(),
+        )
+    elif signum == signal.SIGINT:
         log.error("interrupted (SIGINT): %s", what_was_written())
-        sys.exit(128 + signal.SIGINT)
-    except Terminated as exc:
-        if _parent_gone is not None:
-            log.error(
-                "stopped: the process that started it (pid %d: dvc repro killed, or its "
-                "terminal closed) has ended; %s",
-                _parent_gone,
-                what_was_written(),
-            )
-        else:
-            log.error("terminated (%s): %s", exc.why, what_was_written())
-        sys.exit(128 + (signal.SIGHUP if exc.why == "SIGHUP" else signal.SIGTERM))
+    else:
+        log.error("terminated (%s): %s", signal.Signals(signum).name, what_was_written())
+    sys.exit(128 + signum)
 
 
 def what_was_written() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import shlex
 import signal
 import subprocess
@@ -138,3 +140,132 @@ def _state(pid: int) -> bytes:
         return Path(f"/proc/{pid}/stat").read_bytes().split(b") ", 1)[1][:1]
     except (OSError, IndexError):
         return b"Z"
+
+
+# SQLAlchemy queries to a SQLite store in a loop, as MLflow's store runs them, until a
+# signal stops them; prints the modules of the frames its exception was raised through.
+QUERIES_UNTIL_STOPPED = """
+import json, os, signal, sys, threading, traceback
+import sqlalchemy
+from mnist_optimizers import cli
+
+cli.HOLD_AT_MOST_SECONDS = float(sys.argv[1])
+cli.hold_signals_in_the_store()
+engine = sqlalchemy.create_engine("sqlite:///store.db")
+table = sqlalchemy.Table("t", sqlalchemy.MetaData(), sqlalchemy.Column("x", sqlalchemy.Integer))
+table.metadata.create_all(engine)
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+try:
+    while True:
+        with engine.begin() as connection:
+            connection.execute(table.insert(), [{"x": x} for x in range(20)])
+            connection.execute(table.select().limit(500)).fetchall()
+except cli.Terminated as exc:
+    print(json.dumps([f.f_globals["__name__"] for f, _ in traceback.walk_tb(exc.__traceback__)]))
+"""
+
+
+def test_a_signal_during_a_store_query_is_raised_once_the_query_is_over(tmp_path: Path) -> None:
+    """Raised inside SQLAlchemy, the signal's exception closed the connection under an open
+    cursor (SQLAlchemy logged a traceback), left the database locked so that the run could
+    not be marked KILLED, or became an MLflow error and exit status 1."""
+    result = subprocess.run(
+        [sys.executable, "-c", QUERIES_UNTIL_STOPPED, "5"],
+        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    raised_through = json.loads(result.stdout)
+    assert raised_through[-1] == "mnist_optimizers.cli"  # our handler raised it
+    assert not [m for m in raised_through if m.startswith("sqlalchemy")], raised_through
+    assert "Traceback" not in result.stderr
+
+
+# A "store" that hangs inside SQLAlchemy's code (a module named like it).
+HANGS_IN_THE_STORE = """
+import signal, sys, time
+from mnist_optimizers import cli
+from mnist_optimizers.cli import run_stage
+
+cli.HOLD_AT_MOST_SECONDS = 1.0
+hang = {"__name__": "sqlalchemy.hanging", "time": time}
+exec("def query():\\n    while True:\\n        time.sleep(0.01)", hang)
+
+def main(argv):
+    print("querying", flush=True)
+    hang["query"]()
+
+run_stage(main)
+"""
+
+
+def test_a_store_that_hangs_holds_a_signal_for_seconds_only(tmp_path: Path) -> None:
+    process = start(HANGS_IN_THE_STORE, tmp_path)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    held = time.monotonic() - sent
+    assert process.returncode == 143, err
+    assert "terminated (SIGTERM): no output written" in err
+    assert 1.0 <= held < 10, f"stopped after {held:.1f} s"
+
+
+def test_a_second_signal_during_a_hold_is_raised_at_once(tmp_path: Path) -> None:
+    process = start(HANGS_IN_THE_STORE.replace("= 1.0", "= 600.0"), tmp_path)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert process.poll() is None  # held
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "interrupted (SIGINT)" in err
+
+
+# A stage logging to a real MLflow SQLite store as fast as it can (most of its time is in
+# the store), stopped by a signal at a random moment.
+LOGS_UNTIL_STOPPED = """
+import mlflow
+from mnist_optimizers import tracking
+from mnist_optimizers.cli import run_stage
+
+def main(argv):
+    experiment_id = tracking.setup_experiment("busy")
+    with tracking.tracked_run(experiment_id, "busy", tracking.run_tags("busy")) as run:
+        print(run.info.run_id, flush=True)
+        for step in range(10**9):
+            mlflow.log_metrics({"a": step, "b": -step}, step=step)
+            mlflow.get_run(run.info.run_id)
+
+run_stage(main)
+"""
+
+
+def test_a_stage_stopped_while_it_logs_to_the_store_ends_its_run_killed(tmp_path: Path) -> None:
+    import mlflow
+
+    stages = {}
+    for i, sig in enumerate([signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM]):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        process = subprocess.Popen(
+            [sys.executable, "-c", LOGS_UNTIL_STOPPED], cwd=folder,
+            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        stages[i] = (process, sig, uri)
+    try:
+        for process, sig, uri in stages.values():
+            assert process.stdout is not None
+            run_id = process.stdout.readline().strip()
+            time.sleep(random.uniform(0.1, 0.5))
+            process.send_signal(sig)
+            _, err = process.communicate(timeout=60)
+            assert process.returncode == 128 + sig, err[-3000:]
+            assert "Traceback" not in err and "WARNING" not in err, err[-3000:]
+            assert mlflow.MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+    finally:
+        for process, _, _ in stages.values():
+            process.kill()
+            process.communicate()

@@ -131,11 +131,12 @@ def test_a_signal_mid_epoch_stops_the_stage_cleanly_and_the_rerun_matches(
         run = wait_for_epochs(uri, process, processed)
         sent = time.monotonic()
         process.send_signal(sig)
-        assert process.wait(timeout=30) == status
+        returncode = process.wait(timeout=30)
         stopped_in = time.monotonic() - sent
     finally:
         process.kill()
     log = (processed / "train.log").read_text()
+    assert returncode == status, log[-3000:]
     assert stopped_in < 10, f"took {stopped_in:.1f} s to stop"
     assert "no output written" in log and "Traceback" not in log, log[-3000:]
     assert not [p for p in OUTPUTS if (processed / p).exists()]
