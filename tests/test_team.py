@@ -139,7 +139,6 @@ def test_queued_experiments_reach_the_tracking_server_exactly_once(server_experi
     assert not (root / "mlflow.db").exists()
 
 
-SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "mlflow-compare.png"
 CHROMIUM_FLAGS = (
     "--headless=new",
     "--no-sandbox",  # CI runs as root
@@ -197,7 +196,9 @@ def metric_row(driver, metric: str) -> list[float]:
     return [float(cell.text) for cell in sorted(cells, key=lambda cell: cell.location["x"])]
 
 
-def test_the_ui_compares_the_four_training_runs_in_chromium(server_experiments) -> None:
+def test_the_ui_compares_the_four_training_runs_in_chromium(
+    server_experiments, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -230,15 +231,15 @@ def test_the_ui_compares_the_four_training_runs_in_chromium(server_experiments) 
         name_row = driver.find_element(By.XPATH, "//tr[th[normalize-space()='Run Name:']]")
         shown_names = [td.text for td in name_row.find_elements(By.XPATH, "./td")]
         shown = metric_row(driver, "val_accuracy")
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        driver.save_screenshot(str(SCREENSHOT))
+        screenshot = tmp_path / "mlflow-compare.png"  # what the page showed, for a failure
+        driver.save_screenshot(str(screenshot))
     finally:
         driver.quit()
 
-    assert shown_names == names
+    assert shown_names == names, f"the page as Chromium showed it: {screenshot}"
     # The UI rounds to 3 decimals: each column shows its own run's final val_accuracy.
     expected = [r.data.metrics["val_accuracy"] for r in runs]
-    assert shown == pytest.approx(expected, abs=0.0005)
+    assert shown == pytest.approx(expected, abs=0.0005), f"the page: {screenshot}"
 
 
 # A stage's MLflow logging, as run_stage runs it: connect, start a run, log, end it.
