@@ -181,18 +181,21 @@ def test_a_signal_during_a_store_query_is_raised_once_the_query_is_over(tmp_path
     assert "Traceback" not in result.stderr
 
 
-# A "store" that hangs inside SQLAlchemy's code (a module named like it).
+# A "store" that hangs inside SQLAlchemy's code (a module named like it); it says so from
+# inside, so that the test's signal cannot arrive before.
 HANGS_IN_THE_STORE = """
-import signal, sys, time
+import time
 from mnist_optimizers import cli
 from mnist_optimizers.cli import run_stage
 
 cli.HOLD_AT_MOST_SECONDS = 1.0
 hang = {"__name__": "sqlalchemy.hanging", "time": time}
-exec("def query():\\n    while True:\\n        time.sleep(0.01)", hang)
+exec(
+    "def query():\\n    print('querying', flush=True)\\n    while True:\\n        time.sleep(0.01)",
+    hang,
+)
 
 def main(argv):
-    print("querying", flush=True)
     hang["query"]()
 
 run_stage(main)
