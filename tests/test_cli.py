@@ -142,10 +142,11 @@ def _state(pid: int) -> bytes:
         return b"Z"
 
 
-# SQLAlchemy queries to a SQLite store in a loop, as MLflow's store runs them, until a
-# signal stops them; prints the modules of the frames its exception was raised through.
+# SQLAlchemy queries to a SQLite store in a loop, as MLflow's store runs them, with a little
+# work of the stage's own between them, until a signal stops them; prints the modules of the
+# frames its exception was raised through.
 QUERIES_UNTIL_STOPPED = """
-import json, os, signal, sys, threading, traceback
+import json, os, signal, sys, threading, time, traceback
 import sqlalchemy
 from mnist_optimizers import cli
 
@@ -160,6 +161,7 @@ try:
         with engine.begin() as connection:
             connection.execute(table.insert(), [{"x": x} for x in range(20)])
             connection.execute(table.select().limit(500)).fetchall()
+        time.sleep(0.002)
 except cli.Terminated as exc:
     print(json.dumps([f.f_globals["__name__"] for f, _ in traceback.walk_tb(exc.__traceback__)]))
 """
@@ -170,7 +172,7 @@ def test_a_signal_during_a_store_query_is_raised_once_the_query_is_over(tmp_path
     cursor (SQLAlchemy logged a traceback), left the database locked so that the run could
     not be marked KILLED, or became an MLflow error and exit status 1."""
     result = subprocess.run(
-        [sys.executable, "-c", QUERIES_UNTIL_STOPPED, "5"],
+        [sys.executable, "-c", QUERIES_UNTIL_STOPPED, "60"],  # held until out of the store
         cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -272,3 +274,60 @@ def test_a_stage_stopped_while_it_logs_to_the_store_ends_its_run_killed(tmp_path
         for process, _, _ in stages.values():
             process.kill()
             process.communicate()
+
+
+# A stage whose library turns Ctrl-C into an error of its own, as SQLAlchemy did when the
+# signal was raised inside it.
+CONVERTS_THE_INTERRUPT = """
+import time
+from mnist_optimizers.cli import run_stage
+
+def main(argv):
+    try:
+        print("started", flush=True)
+        time.sleep(60)
+    except KeyboardInterrupt:
+        raise RuntimeError("Cannot operate on a closed database.") from None
+
+run_stage(main)
+"""
+
+
+def test_an_interrupt_a_library_turned_into_an_error_still_stops_as_interrupted(
+    tmp_path: Path,
+) -> None:
+    process = start(CONVERTS_THE_INTERRUPT, tmp_path)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "while stopping: RuntimeError: Cannot operate on a closed database." in err
+    assert "interrupted (SIGINT): no output written" in err
+    assert "Traceback" not in err
+
+
+# A stage that succeeds, with an exit handler and output still in its buffers.
+SUCCEEDS = """
+import atexit, sys
+from pathlib import Path
+from mnist_optimizers.cli import run_stage
+
+def main(argv):
+    atexit.register(lambda: Path("exit-handler-ran").write_text("yes"))
+    sys.stdout.write("unflushed line")  # no newline, no flush
+
+run_stage(main)
+"""
+
+
+def test_a_stage_that_succeeds_exits_0_with_its_exit_handlers_run_and_output_flushed(
+    tmp_path: Path,
+) -> None:
+    """A successful stage skips Python's teardown (cli.exit_now), not what teardown does for it."""
+    result = subprocess.run(
+        [sys.executable, "-c", SUCCEEDS],
+        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "unflushed line"
+    assert (tmp_path / "exit-handler-ran").read_text() == "yes"
