@@ -331,3 +331,15 @@ def test_a_stage_that_succeeds_exits_0_with_its_exit_handlers_run_and_output_flu
     assert result.returncode == 0, result.stderr
     assert result.stdout == "unflushed line"
     assert (tmp_path / "exit-handler-ran").read_text() == "yes"
+
+
+def test_a_stage_run_under_cprofile_writes_its_profile(tmp_path: Path) -> None:
+    """The fast exit of a successful stage gives way to a profiler, which writes at exit."""
+    (tmp_path / "stage.py").write_text(SUCCEEDS)
+    result = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", "stage.prof", "stage.py"],
+        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "stage.prof").stat().st_size > 0
