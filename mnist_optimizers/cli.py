@@ -52,10 +52,6 @@ class Terminated(BaseException):
     stage's parent went away: unwinds the stage like Ctrl-C's KeyboardInterrupt, so that no
     output is written and the MLflow run is ended."""
 
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
-
 
 def _interrupt(signum: int) -> None:
     """Raise the exception that unwinds the stage for ``signum``."""

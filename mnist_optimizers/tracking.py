@@ -391,10 +391,10 @@ def log_model(model: keras.Model, example: np.ndarray) -> None:
 def datasets(data: dict[str, np.ndarray], data_summary: dict[str, Any]) -> list[tuple[Any, str]]:
     """Each split in ``data`` (arrays keyed `x_train`, `y_train`, ... as
     `files.load_training_data` returns them) as an MLflow dataset and its context, for the
-    run's Dataset column: named
-    by split and image count (`mnist-train-54000`), its source the processed file, its digest
-    that of the downloaded files' SHA-256, the preprocessing settings and the images taken
-    (so runs on different subsets or data differ at a glance, without hashing the arrays)."""
+    run's Dataset column: named by split and image count (`mnist-train-54000`), its source
+    the processed file, its digest that of the downloaded files' SHA-256, the preprocessing
+    settings and the images taken (so runs on different subsets or data differ at a glance,
+    without hashing the arrays)."""
     from mlflow.data.dataset_source_registry import get_registered_sources
     from mlflow.data.numpy_dataset import from_numpy
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# A stage's environment: this checkout's code, nothing of the developer's.
+ENV = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
 
 # A stage that writes two of its outputs, then waits to be stopped.
 WRITES_TWO = """
@@ -47,7 +49,7 @@ def start(code: str, cwd: Path, **options) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-c", code],
         cwd=cwd,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -57,6 +59,11 @@ def start(code: str, cwd: Path, **options) -> subprocess.Popen:
     assert process.stdout is not None
     process.stdout.readline()  # it is running its main
     return process
+
+
+def run_to_the_end(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``args`` in the stage environment and wait (60 s at most) for its end."""
+    return subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +106,7 @@ child.stdout.readline()
 print(child.pid, flush=True)
 time.sleep(60)
 """],
-        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path, env=ENV,
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert parent.stdout is not None
@@ -171,11 +178,8 @@ def test_a_signal_during_a_store_query_is_raised_once_the_query_is_over(tmp_path
     """Raised inside SQLAlchemy, the signal's exception closed the connection under an open
     cursor (SQLAlchemy logged a traceback), left the database locked so that the run could
     not be marked KILLED, or became an MLflow error and exit status 1."""
-    result = subprocess.run(
-        [sys.executable, "-c", QUERIES_UNTIL_STOPPED, "60"],  # held until out of the store
-        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    hold_at_most = "60"  # held until out of the store, however long that takes
+    result = run_to_the_end([sys.executable, "-c", QUERIES_UNTIL_STOPPED, hold_at_most], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     raised_through = json.loads(result.stdout)
     assert raised_through[-1] == "mnist_optimizers.cli"  # our handler raised it
@@ -255,7 +259,7 @@ def test_a_stage_stopped_while_it_logs_to_the_store_ends_its_run_killed(tmp_path
         uri = f"sqlite:///{folder / 'mlflow.db'}"
         process = subprocess.Popen(
             [sys.executable, "-c", LOGS_UNTIL_STOPPED], cwd=folder,
-            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri},
+            env=ENV | {"MLFLOW_TRACKING_URI": uri},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
@@ -323,11 +327,7 @@ def test_a_stage_that_succeeds_exits_0_with_its_exit_handlers_run_and_output_flu
     tmp_path: Path,
 ) -> None:
     """A successful stage skips Python's teardown (cli.exit_now), not what teardown does for it."""
-    result = subprocess.run(
-        [sys.executable, "-c", SUCCEEDS],
-        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = run_to_the_end([sys.executable, "-c", SUCCEEDS], tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "unflushed line"
     assert (tmp_path / "exit-handler-ran").read_text() == "yes"
@@ -336,10 +336,8 @@ def test_a_stage_that_succeeds_exits_0_with_its_exit_handlers_run_and_output_flu
 def test_a_stage_run_under_cprofile_writes_its_profile(tmp_path: Path) -> None:
     """The fast exit of a successful stage gives way to a profiler, which writes at exit."""
     (tmp_path / "stage.py").write_text(SUCCEEDS)
-    result = subprocess.run(
-        [sys.executable, "-m", "cProfile", "-o", "stage.prof", "stage.py"],
-        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = run_to_the_end(
+        [sys.executable, "-m", "cProfile", "-o", "stage.prof", "stage.py"], tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "stage.prof").stat().st_size > 0
