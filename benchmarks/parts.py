@@ -199,7 +199,7 @@ def bench_search(clone: Path, log: Path) -> dict:
                 "trials": len(result["trials"]),
                 "pruned": sum(t["pruned"] for t in result["trials"]),
                 "best_learning_rate": result["best_learning_rate"],
-                "precision": train_metrics(clone, run_key(name, SEED))["precision"],
+                "precision": result["precision"],
             }
         rows[name] = row
     subprocess.run(["git", "checkout", "-q", "--", "params.yaml"], cwd=clone, check=True)

@@ -62,7 +62,8 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
     def objective(trial: optuna.Trial) -> float:
         rate = search.suggest_rate(trial, grid)
-        keras.backend.clear_session()
+        keras.backend.clear_session()  # which resets the dtype policy too: set it again
+        keras.mixed_precision.set_global_policy(precision)
         keras.utils.set_random_seed(config.seed)
         optimizer = build_optimizer(name, spec | {"learning_rate": rate})
         model = build_model(model_config, data["x_train"].shape[1:])
@@ -70,7 +71,13 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
         with tracking.tracked_run(
             experiment_id, f"{name} lr={rate:g}", tags | {"trial": "true"}, nested=True
         ):
-            mlflow.log_params({"optimizer": name, "optimizer.learning_rate": rate})
+            mlflow.log_params(
+                {
+                    "optimizer": name,
+                    "optimizer.learning_rate": rate,
+                    "train.effective_precision": model.dtype_policy.name,  # what it trains in
+                }
+            )
             start = time.perf_counter()
             with contextlib.suppress(optuna.TrialPruned):  # the pruner stopped it: a result
                 fit_model(
@@ -132,6 +139,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
         "images": len(data["x_train"]),
         "epochs": config.epochs,
         "pruner": pruner_name(config),
+        "precision": precision,
         "epochs_trained": epochs_trained,
         "seconds": round(sum(t["seconds"] for t in trials), 2),
         "mlflow_run_id": parent.info.run_id,

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import keras
 import mlflow
 import pytest
 
+from mnist_optimizers import fit
 from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import TRAIN_METRICS_DIR, TUNE_DIR, TUNED_RATE_DIR
@@ -98,6 +100,30 @@ def test_the_search_is_reproducible_and_without_pruning_trains_every_trial(
     for t in first["trials"]:
         if not t["pruned"]:
             assert t["val_accuracy"] == by_rate[t["learning_rate"]]
+
+
+def test_every_trial_trains_in_the_precision_the_search_logs(
+    processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`clear_session()` before each trial resets Keras' dtype policy: the search used to log
+    mixed_bfloat16 and train every trial in float32."""
+    monkeypatch.setattr(fit, "cpu_has_bf16", lambda: True)  # bfloat16 runs on any CPU, slowly
+    edit_params({"train.precision": "mixed_bfloat16"})
+    set_tune(low=0.001, high=0.01, points=2, images=100, epochs=1, prune=False)
+    try:
+        result = tune.tune("adam", load_params())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert result["precision"] == "mixed_bfloat16"
+    client = mlflow.MlflowClient()
+    parent = client.get_run(result["mlflow_run_id"])
+    assert parent.data.params["train.effective_precision"] == "mixed_bfloat16"
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    # Each trial logs the policy of the model it trained, not the one asked for.
+    assert [c.data.params["train.effective_precision"] for c in children] == ["mixed_bfloat16"] * 2
 
 
 def test_tuned_training_uses_the_best_rate(processed: Path) -> None:
