@@ -26,7 +26,9 @@ def set_tune(**values: object) -> dict:
 def test_search_runs_nested_under_one_parent_prunes_weak_trials_and_picks_the_best(
     processed: Path,
 ) -> None:
-    set_tune(low=0.0001, high=1.0, points=5, images=100, epochs=2, min_epochs=0.5)
+    set_tune(
+        low=0.0001, high=1.0, points=5, images=100, epochs=2, min_epochs=0.5, reduction_factor=3
+    )
     tune.main(["adam"])
     result = json.loads((TUNE_DIR / "adam.json").read_text())
     trials = result["trials"]
@@ -156,8 +158,10 @@ def test_rungs_fall_in_batches_so_that_a_fraction_of_an_epoch_is_judged_mid_epoc
     assert search.rungs(config, per_epoch) == [40, 120]  # 0.51 and 1.52 epochs, of 158
     whole = validate_tune(params | {"epochs": 4, "min_epochs": 1, "reduction_factor": 2})
     assert search.rungs(whole, 10) == [10, 20]  # both at an epoch's end
-    tiny = validate_tune(params | {"epochs": 2, "min_epochs": 0.1})
+    tiny = validate_tune(params | {"epochs": 2, "min_epochs": 0.1, "reduction_factor": 3})
     assert search.rungs(tiny, 4) == [1, 3]  # never less than one batch
+    default = validate_tune(params)  # half an epoch, reduction factor 4: one rung
+    assert search.rungs(default, per_epoch) == [40]
 
 
 def test_judging_mid_epoch_leaves_the_training_as_it_would_have_been(project: Path) -> None:
@@ -182,7 +186,7 @@ def test_judging_mid_epoch_leaves_the_training_as_it_would_have_been(project: Pa
 
     data = random_images(train=64, val=40)
     params = load_params()
-    config = validate_tune(params["tune"] | {"epochs": 2, "min_epochs": 0.5})
+    config = validate_tune(params["tune"] | {"epochs": 2, "min_epochs": 0.5, "reduction_factor": 3})
 
     def history(callbacks: list) -> list[dict]:
         keras.backend.clear_session()

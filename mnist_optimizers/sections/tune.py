@@ -24,8 +24,8 @@ class TuneConfig:
     epochs: int  # ... for `epochs` epochs, judged on the whole validation split
     seed: int  # the models' initial weights and the order the grid is tried in
     prune: bool = True  # stop weak trials early by successive halving
-    reduction_factor: int = 3  # past each rung, the best 1/reduction_factor go on
-    min_epochs: float = 1  # the first rung, in epochs (a fraction judges mid-epoch)
+    reduction_factor: int = 4  # past each rung, the best 1/reduction_factor go on
+    min_epochs: float = 0.5  # the first rung, in epochs (a fraction judges mid-epoch)
 
 
 def validate_tune(section: Any) -> TuneConfig:
@@ -46,10 +46,10 @@ def validate_tune(section: Any) -> TuneConfig:
     prune = section.get("prune", True)
     if not isinstance(prune, bool):
         raise ParamsError(f"tune.prune: expected true or false, got {shown(prune)}")
-    reduction_factor = positive_int(section.get("reduction_factor", 3), "tune.reduction_factor")
+    reduction_factor = positive_int(section.get("reduction_factor", 4), "tune.reduction_factor")
     if reduction_factor < 2:
         raise ParamsError(f"tune.reduction_factor: expected at least 2, got {reduction_factor}")
-    given = section.get("min_epochs", 1)
+    given = section.get("min_epochs", 0.5)
     min_epochs = finite_number(given, "tune.min_epochs")
     if min_epochs <= 0:
         raise ParamsError(f"tune.min_epochs: expected a number above 0, got {shown(given)}")
