@@ -172,9 +172,9 @@ def bench_precision(clone: Path, log: Path) -> dict:
 
 
 # The learning-rate search against the grid it replaced, with its first rung after one epoch
-# (the default) and after half an epoch (with reduction factor 3, and 4: Optuna's and Ray
-# Tune's default), and the same 9 points with every trial trained to
-# the end (the rate the pruning should find): (label, tune params).
+# and after half an epoch (reduction factor 3, and 4: the default, Optuna's and Ray Tune's),
+# and the same 9 points with every trial trained to the end (the rate the pruning should
+# find): (label, tune params).
 SEARCHES = (
     ("5-point grid, unpruned (before)", {"points": 5, "prune": False}),
     ("9 points, first rung at 1 epoch", {"points": 9, "prune": True, "min_epochs": 1}),
