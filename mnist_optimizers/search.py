@@ -14,6 +14,7 @@ epoch, on validation accuracy only.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -66,6 +67,24 @@ def create_study(config: TuneConfig, grid: list[float], per_epoch: int) -> optun
 def suggest_rate(trial: optuna.Trial, grid: list[float]) -> float:
     """The trial's learning rate: the next point of the grid."""
     return trial.suggest_float("learning_rate", grid[0], grid[-1], log=True)
+
+
+class NotRetracingNotices(logging.Filter):
+    """Drops TensorFlow's warning that "N out of the last M calls to <function ...> triggered
+    tf.function retracing": each trial builds a new model, whose train and test steps Keras
+    traces anew by design. On small data, where a trial makes few calls (a mid-epoch rung on
+    a hundred images), TensorFlow counts those tracings and advises against what a search
+    must do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def quiet_retracing_notices() -> None:
+    """Keep TensorFlow's retracing notices out of the search's log (NotRetracingNotices)."""
+    tensorflow_log = logging.getLogger("tensorflow")
+    if not any(isinstance(f, NotRetracingNotices) for f in tensorflow_log.filters):
+        tensorflow_log.addFilter(NotRetracingNotices())
 
 
 def judged_value(val_loss: float, val_accuracy: float) -> float:

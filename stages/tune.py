@@ -49,6 +49,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
     experiment_name = tracking.validate_mlflow(params["mlflow"])
     grid = stats.log_grid(config.low, config.high, config.points)
     runtime.configure_threads()  # before the first TensorFlow op: building an optimizer
+    search.quiet_retracing_notices()
     for rate in grid:  # fail on a bad spec before any training, not at the third trial
         build_optimizer(name, spec | {"learning_rate": rate})
     tf.config.experimental.enable_op_determinism()
