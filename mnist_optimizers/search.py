@@ -8,7 +8,7 @@ goes on only if it is among the best 1/`reduction_factor` of the trials that rea
 rung. Optuna's pruner is asynchronous (ASHA): run one trial at a time, a trial that is the
 best so far at a rung always goes on, so early trials are promoted more often than the
 halving alone would (BENCHMARKS.md measures what that costs, with the first rung at one
-epoch and at half of one). The best rate is chosen among the trials that completed every
+epoch and at half of one, reduction factors 3 and 4). The best rate is chosen among the trials that completed every
 epoch, on validation accuracy only.
 """
 
@@ -69,22 +69,19 @@ def suggest_rate(trial: optuna.Trial, grid: list[float]) -> float:
     return trial.suggest_float("learning_rate", grid[0], grid[-1], log=True)
 
 
-class NotRetracingNotices(logging.Filter):
-    """Drops TensorFlow's warning that "N out of the last M calls to <function ...> triggered
-    tf.function retracing": each trial builds a new model, whose train and test steps Keras
-    traces anew by design. On small data, where a trial makes few calls (a mid-epoch rung on
-    a hundred images), TensorFlow counts those tracings and advises against what a search
-    must do."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
+def not_a_retracing_notice(record: logging.LogRecord) -> bool:
+    """False for TensorFlow's warning that "N out of the last M calls to <function ...>
+    triggered tf.function retracing": each trial builds a new model, whose train and test
+    steps Keras traces anew by design. On small data, where a trial makes few calls (a
+    mid-epoch rung on a hundred images), TensorFlow counts those tracings and advises against
+    what a search must do."""
+    return "triggered tf.function retracing" not in record.getMessage()
 
 
 def quiet_retracing_notices() -> None:
-    """Keep TensorFlow's retracing notices out of the search's log (NotRetracingNotices)."""
-    tensorflow_log = logging.getLogger("tensorflow")
-    if not any(isinstance(f, NotRetracingNotices) for f in tensorflow_log.filters):
-        tensorflow_log.addFilter(NotRetracingNotices())
+    """Keep TensorFlow's retracing notices out of the search's log; adding the same filter
+    again (a second search in one process) changes nothing."""
+    logging.getLogger("tensorflow").addFilter(not_a_retracing_notice)
 
 
 def judged_value(val_loss: float, val_accuracy: float) -> float:

@@ -43,13 +43,15 @@ def validate_tune(section: Any) -> TuneConfig:
     if points < 2:
         raise ParamsError(f"tune.points: expected at least 2, got {points}")
     epochs = positive_int(section["epochs"], "tune.epochs")
-    prune = section.get("prune", True)
+    prune = section.get("prune", TuneConfig.prune)
     if not isinstance(prune, bool):
         raise ParamsError(f"tune.prune: expected true or false, got {shown(prune)}")
-    reduction_factor = positive_int(section.get("reduction_factor", 4), "tune.reduction_factor")
+    reduction_factor = positive_int(
+        section.get("reduction_factor", TuneConfig.reduction_factor), "tune.reduction_factor"
+    )
     if reduction_factor < 2:
         raise ParamsError(f"tune.reduction_factor: expected at least 2, got {reduction_factor}")
-    given = section.get("min_epochs", 0.5)
+    given = section.get("min_epochs", TuneConfig.min_epochs)
     min_epochs = finite_number(given, "tune.min_epochs")
     if min_epochs <= 0:
         raise ParamsError(f"tune.min_epochs: expected a number above 0, got {shown(given)}")
