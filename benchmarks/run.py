@@ -1,6 +1,6 @@
 """Benchmark the pipeline: against plain Keras, where a stage's time goes, no-op and one-param
 reruns, memory, FLOP/s against the CPU's peak, float32 against mixed_bfloat16, and the
-learning-rate search against the grid it replaced.
+learning-rate search against the grid it replaced, and the Ray cluster runner against `dvc repro`.
 
     python -m benchmarks.run                          # everything: about an hour on 2 cores
     python -m benchmarks.run --only noop,memory,flops # a part
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import ROOT, cpu_info, make_clone, versions
+from benchmarks.cluster import bench_cluster
 from benchmarks.parts import (
     bench_flops,
     bench_input,
@@ -48,6 +49,7 @@ PARTS = (
     "input",
     "parallel",
     "runcache",
+    "cluster",
 )
 
 
@@ -102,6 +104,7 @@ def main() -> None:
             "input": lambda: bench_input(clone, args.runs, log),
             "parallel": lambda: bench_parallel(clone, args.runs, log),
             "runcache": lambda: bench_runcache(clone, args.runs, log),
+            "cluster": lambda: bench_cluster(log),
         }
         for part in PARTS:  # this order: noop needs the clone as it was checked out
             if part in parts:

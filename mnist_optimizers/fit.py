@@ -100,6 +100,28 @@ def gpu_has_bf16() -> bool:
     return True
 
 
+def describe_device(name: str | None, details: dict[str, Any]) -> str:
+    """``name`` (TensorFlow's `/physical_device:GPU:0`) as a person reads it, with the GPU's
+    model and compute capability where TensorFlow knows them; "CPU" for None."""
+    if name is None:
+        return "CPU"
+    label = name.removeprefix("/physical_device:")
+    facts = [details.get("device_name")]
+    if capability := details.get("compute_capability"):
+        facts.append(f"compute capability {'.'.join(str(part) for part in capability)}")
+    facts = [fact for fact in facts if fact]
+    return f"{label} ({', '.join(facts)})" if facts else label
+
+
+def training_device() -> str:
+    """Where this process trains: TensorFlow places the model's ops on the first GPU it sees
+    (CUDA_VISIBLE_DEVICES decides which those are), else on the CPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return describe_device(None, {})
+    return describe_device(gpus[0].name, tf.config.experimental.get_device_details(gpus[0]))
+
+
 def effective_precision(requested: str) -> str:
     """The dtype policy to train with. ``auto``: mixed_bfloat16 where the hardware computes
     bfloat16 (a CPU with AVX-512 BF16 or AMX, a GPU of compute capability 8.0 or later),

@@ -499,16 +499,24 @@ def run_parallel(jobs: int, task_timeout: float = DEFAULT_TASK_TIMEOUT_SECONDS) 
 
 
 def main(argv: list[str]) -> None:
+    from mnist_optimizers import cluster  # it imports this module's helpers
+
     parser = argparse.ArgumentParser(
         prog="python -m mnist_optimizers.parallel", description=__doc__
     )
     parser.add_argument("-j", "--jobs", type=int, default=2, help="stages at a time (2)")
     parser.add_argument(
         "--task-timeout", type=float, default=DEFAULT_TASK_TIMEOUT_SECONDS, metavar="SECONDS",
-        help="fail a queued stage still running after this long (7200)",
+        help="fail a stage still running after this long (7200)",
     )  # fmt: skip
+    cluster.add_arguments(parser)
     args = parser.parse_args(argv)
-    run_parallel(args.jobs, args.task_timeout)
+    if args.ray:
+        cluster.run_cluster(cluster.from_arguments(args), args.set_param)
+    elif args.set_param or args.address:
+        parser.error("-S and --address are for --ray; for the queue use dvc exp run -S")
+    else:
+        run_parallel(args.jobs, args.task_timeout)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,11 @@ STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 HEALTH_TIMEOUT_SECONDS = 5
 HOST_TAG, PID_TAG = "pipeline.host", "pipeline.pid"
+# A task of the cluster runner (mnist_optimizers/cluster_task.py) names itself in this
+# variable; its runs carry it as a tag, so that the runs of a dead attempt can be ended.
+CLUSTER_TASK_ENV, CLUSTER_TASK_TAG = "PIPELINE_CLUSTER_TASK", "pipeline.cluster_task"
+# Where a training or search run trained: "CPU", or "GPU:0 (<model>, compute capability 9.0)".
+DEVICE_TAG = "train.device"
 # How long a SQLite writer waits for another's write before "database is locked".
 SQLITE_TIMEOUT_SECONDS = 60
 # The experiment's kind in MLflow 3: model training, not GenAI. (MLflow 3.17's UI opens on
@@ -256,6 +261,8 @@ def run_tags(stage: str) -> dict[str, str]:
         tags["mlflow.source.git.commit"] = commit
     if exp_name := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.experiment"] = exp_name
+    if task := os.environ.get(CLUSTER_TASK_ENV):
+        tags[CLUSTER_TASK_TAG] = task
     return tags
 
 

@@ -44,6 +44,7 @@ from mnist_optimizers.fit import (
     run_params,
     set_precision,
     timed,
+    training_device,
     validate_train,
 )
 from mnist_optimizers.model import build_model, save_model, validate_model
@@ -112,7 +113,9 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
         SETTING_TAGS[False]: str(not tuned).lower(),
         SETTING_TAGS[True]: str(tuned).lower(),
         "configuration": configuration,
+        tracking.DEVICE_TAG: training_device(),
     }
+    log.info("%s: training on %s in %s", stage, tags[tracking.DEVICE_TAG], precision)
     with tracking.tracked_run(experiment_id, key, tags) as run:
         with timed(seconds, "mlflow_logging"):
             mlflow.log_params(logged)

@@ -30,7 +30,7 @@ from mnist_optimizers import runtime, search, stats, tracking
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.files import load_training_data, read_json, write_json_atomic
-from mnist_optimizers.fit import fit_model, set_precision, validate_train
+from mnist_optimizers.fit import fit_model, set_precision, training_device, validate_train
 from mnist_optimizers.model import build_model, validate_model
 from mnist_optimizers.optimizers import build_optimizer, optimizer_spec, validate_optimizer_names
 from mnist_optimizers.params import load_params
@@ -59,7 +59,10 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
     precision = set_precision(train_config.precision)
 
     trials: list[dict[str, Any]] = []
-    tags = tracking.run_tags(f"tune@{name}") | {"optimizer": name}
+    tags = tracking.run_tags(f"tune@{name}") | {
+        "optimizer": name,
+        tracking.DEVICE_TAG: training_device(),
+    }
 
     def objective(trial: optuna.Trial) -> float:
         rate = search.suggest_rate(trial, grid)

@@ -49,6 +49,26 @@ def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(
     assert "instead" not in caplog.text  # auto is not a request that failed: no warning
 
 
+class FakeDevice:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def test_a_run_names_the_gpu_it_trains_on_and_the_cpu_without_one(monkeypatch) -> None:
+    """The GPU path, tested on a CPU: TensorFlow places a model on the first GPU it sees,
+    and the stages name that one (tag train.device); with none, the CPU."""
+    gpus = [FakeDevice("/physical_device:GPU:0"), FakeDevice("/physical_device:GPU:1")]
+    details = {"device_name": "NVIDIA H200", "compute_capability": (9, 0)}
+    monkeypatch.setattr(fit.tf.config, "list_physical_devices", lambda kind=None: gpus)
+    monkeypatch.setattr(fit.tf.config.experimental, "get_device_details", lambda d: details)
+    assert fit.training_device() == "GPU:0 (NVIDIA H200, compute capability 9.0)"
+    assert fit.effective_precision("auto") == "mixed_bfloat16"  # compute capability 9.0
+    monkeypatch.setattr(fit.tf.config.experimental, "get_device_details", lambda d: {})
+    assert fit.training_device() == "GPU:0"  # TensorFlow knows nothing more of it
+    monkeypatch.setattr(fit.tf.config, "list_physical_devices", lambda kind=None: [])
+    assert fit.training_device() == "CPU"
+
+
 def train_tiny(checkpoint: Path | None) -> list[np.ndarray]:
     """One epoch of a tiny CNN on random images, seeded; its final weights."""
     data = random_images(train=32, val=8)

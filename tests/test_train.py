@@ -176,6 +176,7 @@ def test_mixed_bfloat16_trains_in_bf16_with_a_float32_softmax(processed: Path, m
     run = mlflow.MlflowClient().get_run(metrics["mlflow_run_id"])
     assert run.data.params["train.precision"] == "mixed_bfloat16"
     assert run.data.params["train.effective_precision"] == "mixed_bfloat16"
+    assert run.data.tags["train.device"] == "CPU"  # where it trained: this machine has no GPU
 
 
 def test_metrics_file_says_where_the_stage_time_went(processed: Path) -> None:

@@ -1,0 +1,269 @@
+"""The cluster runner (`python -m mnist_optimizers.parallel --ray`) on a real two-node Ray
+cluster on this machine: a head and a second node, each its own `ray start` with 1 CPU, a small
+object store and ports of its own, token authentication on; a local-folder DVC remote; the
+MLflow tracking server on PostgreSQL. A tiny comparison goes through the runner and is checked
+against a sequential `dvc repro`; then the second node is killed in the middle of a task.
+(tests/ray_local.py starts the cluster)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from mnist_optimizers import cluster, cluster_task, tracking
+
+from . import processes, servers
+from .cli import dvc, project_repo, run, stages_run
+from .conftest import tiny_params
+from .ray_local import NODE_TAG, TRAINING, comparable, ray_cluster, training_lock
+
+pytestmark = pytest.mark.e2e
+
+RUNNER_TIMEOUT_SECONDS = 900
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_mirror):
+    """The cluster, the tracking server on PostgreSQL, a DVC remote, and the project in a
+    git repo with its data prepared and committed (as a clone of this repo has it)."""
+    folder = tmp_path_factory.mktemp("cluster")
+    mirror, sha256 = tiny_mirror
+    params = tiny_params(sha256)
+    params["compare"] = ["sgd", "adam"]
+    root = folder / "project"
+    env = project_repo(root, mirror, params)
+    dvc(root, env, "repro", "preprocess")
+    dvc(root, env, "remote", "add", "--default", "shared", str(folder / "dvc-remote"))
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "data and remote"], root, env)
+    with servers.postgres() as pg:
+        backend = servers.create_database(pg, "mlflow_cluster")
+        with servers.tracking_server(backend, folder / "artifacts") as url:
+            with ray_cluster(env) as (address, cluster_env):
+                yield root, url, address, cluster_env | {"MLFLOW_TRACKING_URI": url}
+
+
+def run_runner(root: Path, env: dict[str, str], address: str, *args: str) -> str:
+    """The runner, as a user types it; its output. It must end by itself within the deadline."""
+    argv = [sys.executable, "-m", "mnist_optimizers.parallel", "--ray", "--address", address,
+            "--git-url", str(root), *args]  # fmt: skip
+    result = subprocess.run(
+        argv, cwd=root, env=env, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_SECONDS
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"the runner exited {result.returncode}:\n{output[-8000:]}"
+    return output
+
+
+def finished_tasks(output: str) -> dict[str, str]:
+    """stage -> the Ray node (its id) each task's progress line names."""
+    done = {}
+    for line in output.splitlines():
+        if "] " in line and " on " in line and ", node " in line:
+            stage = line.split("] ", 1)[1].split(" on ")[0]
+            done[stage] = line.split(", node ")[1].split(")")[0]
+    return done
+
+
+def runs_by_stage(url: str) -> dict[str, list]:
+    client = mlflow.MlflowClient(url)
+    experiment = client.get_experiment_by_name("mnist-optimizers")
+    by_stage: dict[str, list] = {}
+    for r in client.search_runs([experiment.experiment_id], max_results=1000):
+        if "mlflow.parentRunId" not in r.data.tags:  # a search's trials are its children
+            by_stage.setdefault(r.data.tags["dvc.stage"], []).append(r)
+    return by_stage
+
+
+def test_the_runner_trains_on_both_nodes_and_equals_a_sequential_dvc_repro(setup) -> None:
+    root, url, address, env = setup
+    output = run_runner(root, env, address)
+
+    tasks = finished_tasks(output)
+    expected = {"train@sgd-42", "train@adam-42", "tune@sgd", "tune@adam",
+                "train_tuned@sgd-42", "train_tuned@adam-42"}  # fmt: skip
+    assert set(tasks) == expected, output[-6000:]
+    assert len(set(tasks.values())) == 2, f"tasks ran on one node only: {tasks}"
+    # The runner's own `dvc repro` restored every stage from the run cache: it ran none of them.
+    assert not [s for s in stages_run(output) if s.startswith(TRAINING)], output[-6000:]
+    assert {"evaluate", "report", "register"} <= set(stages_run(output))
+    assert "Data and pipelines are up to date" in dvc(root, env, "status")
+
+    by_stage = runs_by_stage(url)
+    for stage in ("train@sgd-42", "train@adam-42", "tune@sgd", "tune@adam"):
+        assert [r.info.status for r in by_stage[stage]] == ["FINISHED"], stage
+        (r,) = by_stage[stage]
+        assert r.data.tags[tracking.CLUSTER_TASK_TAG], stage
+        assert r.data.tags[tracking.DEVICE_TAG] == "CPU"
+    for name in ("sgd", "adam"):  # the tuned run is its own, or the default run reused
+        assert [r.info.status for r in by_stage.get(f"train_tuned@{name}-42", [])] in (
+            [], ["FINISHED"]
+        )  # fmt: skip
+    assert by_stage["train@adam-42"][0].data.params["runtime.intra_op_threads"] == "1"
+
+    # The same stages, one after the other with `dvc repro`, 1 thread as each task had.
+    sequential = root.parent / "sequential"
+    run(["git", "clone", "-q", str(root), str(sequential)], root.parent, env)
+    shutil.copy2(root / "params.yaml", sequential / "params.yaml")
+    seq_env = {k: v for k, v in env.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    seq_env |= {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+                processes.TAG_VARIABLE: str(sequential)}  # fmt: skip
+    dvc(sequential, seq_env, "repro", "--pull", "preprocess")
+    dvc(sequential, seq_env, "repro")
+
+    assert training_lock(sequential) == training_lock(root)
+    outputs = sorted(
+        p.relative_to(root)
+        for p in [*root.glob("metrics/**/*.json"), *root.glob("metrics/**/*.csv"),
+                  *root.glob("models/*.keras")]
+    )  # fmt: skip
+    assert len([p for p in outputs if p.parts[0] == "models"]) == 4
+    for path in outputs:
+        assert comparable(sequential / path) == comparable(root / path), path
+
+
+def stage_process(tag_value: str) -> int | None:
+    """The pid of a training stage running on the node tagged ``tag_value``, if any."""
+    for pid, cmdline in processes.tagged(tag_value, NODE_TAG).items():
+        if "stages.train" in cmdline:
+            return pid
+    return None
+
+
+def kill_second_node_mid_training(url: str, found: dict, stop: threading.Event) -> None:
+    """Once a training on the second node has its MLflow run RUNNING, SIGKILL every process
+    of that node (the machine dies); note the run."""
+    client = mlflow.MlflowClient(url)
+    while not stop.is_set():
+        pid = stage_process("second")
+        if pid is not None:
+            with contextlib.suppress(Exception):  # the experiment may not exist yet
+                experiment = client.get_experiment_by_name("mnist-optimizers")
+                runs = client.search_runs(
+                    [experiment.experiment_id],
+                    f"tags.`{tracking.PID_TAG}` = '{pid}' and attributes.status = 'RUNNING'",
+                )
+                if runs:
+                    found["run"] = runs[0].info.run_id
+                    found["killed"] = processes.stop_tagged("second", 0, NODE_TAG)
+                    return
+        time.sleep(0.2)
+
+
+def test_killing_the_second_node_mid_task_still_finishes_every_stage(setup) -> None:
+    root, url, address, env = setup
+    found: dict = {}
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_second_node_mid_training, args=(url, found, stop))
+    killer.start()
+    try:  # new seeds: stages the first test did not run; 3 epochs: time to kill one
+        output = run_runner(root, env, address, "-S", "train.seeds=[7,8]", "-S", "train.epochs=3")
+    finally:
+        stop.set()
+        killer.join(timeout=30)
+    assert found.get("killed"), f"no training ran on the second node:\n{output[-6000:]}"
+
+    assert "Data and pipelines are up to date" in dvc(root, env, "status")
+    by_stage = runs_by_stage(url)
+    killed = mlflow.MlflowClient(url).get_run(found["run"])
+    assert killed.info.status == "FAILED"
+    stage = killed.data.tags["dvc.stage"]
+    statuses = sorted(r.info.status for r in by_stage[stage])
+    assert statuses == ["FAILED", "FINISHED"], (stage, statuses)
+    for seed in (7, 8):
+        for name in ("sgd", "adam"):
+            finished = [r for r in by_stage[f"train@{name}-{seed}"] if r.info.status == "FINISHED"]
+            assert len(finished) == 1, f"train@{name}-{seed}"
+    assert not [r for rs in by_stage.values() for r in rs if r.info.status == "RUNNING"]
+
+
+def test_a_stage_that_fails_by_itself_fails_once_with_its_message(setup, tmp_path) -> None:
+    """A failure of the task's own (here: the nodes clone from a repo without the driver's
+    commit) is not retried: each stage fails once, and the run ends naming them all."""
+    root, _, address, env = setup
+    elsewhere = tmp_path / "other-repo"
+    run(["git", "init", "-q", str(elsewhere)], tmp_path, env)
+    run(["git", "-C", str(elsewhere), "commit", "-q", "--allow-empty", "-m", "x"], tmp_path, env)
+    argv = [sys.executable, "-m", "mnist_optimizers.parallel", "--ray", "--address", address,
+            "--git-url", str(elsewhere), "-S", "train.seeds=[9]"]  # fmt: skip
+    result = subprocess.run(
+        argv, cwd=root, env=env, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_SECONDS
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-6000:]
+    commit = run(["git", "rev-parse", "HEAD"], root, env).strip()
+    message = f"commit {commit[:12]} is not in {elsewhere}: push it there first"
+    assert "2 of 2 stages failed on the cluster" in output, output[-6000:]
+    for stage in ("train@sgd-9", "train@adam-9"):
+        assert output.count(f"{stage} failed: {message}") == 1, output[-6000:]
+    run(["git", "checkout", "params.yaml"], root, env)
+
+
+def test_ctrl_c_on_the_driver_cancels_its_tasks(setup) -> None:
+    """SIGINT to the runner mid-training: the task stops its stage, whose MLflow run ends
+    KILLED; the runner exits 130 and nothing of the stage runs on."""
+    root, url, address, env = setup
+    argv = [sys.executable, "-m", "mnist_optimizers.parallel", "--ray", "--address", address,
+            "--git-url", str(root), "-S", "train.seeds=[11]", "-S", "train.epochs=20"]  # fmt: skip
+    client = mlflow.MlflowClient(url)
+    with tempfile.TemporaryFile() as out:
+        runner = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + RUNNER_TIMEOUT_SECONDS
+            running = []
+            while not running and time.monotonic() < deadline and runner.poll() is None:
+                time.sleep(0.5)
+                with contextlib.suppress(Exception):
+                    experiment = client.get_experiment_by_name("mnist-optimizers")
+                    running = client.search_runs(
+                        [experiment.experiment_id],
+                        "tags.`dvc.stage` LIKE 'train@%-11' and attributes.status = 'RUNNING'",
+                    )
+            assert running, "no training of seed 11 started"
+            runner.send_signal(signal.SIGINT)
+            code = runner.wait(timeout=180)
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+        out.seek(0)
+        output = out.read().decode(errors="replace")
+    assert code == 130, output[-6000:]
+    assert "cancelling" in output, output[-6000:]
+    for run_ in running:
+        assert client.get_run(run_.info.run_id).info.status == "KILLED", output[-6000:]
+    deadline = time.monotonic() + 30
+    while any("stages.train" in c for c in processes.tagged(env[processes.TAG_VARIABLE]).values()):
+        assert time.monotonic() < deadline, "a cancelled stage still runs"
+        time.sleep(1)
+    run(["git", "checkout", "params.yaml"], root, env)
+
+
+def test_the_runner_refuses_uncommitted_code_and_a_local_store() -> None:
+    with pytest.raises(cluster.PipelineError, match="uncommitted changes: stages/train.py"):
+        cluster.check_code_committed(" M stages/train.py\n M params.yaml\n M dvc.lock\n")
+    cluster.check_code_committed(" M params.yaml\n M dvc.lock\n")  # these travel with the tasks
+    for uri in (None, "sqlite:///mlflow.db", "file:///tmp/mlruns", "/tmp/mlruns"):
+        with pytest.raises(cluster.PipelineError, match="cannot share a local store"):
+            cluster.check_shared_tracking_uri(uri)
+    assert cluster.check_shared_tracking_uri("http://10.0.0.5:5000") == "http://10.0.0.5:5000"
+
+
+def test_a_task_names_its_runs_for_the_driver() -> None:
+    assert cluster_task.TASK_ENV == tracking.CLUSTER_TASK_ENV
+    spec = cluster_task.TaskSpec("train@adam-42", "t1", "u", "c", "", "", "r", cpus=3)
+    env = cluster_task.stage_env(spec)
+    assert env[tracking.CLUSTER_TASK_ENV] == "t1"
+    assert (env["TF_NUM_INTRAOP_THREADS"], env["TF_NUM_INTEROP_THREADS"]) == ("3", "1")
+    assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU task leaves a node's GPUs alone
+    gpu = cluster_task.stage_env(cluster_task.TaskSpec("s", "t", "u", "c", "", "", "r", gpus=1))
+    assert "CUDA_VISIBLE_DEVICES" not in gpu or gpu["CUDA_VISIBLE_DEVICES"] != ""
