@@ -172,7 +172,16 @@ class Cluster:
 
         self.ray = ray
         self.config = config
-        ray.init(address=config.address, logging_level=logging.WARNING, log_to_driver=False)
+        address = config.address or os.environ.get("RAY_ADDRESS")
+        if not address:  # ray.init would start a cluster of one, here, without a word
+            raise PipelineError(
+                "--ray: no cluster address: pass --address host:port or set RAY_ADDRESS to "
+                "the head's (README: Many machines)"
+            )
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise PipelineError(f"Ray cluster {address}: {exc}") from None
         resources = ray.cluster_resources()
         nodes = [n for n in ray.nodes() if n["Alive"]]
         self.gpus = (
@@ -180,7 +189,7 @@ class Cluster:
         )
         log.info(
             "Ray cluster %s: %d nodes, %g CPUs, %g GPUs; each task asks for %d CPUs, %g GPUs",
-            config.address or os.environ.get("RAY_ADDRESS", "(auto)"), len(nodes),
+            address, len(nodes),
             resources.get("CPU", 0), resources.get("GPU", 0), config.cpus, self.gpus,
         )  # fmt: skip
         # The task's code travels by value: the workers need no copy of this package.
@@ -218,10 +227,13 @@ class Cluster:
             end_dead_attempts([spec.task_id for spec in specs])
             raise
         if failed:
+            kept = (
+                " (the others' results are in the DVC remote: once it is fixed, the command "
+                "again trains only what is missing)" if len(failed) < len(specs) else ""
+            )  # fmt: skip
             raise PipelineError(
-                f"{len(failed)} of {len(specs)} stages failed on the cluster (the others' "
-                "results are in the DVC remote; run the command again to train only what is "
-                "missing):\n" + "\n".join(f"--- {stage}\n{why}" for stage, why in failed.items())
+                f"{len(failed)} of {len(specs)} stages failed on the cluster{kept}:\n"
+                + "\n".join(f"--- {stage}\n{why}" for stage, why in failed.items())
             )
         return results
 
