@@ -176,8 +176,20 @@ def stage_env(spec: TaskSpec) -> dict[str, str]:
     return env
 
 
+def check_tracking_uri(env: dict[str, str]) -> None:
+    """A task logs to a tracking server, never to a store on its own disk (a SQLite file,
+    a folder), where its runs would be lost to everyone else."""
+    uri = env.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        raise TaskFailed(
+            f"MLFLOW_TRACKING_URI is {uri or 'unset (a local mlflow.db)'}: a task on another "
+            "machine cannot log there; give the driver the tracking server's http(s) URI"
+        )
+
+
 def run_task(spec: TaskSpec) -> TaskResult:
     """Run ``spec.stage`` from a fresh clone at ``spec.commit``; push what it made."""
+    check_tracking_uri(spec.env)
     started = time.monotonic()
     seconds: dict[str, float] = {}
     if spec.submitted is not None:  # Ray's start, and the wait for a free CPU (or GPU)

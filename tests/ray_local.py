@@ -90,7 +90,9 @@ def ray_cluster(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
         cluster_task.WORK_DIR_ENV: str(temp / "work"),  # the nodes' clones and DVC cache
         processes.TAG_VARIABLE: tag,
     }
-    base = random.randrange(20000, 40000, 100)
+    # Below the kernel's ephemeral ports (32768 and up on Linux), which free_port() and
+    # every outgoing connection take: 60 ports for each node.
+    base = random.randrange(20000, 32768 - 120, 120)
     port = servers.free_port()
     address = f"{NODE_IP}:{port}"
     common = ["--num-cpus=1", "--object-store-memory=80000000", "--disable-usage-stats"]

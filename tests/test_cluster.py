@@ -8,6 +8,7 @@ against a sequential `dvc repro`; then the second node is killed in the middle o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import shutil
 import subprocess
@@ -270,5 +271,9 @@ def test_a_task_names_its_runs_for_the_driver() -> None:
     assert env[tracking.CLUSTER_TASK_ENV] == "t1"
     assert (env["TF_NUM_INTRAOP_THREADS"], env["TF_NUM_INTEROP_THREADS"]) == ("3", "1")
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU task leaves a node's GPUs alone
+    with pytest.raises(cluster_task.TaskFailed, match="sqlite:///m.db: a task on another machine"):
+        cluster_task.run_task(
+            dataclasses.replace(spec, env={"MLFLOW_TRACKING_URI": "sqlite:///m.db"})
+        )
     gpu = cluster_task.stage_env(cluster_task.TaskSpec("s", "t", "u", "c", "", "", "r", gpus=1))
     assert "CUDA_VISIBLE_DEVICES" not in gpu or gpu["CUDA_VISIBLE_DEVICES"] != ""
