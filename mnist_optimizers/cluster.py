@@ -37,9 +37,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from mnist_optimizers import cluster_task
 from mnist_optimizers.cluster_task import TaskResult, TaskSpec, stages_run
 from mnist_optimizers.errors import PipelineError
+from mnist_optimizers.files import write_text_atomic
 from mnist_optimizers.parallel import dvc, stale_stages
 
 log = logging.getLogger(__name__)
@@ -254,6 +257,20 @@ class Cluster:
             self.ray.cancel(ref, force=True)
 
 
+def forget_lock_entries(lock_text: str, stages: Sequence[str]) -> str:
+    """dvc.lock without the entries of ``stages``.
+
+    A stage whose entry still matches its inputs but whose outputs are missing here (a clean
+    checkout that never pulled them) would otherwise be judged by that entry: DVC would pull
+    the outputs it names, which are nowhere if no one pushed them, and train the stage again
+    here. Without the entry, the task and then this machine find the stage in the run cache
+    by its inputs: the result the task pushed."""
+    lock = yaml.safe_load(lock_text) or {}
+    for stage in stages:
+        lock.get("stages", {}).pop(stage, None)
+    return yaml.safe_dump(lock, sort_keys=False)
+
+
 def restore(stages: Sequence[str]) -> None:
     """Take ``stages`` from the run cache in the remote into this workspace; a stage DVC
     would have to run here is an error (the cluster should have run it)."""
@@ -293,6 +310,8 @@ def run_cluster(config: ClusterConfig, set_params: Sequence[str] = ()) -> list[T
         if not stages:
             continue
         log.info("on the cluster: %s", ", ".join(stages))
+        lock = Path("dvc.lock")
+        write_text_atomic(lock, forget_lock_entries(lock.read_text(), stages), output=False)
         specs = [task_spec(stage, config, shared, cluster.gpus) for stage in stages]
         mark = time.monotonic()
         results += cluster.run_round(specs)
