@@ -201,8 +201,8 @@ def headline(
             f"{SECTION_TITLES[setting]}: {best['optimizer']} leads on test accuracy "
             f"({best['test_accuracy_%']:.2f}%, lr {best['learning_rate']:g})"
         )
-        pairs = significance[setting]
-        if len(ranked) > 1:
+        if len(ranked) > 1:  # one optimizer alone has no pairs to test
+            pairs = significance[setting]
             second = ranked.iloc[1]
             gap = best["test_accuracy_%"] - second["test_accuracy_%"]
             names = {best["optimizer"], second["optimizer"]}

@@ -91,6 +91,19 @@ def test_the_headline_says_who_leads_by_how_much_and_whether_it_is_real() -> Non
     )
 
 
+def test_the_headline_of_one_optimizer_names_it_alone() -> None:
+    """`compare: [adam]`: nothing to compare it with, and no pair to test (the report used
+    to fail here with a KeyError)."""
+    runs = runs_frame()
+    runs = runs[runs["optimizer"] == "adam"]
+    comparison = tables.comparison_table(runs, {}, [0.98], 0.95)
+    (sentence,) = tables.headline({"default": comparison}, {})
+    assert (
+        sentence
+        == "Learning rates from params.yaml: adam leads on test accuracy (99.20%, lr 0.001)."
+    )
+
+
 def test_history_mean_has_a_band_over_seeds() -> None:
     history = pd.DataFrame(
         {
