@@ -20,6 +20,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from mnist_optimizers import cluster, cluster_task, tracking
 
@@ -33,10 +34,24 @@ pytestmark = pytest.mark.e2e
 RUNNER_TIMEOUT_SECONDS = 900
 
 
+def forget_outputs(root: Path, env: dict[str, str], stage: str) -> None:
+    """``stage`` as a clean clone of a repo has it when no one pushed its outputs: in
+    dvc.lock, up to date with its inputs, and its outputs nowhere (not here, not in DVC's
+    cache or run cache, not in the remote)."""
+    dvc(root, env, "repro", stage)
+    entry = yaml.safe_load((root / "dvc.lock").read_text())["stages"][stage]
+    for out in entry["outs"]:
+        (root / out["path"]).unlink()
+        md5 = out["md5"]
+        (root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink()
+    shutil.rmtree(root / ".dvc" / "cache" / "runs")
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_mirror):
     """The cluster, the tracking server on PostgreSQL, a DVC remote, and the project in a
-    git repo with its data prepared and committed (as a clone of this repo has it)."""
+    git repo with its data prepared and committed (as a clone of this repo has it), and one
+    training in dvc.lock whose outputs are nowhere (a clone that never pulled them)."""
     folder = tmp_path_factory.mktemp("cluster")
     mirror, sha256 = tiny_mirror
     params = tiny_params(sha256)
@@ -44,6 +59,7 @@ def setup(tmp_path_factory, tiny_mirror):
     root = folder / "project"
     env = project_repo(root, mirror, params)
     dvc(root, env, "repro", "preprocess")
+    forget_outputs(root, env, "train@sgd-42")
     dvc(root, env, "remote", "add", "--default", "shared", str(folder / "dvc-remote"))
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "data and remote"], root, env)
