@@ -78,10 +78,27 @@ def git(*args: str) -> str:
     return result.stdout
 
 
-def check_code_committed(porcelain: str) -> None:
-    """Refuse uncommitted changes other than params.yaml and dvc.lock (which travel with
-    each task): the tasks run the committed code, and results must come from it."""
-    changed = [line[3:] for line in porcelain.splitlines() if line[3:] not in SENT_WITH_TASK]
+def pipeline_outputs() -> set[str]:
+    """The paths of every output in dvc.yaml, as DVC reads it (foreach and matrix expanded)."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        return {out.def_path for stage in repo.index.stages for out in stage.outs}
+
+
+def check_code_committed(porcelain: str, outputs: set[str]) -> None:
+    """Refuse uncommitted changes to anything but params.yaml and dvc.lock (which travel
+    with each task) and the pipeline's own outputs (the reports kept in git, the .gitignore
+    files DVC writes): the tasks run the committed code, and results must come from it."""
+
+    def allowed(path: str) -> bool:
+        return (
+            path in SENT_WITH_TASK
+            or Path(path).name == ".gitignore"
+            or any(path == out or path.startswith(f"{out}/") for out in outputs)
+        )
+
+    changed = [line[3:] for line in porcelain.splitlines() if not allowed(line[3:])]
     if changed:
         raise PipelineError(
             "uncommitted changes: " + ", ".join(changed[:10]) + (" ..." if len(changed) > 10
@@ -286,7 +303,7 @@ def run_cluster(config: ClusterConfig, set_params: Sequence[str] = ()) -> list[T
         raise PipelineError(f"--cpus-per-task: expected a positive integer, got {config.cpus}")
     if config.retries < 0:
         raise PipelineError(f"--retries: expected 0 or more, got {config.retries}")
-    check_code_committed(git("status", "--porcelain", "--untracked-files=no"))
+    check_code_committed(git("status", "--porcelain", "--untracked-files=no"), pipeline_outputs())
     check_shared_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))
     if set_params:
         from dvc.utils.hydra import apply_overrides

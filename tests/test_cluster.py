@@ -268,9 +268,14 @@ def test_ctrl_c_on_the_driver_cancels_its_tasks(setup) -> None:
 
 
 def test_the_runner_refuses_uncommitted_code_a_local_store_and_no_address(monkeypatch) -> None:
-    with pytest.raises(cluster.PipelineError, match="uncommitted changes: stages/train.py"):
-        cluster.check_code_committed(" M stages/train.py\n M params.yaml\n M dvc.lock\n")
-    cluster.check_code_committed(" M params.yaml\n M dvc.lock\n")  # these travel with the tasks
+    outputs = {"reports/report", "metrics/evaluate.json"}
+    with pytest.raises(cluster.PipelineError, match=r"uncommitted changes: stages/train.py\. The cluster"):
+        cluster.check_code_committed(" M stages/train.py\n M params.yaml\n", outputs)
+    # What travels with the tasks, and what the pipeline itself rewrites (a run before this)
+    changes = " M params.yaml\n M dvc.lock\n M models/.gitignore\n M metrics/evaluate.json\n"
+    cluster.check_code_committed(changes + " M reports/report/report.html\n", outputs)
+    with pytest.raises(cluster.PipelineError, match="uncommitted changes: reports/reportx.md"):
+        cluster.check_code_committed(" M reports/reportx.md\n", outputs)
     for uri in (None, "sqlite:///mlflow.db", "file:///tmp/mlruns", "/tmp/mlruns"):
         with pytest.raises(cluster.PipelineError, match="cannot share a local store"):
             cluster.check_shared_tracking_uri(uri)
