@@ -149,6 +149,24 @@ def task_spec(stage: str, config: ClusterConfig, shared: dict, gpus: float) -> T
     )  # fmt: skip
 
 
+def runs_left_running(task_ids: Sequence[str]) -> list:
+    """The MLflow runs of ``task_ids`` still RUNNING, in every experiment."""
+    import mlflow
+
+    from mnist_optimizers import tracking
+
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+    return [
+        run
+        for task_id in task_ids
+        for run in client.search_runs(
+            experiments,
+            f"tags.`{tracking.CLUSTER_TASK_TAG}` = '{task_id}' and attributes.status = 'RUNNING'",
+        )
+    ]
+
+
 def end_dead_attempts(task_ids: Sequence[str]) -> list[str]:
     """End FAILED the MLflow runs of ``task_ids`` still RUNNING: their attempt's worker or
     node died (a finished task's own run is FINISHED by then); return their ids."""
@@ -158,23 +176,15 @@ def end_dead_attempts(task_ids: Sequence[str]) -> list[str]:
     from mnist_optimizers import tracking
 
     client = mlflow.MlflowClient(tracking.tracking_uri())
-    experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
     ended = []
-    for task_id in task_ids:
-        runs = client.search_runs(
-            experiments,
-            f"tags.`{tracking.CLUSTER_TASK_TAG}` = '{task_id}' and attributes.status = 'RUNNING'",
-        )
-        for run in runs:
-            client.set_tag(
-                run.info.run_id, "pipeline.end_reason", "its cluster node or worker died"
-            )
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
-            log.warning(
-                "MLflow run %s (%s) was left RUNNING by an attempt whose node or worker died: "
-                "marked FAILED", run.info.run_id, run.info.run_name,
-            )  # fmt: skip
-            ended.append(run.info.run_id)
+    for run in runs_left_running(task_ids):
+        client.set_tag(run.info.run_id, "pipeline.end_reason", "its cluster node or worker died")
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        log.warning(
+            "MLflow run %s (%s) was left RUNNING by an attempt whose node or worker died: "
+            "marked FAILED", run.info.run_id, run.info.run_name,
+        )  # fmt: skip
+        ended.append(run.info.run_id)
     return ended
 
 
@@ -267,10 +277,14 @@ class Cluster:
         )
         for ref in pending:
             self.ray.cancel(ref)
-        _, left = self.ray.wait(
-            list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_SECONDS
-        )
-        for ref in left:
+        # Ray counts a task cancelled at once; its stage needs a moment to end its run KILLED.
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        task_ids = [spec.task_id for spec in pending.values()]
+        while time.monotonic() < deadline and runs_left_running(task_ids):
+            time.sleep(1.0)
+        left = max(0.0, deadline - time.monotonic())
+        _, running = self.ray.wait(list(pending), num_returns=len(pending), timeout=left)
+        for ref in running:
             self.ray.cancel(ref, force=True)
 
 

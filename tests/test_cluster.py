@@ -269,7 +269,9 @@ def test_ctrl_c_on_the_driver_cancels_its_tasks(setup) -> None:
 
 def test_the_runner_refuses_uncommitted_code_a_local_store_and_no_address(monkeypatch) -> None:
     outputs = {"reports/report", "metrics/evaluate.json"}
-    with pytest.raises(cluster.PipelineError, match=r"uncommitted changes: stages/train.py\. The cluster"):
+    with pytest.raises(
+        cluster.PipelineError, match=r"uncommitted changes: stages/train.py\. The cluster"
+    ):
         cluster.check_code_committed(" M stages/train.py\n M params.yaml\n", outputs)
     # What travels with the tasks, and what the pipeline itself rewrites (a run before this)
     changes = " M params.yaml\n M dvc.lock\n M models/.gitignore\n M metrics/evaluate.json\n"

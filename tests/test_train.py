@@ -330,8 +330,8 @@ def stage_output(*command: str) -> list[str]:
 
 
 def test_a_training_stage_prints_only_its_own_lines(processed: Path) -> None:
-    """What `dvc repro` shows of a training stage: its own log lines (the threads, one line
-    per epoch, the result), none of TensorFlow's start-up lines, Keras' progress bars, or
+    """What `dvc repro` shows of a training stage: its own log lines (the threads, the device
+    and precision, one line per epoch, the result), none of TensorFlow's start-up lines, Keras' progress bars, or
     MLflow's notices; a new MLflow store included. Before mnist_optimizers.quiet this stage
     printed 16 lines of others' here (absl, oneDNN, cpu_feature_guard, MLflow's new store,
     Keras' epoch lines and progress bars, NodeDef) around its own 4."""
@@ -339,8 +339,9 @@ def test_a_training_stage_prints_only_its_own_lines(processed: Path) -> None:
     lines = stage_output("stages.train", "adam", "42")
     assert [line for line in lines if not OWN_LINE.match(line)] == []
     assert sum(" mnist_optimizers.fit INFO epoch " in line for line in lines) == 2
+    assert "train@adam-42: training on CPU in " in lines[1]
     assert "train@adam-42: val_accuracy" in lines[-1]
-    assert len(lines) == 4, lines  # the threads, 2 epochs, the result
+    assert len(lines) == 5, lines  # the threads, the device, 2 epochs, the result
 
 
 def test_a_search_prints_one_line_per_trial_and_no_progress_bars(processed: Path) -> None:
