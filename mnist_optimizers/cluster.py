@@ -66,7 +66,6 @@ class ClusterConfig:
     retries: int = DEFAULT_RETRIES
     task_timeout: float = DEFAULT_TASK_TIMEOUT_SECONDS
     git_url: str | None = None  # None: the `origin` remote
-    remote: str | None = None  # a DVC remote's name; None: the default remote
     work_dir: str | None = None  # on each node; None: $PIPELINE_CLUSTER_DIR or its temp folder
 
 
@@ -120,17 +119,18 @@ def check_shared_tracking_uri(uri: str | None) -> str:
     return uri  # type: ignore[return-value]
 
 
-def remote_url(name: str | None) -> str:
-    """The URL of DVC remote ``name`` (default: the default remote), as every node reads it."""
-    name = name or dvc("remote", "default").strip()
+def default_remote_url() -> str:
+    """The URL of the default DVC remote, through which every node (and `dvc repro --pull`
+    here) exchanges data and results, as a path every node can read it by."""
+    name = dvc("remote", "default").strip()
     if not name:
         raise PipelineError(
-            "no DVC remote: the nodes exchange data and results through one. "
-            "dvc remote add --default shared <url> (README: Shared DVC storage), or --remote"
+            "no default DVC remote: the nodes exchange data and results through one. "
+            "dvc remote add --default shared <url> (README: Shared DVC storage)"
         )
     url = dvc("config", f"remote.{name}.url").strip()
     if urllib.parse.urlsplit(url).scheme in ("", "file") and not Path(url).is_absolute():
-        url = str(Path(url).resolve())  # relative to .dvc/ is meaningless in a clone
+        url = str((Path(".dvc") / url).resolve())  # DVC reads it relative to .dvc/config
     return url
 
 
@@ -326,14 +326,13 @@ def run_cluster(config: ClusterConfig, set_params: Sequence[str] = ()) -> list[T
     shared = {
         "repo_url": config.git_url or git("remote", "get-url", "origin").strip(),
         "commit": git("rev-parse", "HEAD").strip(),
-        "remote_url": remote_url(config.remote),
+        "remote_url": default_remote_url(),
         "env": tracking_env(),
     }
     started = time.monotonic()
     log.info("inputs, here: dvc repro preprocess; dvc push --run-cache")
     dvc("repro", "preprocess")
-    push = ["push", "--run-cache"] + (["--remote", config.remote] if config.remote else [])
-    dvc(*push, "download", "preprocess")
+    dvc("push", "--run-cache", "download", "preprocess")
     cluster = Cluster(config)
     results: list[TaskResult] = []
     for prefixes in ROUNDS:
@@ -386,7 +385,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"times a task whose node or worker died is retried ({DEFAULT_RETRIES})",
     )  # fmt: skip
     group.add_argument("--git-url", help="where the nodes clone the repo (default: origin)")
-    group.add_argument("--remote", help="the DVC remote (default: the default remote)")
     group.add_argument(
         "-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
         help="set a param, as `dvc exp run -S` does (repeatable)",
@@ -397,7 +395,6 @@ def from_arguments(args: argparse.Namespace) -> ClusterConfig:
     return ClusterConfig(
         address=args.address, cpus=args.cpus_per_task, gpus=args.gpus_per_task,
         retries=args.retries, task_timeout=args.task_timeout, git_url=args.git_url,
-        remote=args.remote,
     )  # fmt: skip
 
 
