@@ -2,6 +2,7 @@
 
     python -m mnist_optimizers.parallel          # two at a time
     python -m mnist_optimizers.parallel -j 3 --task-timeout 3600
+    python -m mnist_optimizers.parallel --ray    # on a Ray cluster: mnist_optimizers/cluster.py
 
 Not a stage: a runner for them. On this project's 2-core machine it is no faster than
 `dvc repro`, which runs one stage at a time on all cores: 0.99x its wall time, 0.955x to 1.032x
