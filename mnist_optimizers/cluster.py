@@ -66,7 +66,6 @@ class ClusterConfig:
     retries: int = DEFAULT_RETRIES
     task_timeout: float = DEFAULT_TASK_TIMEOUT_SECONDS
     git_url: str | None = None  # None: the `origin` remote
-    work_dir: str | None = None  # on each node; None: $PIPELINE_CLUSTER_DIR or its temp folder
 
 
 def git(*args: str) -> str:
@@ -128,10 +127,7 @@ def default_remote_url() -> str:
             "no default DVC remote: the nodes exchange data and results through one. "
             "dvc remote add --default shared <url> (README: Shared DVC storage)"
         )
-    url = dvc("config", f"remote.{name}.url").strip()
-    if urllib.parse.urlsplit(url).scheme in ("", "file") and not Path(url).is_absolute():
-        url = str((Path(".dvc") / url).resolve())  # DVC reads it relative to .dvc/config
-    return url
+    return dvc("config", f"remote.{name}.url").strip()  # a local path comes back absolute
 
 
 def tracking_env() -> dict[str, str]:
@@ -141,21 +137,27 @@ def tracking_env() -> dict[str, str]:
 
 
 def task_spec(stage: str, config: ClusterConfig, shared: dict, gpus: float) -> TaskSpec:
+    """``stage``'s task; ``shared``: what every task of the round gets (repo, commit, remote,
+    MLflow settings, this params.yaml and dvc.lock)."""
     return TaskSpec(
         stage=stage, task_id=uuid.uuid4().hex, cpus=config.cpus, gpus=gpus,
-        timeout=config.task_timeout, work_dir=config.work_dir,
-        params_yaml=Path("params.yaml").read_text(), dvc_lock=Path("dvc.lock").read_text(),
-        submitted=time.time(), **shared,
+        timeout=config.task_timeout, submitted=time.time(), **shared,
     )  # fmt: skip
 
 
-def runs_left_running(task_ids: Sequence[str]) -> list:
-    """The MLflow runs of ``task_ids`` still RUNNING, in every experiment."""
+def mlflow_client():
     import mlflow
 
     from mnist_optimizers import tracking
 
-    client = mlflow.MlflowClient(tracking.tracking_uri())
+    return mlflow.MlflowClient(tracking.tracking_uri())
+
+
+def runs_left_running(task_ids: Sequence[str], client=None) -> list:
+    """The MLflow runs of ``task_ids`` still RUNNING, in every experiment."""
+    from mnist_optimizers import tracking
+
+    client = client or mlflow_client()
     experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
     return [
         run
@@ -170,14 +172,11 @@ def runs_left_running(task_ids: Sequence[str]) -> list:
 def end_dead_attempts(task_ids: Sequence[str]) -> list[str]:
     """End FAILED the MLflow runs of ``task_ids`` still RUNNING: their attempt's worker or
     node died (a finished task's own run is FINISHED by then); return their ids."""
-    import mlflow
     from mlflow.entities import RunStatus
 
-    from mnist_optimizers import tracking
-
-    client = mlflow.MlflowClient(tracking.tracking_uri())
+    client = mlflow_client()
     ended = []
-    for run in runs_left_running(task_ids):
+    for run in runs_left_running(task_ids, client):
         client.set_tag(run.info.run_id, "pipeline.end_reason", "its cluster node or worker died")
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
         log.warning(
@@ -342,7 +341,9 @@ def run_cluster(config: ClusterConfig, set_params: Sequence[str] = ()) -> list[T
         log.info("on the cluster: %s", ", ".join(stages))
         lock = Path("dvc.lock")
         write_text_atomic(lock, forget_lock_entries(lock.read_text(), stages), output=False)
-        specs = [task_spec(stage, config, shared, cluster.gpus) for stage in stages]
+        inputs = shared | {"params_yaml": Path("params.yaml").read_text(),
+                           "dvc_lock": lock.read_text()}  # fmt: skip
+        specs = [task_spec(stage, config, inputs, cluster.gpus) for stage in stages]
         mark = time.monotonic()
         results += cluster.run_round(specs)
         on_cluster = time.monotonic() - mark

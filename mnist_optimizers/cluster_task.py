@@ -60,7 +60,6 @@ class TaskSpec:
     cpus: int = 1
     gpus: float = 0
     env: dict[str, str] = field(default_factory=dict)  # MLFLOW_* from the driver
-    work_dir: str | None = None
     timeout: float = 7200.0
     submitted: float | None = None  # time.time() on the driver when it submitted the task
 
@@ -194,8 +193,9 @@ def run_task(spec: TaskSpec) -> TaskResult:
     seconds: dict[str, float] = {}
     if spec.submitted is not None:  # Ray's start, and the wait for a free CPU (or GPU)
         seconds["waited"] = max(0.0, time.time() - spec.submitted)
-    work = Path(spec.work_dir or os.environ.get(WORK_DIR_ENV) or
-                Path(tempfile.gettempdir(), "mnist-optimizers-cluster"))  # fmt: skip
+    work = Path(
+        os.environ.get(WORK_DIR_ENV) or Path(tempfile.gettempdir(), "mnist-optimizers-cluster")
+    )
     (work / "tasks").mkdir(parents=True, exist_ok=True)
     attempt = uuid.uuid4().hex[:8]
     clone = work / "tasks" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', spec.stage)}-{attempt}"
