@@ -20,7 +20,8 @@ Failures: Ray retries a task whose worker or node died (``--retries``) on any no
 that fails by itself (bad params) fails once, and the round ends with its message after the
 other tasks are done, so what they trained stays in the remote and the next run trains only
 what is missing. Runs that a dead attempt left RUNNING in MLflow are ended FAILED. Ctrl-C
-cancels the tasks: each stops its stage, whose run ends KILLED.
+cancels the tasks: each stops its stage, whose run ends KILLED (the driver ends KILLED any
+that is still RUNNING once the tasks had their time to stop).
 """
 
 from __future__ import annotations
@@ -169,19 +170,26 @@ def runs_left_running(task_ids: Sequence[str], client=None) -> list:
     ]
 
 
-def end_dead_attempts(task_ids: Sequence[str]) -> list[str]:
-    """End FAILED the MLflow runs of ``task_ids`` still RUNNING: their attempt's worker or
-    node died (a finished task's own run is FINISHED by then); return their ids."""
+def end_dead_attempts(task_ids: Sequence[str], cancelled: bool = False) -> list[str]:
+    """End the MLflow runs of ``task_ids`` still RUNNING; return their ids. FAILED: their
+    attempt's worker or node died (a finished task's own run is FINISHED by then). KILLED,
+    when ``cancelled``: the driver cancelled the task (Ctrl-C), and its stage did not end its
+    run in time (a loaded node), or could not (it was stopped by force)."""
     from mlflow.entities import RunStatus
 
+    status, reason = (
+        (RunStatus.KILLED, "its task was cancelled from the driver")
+        if cancelled
+        else (RunStatus.FAILED, "its cluster node or worker died")
+    )
     client = mlflow_client()
     ended = []
     for run in runs_left_running(task_ids, client):
-        client.set_tag(run.info.run_id, "pipeline.end_reason", "its cluster node or worker died")
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        client.set_tag(run.info.run_id, "pipeline.end_reason", reason)
+        client.set_terminated(run.info.run_id, RunStatus.to_string(status))
         log.warning(
-            "MLflow run %s (%s) was left RUNNING by an attempt whose node or worker died: "
-            "marked FAILED", run.info.run_id, run.info.run_name,
+            "MLflow run %s (%s) was left RUNNING: %s; marked %s",
+            run.info.run_id, run.info.run_name, reason, RunStatus.to_string(status),
         )  # fmt: skip
         ended.append(run.info.run_id)
     return ended
@@ -253,7 +261,7 @@ class Cluster:
                 end_dead_attempts([spec.task_id])
         except BaseException:  # Ctrl-C, or the driver itself failing: stop what still runs
             self.cancel(pending)
-            end_dead_attempts([spec.task_id for spec in specs])
+            end_dead_attempts([spec.task_id for spec in specs], cancelled=True)
             raise
         if failed:
             kept = (

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -149,31 +150,47 @@ def test_the_runner_trains_on_both_nodes_and_equals_a_sequential_dvc_repro(setup
         assert comparable(sequential / path) == comparable(root / path), path
 
 
-def stage_process(tag_value: str) -> int | None:
-    """The pid of a training stage running on the node tagged ``tag_value``, if any."""
-    for pid, cmdline in processes.tagged(tag_value, NODE_TAG).items():
-        if "stages.train" in cmdline:
-            return pid
-    return None
+def stage_processes(tag_value: str) -> list[int]:
+    """The pids of the training stages (and the shells DVC runs them in) running on the node
+    tagged ``tag_value``."""
+    return [
+        pid
+        for pid, cmdline in processes.tagged(tag_value, NODE_TAG).items()
+        if "stages.train" in cmdline
+    ]
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 def kill_second_node_mid_training(url: str, found: dict, stop: threading.Event) -> None:
     """Once a training on the second node has its MLflow run RUNNING, SIGKILL every process
-    of that node (the machine dies); note the run."""
+    of that node (the machine dies); note the run. The trainings there are paused (SIGSTOP)
+    while the store is asked: a short training on a loaded machine could otherwise start and
+    end its run between two looks."""
     client = mlflow.MlflowClient(url)
     while not stop.is_set():
-        pid = stage_process("second")
-        if pid is not None:
+        pids = stage_processes("second")
+        signal_all(pids, signal.SIGSTOP)
+        try:
             with contextlib.suppress(Exception):  # the experiment may not exist yet
                 experiment = client.get_experiment_by_name("mnist-optimizers")
-                runs = client.search_runs(
-                    [experiment.experiment_id],
-                    f"tags.`{tracking.PID_TAG}` = '{pid}' and attributes.status = 'RUNNING'",
-                )
+                runs = [
+                    r
+                    for r in client.search_runs(
+                        [experiment.experiment_id], "attributes.status = 'RUNNING'"
+                    )
+                    if r.data.tags.get(tracking.PID_TAG) in {str(pid) for pid in pids}
+                ]
                 if runs:
                     found["run"] = runs[0].info.run_id
                     found["killed"] = processes.stop_tagged("second", 0, NODE_TAG)
                     return
+        finally:
+            signal_all(pids, signal.SIGCONT)
         time.sleep(0.2)
 
 
@@ -230,7 +247,8 @@ def test_a_stage_that_fails_by_itself_fails_once_with_its_message(setup, tmp_pat
 
 def test_ctrl_c_on_the_driver_cancels_its_tasks(setup) -> None:
     """SIGINT to the runner mid-training: the task stops its stage, whose MLflow run ends
-    KILLED; the runner exits 130 and nothing of the stage runs on."""
+    KILLED (by the stage, or by the runner where the stage could not in time); the runner
+    exits 130 and nothing of the stage runs on."""
     root, url, address, env = setup
     argv = [sys.executable, "-m", "mnist_optimizers.parallel", "--ray", "--address", address,
             "--git-url", str(root), "-S", "train.seeds=[11]", "-S", "train.epochs=20"]  # fmt: skip
@@ -300,3 +318,27 @@ def test_a_task_names_its_runs_for_the_driver() -> None:
         )
     gpu = cluster_task.stage_env(cluster_task.TaskSpec("s", "t", "u", "c", "", "", "r", gpus=1))
     assert "CUDA_VISIBLE_DEVICES" not in gpu or gpu["CUDA_VISIBLE_DEVICES"] != ""
+
+
+def test_the_sweep_ends_left_runs_failed_after_a_death_and_killed_after_a_cancel(
+    project, monkeypatch
+) -> None:
+    """Runs a task's attempts left RUNNING: FAILED when the attempt died, KILLED when the
+    driver cancelled the task (Ctrl-C) and the stage could not end its run itself; a run of
+    another task, and a run that already ended, are left alone."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("mnist-optimizers")
+
+    def started(task_id: str) -> str:
+        run_ = client.create_run(experiment, tags={tracking.CLUSTER_TASK_TAG: task_id})
+        return run_.info.run_id
+
+    died, cancelled, other, finished = started("t1"), started("t2"), started("t3"), started("t2")
+    client.set_terminated(finished, "FINISHED")
+    assert cluster.end_dead_attempts(["t1"]) == [died]
+    assert cluster.end_dead_attempts(["t2"], cancelled=True) == [cancelled]
+    status = {r: client.get_run(r).info.status for r in (died, cancelled, other, finished)}
+    assert status == {died: "FAILED", cancelled: "KILLED", other: "RUNNING", finished: "FINISHED"}
+    assert "died" in client.get_run(died).data.tags["pipeline.end_reason"]
+    assert "cancelled" in client.get_run(cancelled).data.tags["pipeline.end_reason"]
