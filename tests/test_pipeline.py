@@ -220,9 +220,22 @@ def test_the_best_model_by_validation_accuracy_is_registered_once_as_champion(
 
 
 def test_the_served_champion_predicts_real_test_images(reproduced) -> None:
+    """`mlflow models serve` of the @champion alias answers with the predictions of the model
+    file the pipeline trained for the run reports/champion.json names, and they are right far
+    above chance (10 classes). Its exact accuracy depends on the CPU's arithmetic (18 or 19 of
+    these 20 on the machines seen), so the check is against the model itself."""
+    import keras
+
+    from mnist_optimizers.paths import MODELS_DIR, run_key
+
     root, env, _ = reproduced
     x_test = np.load(root / "data" / "processed" / "x_test.npy")[:20]
     y_test = np.load(root / "data" / "processed" / "y_test.npy")[:20]
+    champion = json.loads((root / "reports" / "champion.json").read_text())
+    key = run_key(champion["optimizer"], champion["seed"], champion["setting"] == "tuned")
+    expected = keras.models.load_model(root / MODELS_DIR / f"{key}.keras").predict(
+        x_test, verbose=0
+    )
     port = servers.free_port()
     serve = [
         str(Path(sys.executable).parent / "mlflow"), "models", "serve",
@@ -238,8 +251,9 @@ def test_the_served_champion_predicts_real_test_images(reproduced) -> None:
     assert response.status_code == 200, response.text
     probabilities = np.array(response.json()["predictions"])
     assert probabilities.shape == (20, 10)
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
     correct = int((probabilities.argmax(axis=1) == y_test).sum())
-    assert correct >= 19, f"{correct}/20 test images right"
+    assert correct >= 15, f"{correct}/20 test images right"
 
 
 def test_each_search_is_a_parent_run_with_one_child_per_rate(reproduced) -> None:
