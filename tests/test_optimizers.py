@@ -69,3 +69,22 @@ def test_every_catalog_entry_trains_the_reference_cnn(name: str) -> None:
     moved = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
     assert all(moved), f"{name}: weights left unchanged: {moved}"
     keras.backend.clear_session()
+
+
+def test_the_catalogs_adafactor_survives_a_dead_unit() -> None:
+    """A weight between a dead input unit and a dead output unit (a zero row and a zero
+    column of its gradient): with Keras' epsilon_1 (1e-30) Adafactor's factored second moment
+    underflows to 0 there and the update is 0/0 = NaN; with the catalog's it is finite and
+    leaves that weight alone. (If Keras fixes it, the first assertion says so.)"""
+    gradient = np.full((4, 4), 1e-2, dtype=np.float32)
+    gradient[0, :] = gradient[:, 0] = 0.0
+
+    def one_step(optimizer: keras.optimizers.Optimizer) -> np.ndarray:
+        variable = keras.Variable(np.ones((4, 4), dtype=np.float32))
+        optimizer.apply_gradients([(keras.ops.convert_to_tensor(gradient), variable)])
+        return keras.ops.convert_to_numpy(variable)
+
+    assert np.isnan(one_step(keras.optimizers.Adafactor(learning_rate=0.001))[0, 0])
+    after = one_step(optimizers.build_optimizer("adafactor", CATALOG["adafactor"]))
+    assert np.isfinite(after).all()
+    assert after[0, 0] == 1.0 and (after[1:, 1:] < 1.0).all()
