@@ -320,14 +320,12 @@ def test_a_task_names_its_runs_for_the_driver() -> None:
     assert "CUDA_VISIBLE_DEVICES" not in gpu or gpu["CUDA_VISIBLE_DEVICES"] != ""
 
 
-def test_the_sweep_ends_left_runs_failed_after_a_death_and_killed_after_a_cancel(
-    project, monkeypatch
-) -> None:
+def test_the_sweep_ends_left_runs_failed_after_a_death_and_killed_after_a_cancel(project) -> None:
     """Runs a task's attempts left RUNNING: FAILED when the attempt died, KILLED when the
     driver cancelled the task (Ctrl-C) and the stage could not end its run itself; a run of
     another task, and a run that already ended, are left alone."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
+    # The project's own store, as the sweep finds it; not a URI another test left set.
+    client = mlflow.MlflowClient(tracking.tracking_uri())
     experiment = client.create_experiment("mnist-optimizers")
 
     def started(task_id: str) -> str:
