@@ -259,7 +259,7 @@ def test_a_stage_stopped_while_it_logs_to_the_store_ends_its_run_killed(tmp_path
         uri = f"sqlite:///{folder / 'mlflow.db'}"
         process = subprocess.Popen(
             [sys.executable, "-c", LOGS_UNTIL_STOPPED], cwd=folder,
-            env=ENV | {"MLFLOW_TRACKING_URI": uri},
+            env=ENV | {"MLFLOW_TRACKING_URI": uri, "PYTHONFAULTHANDLER": "1"},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
@@ -270,7 +270,12 @@ def test_a_stage_stopped_while_it_logs_to_the_store_ends_its_run_killed(tmp_path
             run_id = process.stdout.readline().strip()
             time.sleep(random.uniform(0.1, 0.5))
             process.send_signal(sig)
-            _, err = process.communicate(timeout=60)
+            try:
+                _, err = process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # seen once in CI: where is it stuck?
+                process.send_signal(signal.SIGABRT)  # faulthandler prints every thread
+                _, err = process.communicate(timeout=30)
+                pytest.fail(f"still running 60 s after {sig.name}; its threads:\n{err[-8000:]}")
             assert process.returncode == 128 + sig, err[-3000:]
             assert "Traceback" not in err and "WARNING" not in err, err[-3000:]
             assert mlflow.MlflowClient(uri).get_run(run_id).info.status == "KILLED"
