@@ -2,7 +2,7 @@
 node; tests/ray_local.py starts it) against `dvc repro` of the same stages, on full MNIST.
 
 1. a clean clone with a local-folder DVC remote, an MLflow tracking server on SQLite;
-2. `python -m mnist_optimizers.parallel --ray -S compare=[adam,nadam] -S train.seeds=[42]`,
+2. `python -m mnist_optimizers.parallel -S compare=[adam,nadam] -S train.seeds=[42]`,
    timed: its log gives each task's seconds (waited, clone, repro, push);
 3. the same again with dvc.lock put back: every task restores its stage from the run cache,
    so its seconds are the cluster's own cost per task (start, clone, pull, push);
@@ -127,7 +127,7 @@ def bench_cluster(log: Path) -> dict:
             ray_cluster(env) as (address, cluster_env),
         ):
             cluster_env = cluster_env | {"MLFLOW_TRACKING_URI": url}
-            runner = [sys.executable, "-m", "mnist_optimizers.parallel", "--ray", "--address",
+            runner = [sys.executable, "-m", "mnist_optimizers.parallel", "--address",
                       address, "--git-url", str(driver)]  # fmt: skip
             sets = [arg for value in SET for arg in ("-S", value)]
             print("  cluster: the runner", flush=True)

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import yaml
 
-from mnist_optimizers.params import parse_yaml
 from mnist_optimizers.paths import run_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,16 +88,12 @@ def dvc_command(*args: str) -> list[str]:
 
 
 def set_params(clone: Path, **changes: object) -> None:
-    """Set dotted keys in the clone's params.yaml (`train.precision="float32"`)."""
-    path = clone / "params.yaml"
-    params = parse_yaml(path.read_text(encoding="utf-8"), str(path))  # as the stages read it
-    for dotted, value in changes.items():
-        *parents, key = dotted.split("__")
-        section = params
-        for parent in parents:
-            section = section[parent]
-        section[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    """Set keys in the clone's params.yaml as `dvc exp run -S` does (`train__precision=
+    "float32"` sets train.precision)."""
+    from dvc.utils.hydra import apply_overrides
+
+    overrides = [f"++{k.replace('__', '.')}={json.dumps(v)}" for k, v in changes.items()]
+    apply_overrides(clone / "params.yaml", overrides)
 
 
 def train_metrics(clone: Path, name: str) -> dict:

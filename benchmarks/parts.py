@@ -8,7 +8,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
@@ -258,47 +257,6 @@ def bench_input(clone: Path, runs: int, log: Path) -> dict:
             result = json.loads(out.read_text())
             row[kind] = result["train_images"] / result["fit_seconds"]
         rows.append(row)
-    return {"runs": rows}
-
-
-def run_parallel(clone: Path, jobs: int, log: Path) -> None:
-    """`python -m mnist_optimizers.parallel -j <jobs>`: the stale training stages through the experiment
-    queue, ``jobs`` at a time, then `dvc repro`, which must take them from the run cache."""
-    start = log.stat().st_size
-    measure([sys.executable, "-m", "mnist_optimizers.parallel", "-j", str(jobs)], clone, log)
-    with log.open() as text:
-        text.seek(start)
-        output = text.read()
-    trained = [name for name in OPTIMIZERS if f"Running stage 'train@{name}-" in output]
-    if trained:
-        raise RuntimeError(f"dvc repro retrained {trained} instead of using the run cache")
-
-
-def bench_parallel(clone: Path, runs: int, log: Path) -> dict:
-    """The four optimizers and evaluate: `dvc repro` (one stage at a time, all cores each)
-    against `python -m mnist_optimizers.parallel -j 2` (two at a time through the experiment queue),
-    alternating. A new seed (`train.seeds`) each time, so that no training comes from the run
-    cache; since issue 4 that is 8 trainings a run (default and tuned rates), the grids cached."""
-    rows = []
-    seed = 1000
-    for _ in range(runs):
-        row = {}
-        for mode in ("sequential", "parallel"):
-            seed += 1
-            set_params(clone, train__seeds=[seed])
-            start = time.perf_counter()
-            if mode == "sequential":
-                measure(dvc_command("repro"), clone, log)
-            else:
-                run_parallel(clone, 2, log)
-            row[f"{mode}_seconds"] = time.perf_counter() - start
-            metrics = {name: train_metrics(clone, run_key(name, seed)) for name in OPTIMIZERS}
-            row[f"{mode}_threads"] = metrics["adam"]["threads"]
-            row[f"{mode}_val_accuracy"] = {n: m["val_accuracy"] for n, m in metrics.items()}
-        rows.append(row)
-    subprocess.run(
-        ["git", "checkout", "-q", "--", "params.yaml", "dvc.lock"], cwd=clone, check=True
-    )
     return {"runs": rows}
 
 

@@ -1,4 +1,4 @@
-"""BENCHMARKS.md from the raw numbers of benchmarks/results.json."""
+"""docs/benchmarks.md from the raw numbers of benchmarks/results.json."""
 
 from __future__ import annotations
 
@@ -8,174 +8,213 @@ from benchmarks.harness import fmt, summary
 
 
 def report(results: dict) -> str:
-    """BENCHMARKS.md from the results."""
+    """docs/benchmarks.md from the results: each part under its heading, with the date and CPU
+    it was measured on."""
     cpu = results["cpu"]
     lines = [
         "# Benchmarks",
         "",
         f"Written by `python -m benchmarks.run` on {results['date']}. Each figure: median "
         f"(min-max) of {results['runs']} runs; each ratio is taken within one A/B pair run "
-        "back to back, then summarised.",
+        "back to back, then summarised. Each part says the day and CPU it was measured on.",
         "",
-        "## Machine",
+        "## The last run's machine",
         "",
         f"- CPU: {cpu['model']} ({cpu['vendor']}, family {cpu['family']}), {cpu['cores']} cores "
         f"usable, {cpu['mhz']:.0f} MHz; flags: {', '.join(cpu['flags'])}",
-        f"- Peak fp32: {cpu['peak_fp32_gflops']:.0f} GFLOP/s = {cpu['cores']} cores x "
-        f"{cpu['mhz'] / 1000:.2f} GHz x {cpu['fp32_flop_per_cycle_per_core']} FLOP/cycle "
-        "(FMA pipes x fp32 lanes x 2, from the CPU family; an estimate, not a measurement)",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
         "",
     ]
-    if "measured" in results:
-        lines += [
-            "Each part as last run (a part run alone keeps the others' numbers): "
-            + "; ".join(
-                f"{part} {m['date']} on {m['cpu']}" for part, m in results["measured"].items()
-            )
-            + ". The machine above is the last run's.",
-            "",
-        ]
-    if "pipeline" in results:
-        rows = results["pipeline"]["runs"]
-
-        def stats(key: str) -> dict:
-            return summary([r[key] for r in rows])
-
-        def ratio(a: str, b: str) -> dict:
-            return summary([r[a] / r[b] for r in rows])
-
-        lines += [
-            "## Pipeline against plain Keras (train@adam, full MNIST, 5 epochs)",
-            "",
-            "| | pipeline stage (`dvc repro -f -s train@adam`) | plain script | ratio |",
-            "|---|---|---|---|",
-            f"| wall seconds | {fmt(stats('stage_seconds'), 1)} | {fmt(stats('plain_seconds'), 1)} "
-            f"| {fmt(ratio('stage_seconds', 'plain_seconds'), 3)}x |",
-            f"| training images/s | {fmt(stats('stage_images_per_second'), 0)} | "
-            f"{fmt(stats('plain_images_per_second'), 0)} | "
-            f"{fmt(ratio('stage_images_per_second', 'plain_images_per_second'), 3)}x |",
-            f"| peak RSS, MiB | {fmt(stats('stage_max_rss_mib'), 0)} | "
-            f"{fmt(stats('plain_max_rss_mib'), 0)} | |",
-            "",
-            "## Where the stage's time goes (train@adam)",
-            "",
-            "| part | seconds | share of the stage |",
-            "|---|---|---|",
-        ]
-        parts = {
-            key: [r["stage_breakdown"][key] for r in rows] for key in rows[0]["stage_breakdown"]
-        }
-        parts["DVC, interpreter and imports (the rest)"] = [
-            r["stage_seconds"] - sum(r["stage_breakdown"].values()) for r in rows
-        ]
-        for key, values in parts.items():
-            shares = [100 * v / r["stage_seconds"] for v, r in zip(values, rows, strict=True)]
-            lines.append(f"| {key} | {fmt(summary(values), 2)} | {fmt(summary(shares), 2, '%')} |")
-        lines += [
-            "",
-            "## One changed parameter",
-            "",
-            "`dvc exp run -S optimizers.adam.learning_rate=...` (retrains Adam, then evaluates) "
-            "against the forced stage:",
-            "",
-            f"- exp run: {fmt(stats('exp_run_seconds'), 1)} s; ratio to the forced stage "
-            f"{fmt(ratio('exp_run_seconds', 'stage_seconds'), 3)}x",
-            "",
-        ]
-    if "noop" in results:
-        noop = results["noop"]
-        lines += [
-            "## Nothing to do",
-            "",
-            f"- `dvc repro`, all up to date: {fmt(noop['dvc_repro'])} s",
-            f"- `dvc status`: {fmt(noop['dvc_status'])} s",
-            "",
-        ]
-    if "memory" in results:
-        lines += ["## Peak resident memory per stage (forced, full MNIST)", ""]
-        lines += [f"- {stage}: {mib:.0f} MiB" for stage, mib in results["memory"].items()]
-        lines.append("")
-    if "flops" in results:
-        flops = results["flops"]
-        lines += [
-            "## How close to the hardware",
-            "",
-            f"- Training FLOPs per image (forward, loss, gradients; counted by TensorFlow's "
-            f"profiler): {flops['train_flops_per_image'] / 1e6:.1f} M; forward only: "
-            f"{flops['forward_flops_per_image'] / 1e6:.1f} M",
-        ]
-        if "achieved_gflops" in flops:
-            lines += [
-                f"- Achieved in a training epoch (train + validation pass, median epoch): "
-                f"{flops['achieved_gflops']:.1f} GFLOP/s, "
-                f"{100 * flops['achieved_gflops'] / peak_of(results, 'flops'):.1f}% of the fp32 peak of the CPU it ran on",
-                "- The count is of direct convolution. oneDNN may run 3x3 convolutions with "
-                "algorithms that need fewer multiplications (Winograd), and the cores may run "
-                "above the nominal clock, so a figure near or above 100% is possible.",
-            ]
-        lines.append("")
-    if "precision" in results:
-        lines += [
-            "## float32 against mixed_bfloat16 (5 epochs, full MNIST, each stage alone)",
-            "",
-            "| optimizer | float32 s/epoch | bf16 s/epoch | speed-up | float32 val acc % | "
-            "bf16 val acc % | difference (points) |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, row in results["precision"].items():
-            f32, bf16 = row["float32"], row["mixed_bfloat16"]
-            speedups = [
-                a / b for a, b in zip(f32["epoch_seconds"], bf16["epoch_seconds"], strict=True)
-            ]
-            lines.append(
-                f"| {name} | {fmt(summary(f32['epoch_seconds']), 1)} | "
-                f"{fmt(summary(bf16['epoch_seconds']), 1)} | {fmt(summary(speedups), 2)}x | "
-                f"{100 * f32['val_accuracy']:.2f} | {100 * bf16['val_accuracy']:.2f} | "
-                f"{100 * (bf16['val_accuracy'] - f32['val_accuracy']):+.2f} |"
-            )
-        lines += [
-            "",
-            "Seconds per epoch: median (min-max) over the 5 epochs of one run; the speed-up is "
-            "per epoch pair.",
-            "",
-        ]
-    if "search" in results:
-        lines += report_search(results["search"])
-    if "threads" in results:
-        lines += report_threads(results["threads"])
-    if "input" in results:
-        rows = results["input"]["runs"]
-        lines += [
-            "## Input path (fit_probe: 1 epoch of 20,000 images, stage thread setting)",
-            "",
-            f"- NumPy arrays straight to `fit` (what the stage does): "
-            f"{fmt(summary([r['arrays'] for r in rows]), 0)} images/s",
-            f"- `tf.data` (from_tensor_slices, shuffle, batch, prefetch): "
-            f"{fmt(summary([r['tf.data'] for r in rows]), 0)} images/s",
-            f"- tf.data / arrays: {fmt(summary([r['tf.data'] / r['arrays'] for r in rows]), 3)}x",
-            "",
-        ]
-    if "parallel" in results:
-        lines += report_parallel(results["parallel"]["runs"])
-    if "runcache" in results:
-        runcache = results["runcache"]
-        restored = summary(runcache["restored_seconds"])
-        lines += [
-            "## Back to a value trained before (run cache)",
-            "",
-            f"- `dvc exp run -S optimizers.adam.learning_rate=<new>`, training Adam, then "
-            f"evaluate: {runcache['trained_seconds']:.1f} s (one run)",
-            f"- back and forth between that value and the committed one, {len(runcache['restored_seconds'])} "
-            f"times (Adam from the run cache, evaluate runs): {fmt(restored, 1)} s, "
-            f"{restored['median'] / runcache['trained_seconds']:.3f}x the run that trained",
-            "- Before the training stages' outputs were all cached, DVC kept no run cache for "
-            "them, and going back cost as much as a new value.",
-            "",
-        ]
-    if "cluster" in results:
-        lines += report_cluster(results["cluster"])
+    measured = results.get("measured", {})
+    for name, writer in PARTS.items():
+        if name not in results:
+            continue
+        part = writer(results)
+        if name in measured and part and part[0].startswith("## "):
+            part[1:1] = ["", f"Measured {measured[name]['date']} on {measured[name]['cpu']}."]
+        lines += part
     return "\n".join(lines)
+
+
+def part_pipeline(results: dict) -> list[str]:
+    lines: list[str] = []
+    rows = results["pipeline"]["runs"]
+
+    def stats(key: str) -> dict:
+        return summary([r[key] for r in rows])
+
+    def ratio(a: str, b: str) -> dict:
+        return summary([r[a] / r[b] for r in rows])
+
+    lines += [
+        "## Pipeline against plain Keras (train@adam, full MNIST, 5 epochs)",
+        "",
+        "| | pipeline stage (`dvc repro -f -s train@adam`) | plain script | ratio |",
+        "|---|---|---|---|",
+        f"| wall seconds | {fmt(stats('stage_seconds'), 1)} | {fmt(stats('plain_seconds'), 1)} "
+        f"| {fmt(ratio('stage_seconds', 'plain_seconds'), 3)}x |",
+        f"| training images/s | {fmt(stats('stage_images_per_second'), 0)} | "
+        f"{fmt(stats('plain_images_per_second'), 0)} | "
+        f"{fmt(ratio('stage_images_per_second', 'plain_images_per_second'), 3)}x |",
+        f"| peak RSS, MiB | {fmt(stats('stage_max_rss_mib'), 0)} | "
+        f"{fmt(stats('plain_max_rss_mib'), 0)} | |",
+        "",
+        "## Where the stage's time goes (train@adam)",
+        "",
+        "| part | seconds | share of the stage |",
+        "|---|---|---|",
+    ]
+    parts = {
+        key: [r["stage_breakdown"][key] for r in rows] for key in rows[0]["stage_breakdown"]
+    }
+    parts["DVC, interpreter and imports (the rest)"] = [
+        r["stage_seconds"] - sum(r["stage_breakdown"].values()) for r in rows
+    ]
+    for key, values in parts.items():
+        shares = [100 * v / r["stage_seconds"] for v, r in zip(values, rows, strict=True)]
+        lines.append(f"| {key} | {fmt(summary(values), 2)} | {fmt(summary(shares), 2, '%')} |")
+    lines += [
+        "",
+        "## One changed parameter",
+        "",
+        "`dvc exp run -S optimizers.adam.learning_rate=...` (retrains Adam, then evaluates) "
+        "against the forced stage:",
+        "",
+        f"- exp run: {fmt(stats('exp_run_seconds'), 1)} s; ratio to the forced stage "
+        f"{fmt(ratio('exp_run_seconds', 'stage_seconds'), 3)}x",
+        "",
+    ]
+    return lines
+
+
+def part_noop(results: dict) -> list[str]:
+    lines: list[str] = []
+    noop = results["noop"]
+    lines += [
+        "## Nothing to do",
+        "",
+        f"- `dvc repro`, all up to date: {fmt(noop['dvc_repro'])} s",
+        f"- `dvc status`: {fmt(noop['dvc_status'])} s",
+        "",
+    ]
+    return lines
+
+
+def part_memory(results: dict) -> list[str]:
+    lines: list[str] = []
+    lines += ["## Peak resident memory per stage (forced, full MNIST)", ""]
+    lines += [f"- {stage}: {mib:.0f} MiB" for stage, mib in results["memory"].items()]
+    lines.append("")
+    return lines
+
+
+def part_flops(results: dict) -> list[str]:
+    lines: list[str] = []
+    flops = results["flops"]
+    lines += [
+        "## How close to the hardware",
+        "",
+        f"- Training FLOPs per image (forward, loss, gradients; counted by TensorFlow's "
+        f"profiler): {flops['train_flops_per_image'] / 1e6:.1f} M; forward only: "
+        f"{flops['forward_flops_per_image'] / 1e6:.1f} M",
+    ]
+    if "achieved_gflops" in flops:
+        lines += [
+            f"- Achieved in a training epoch (train + validation pass, median epoch): "
+            f"{flops['achieved_gflops']:.1f} GFLOP/s (the count is of direct convolution; "
+            "oneDNN may run 3x3 convolutions with fewer multiplications)",
+        ]
+    lines.append("")
+    return lines
+
+
+def part_precision(results: dict) -> list[str]:
+    lines: list[str] = []
+    lines += [
+        "## float32 against mixed_bfloat16 (5 epochs, full MNIST, each stage alone)",
+        "",
+        "| optimizer | float32 s/epoch | bf16 s/epoch | speed-up | float32 val acc % | "
+        "bf16 val acc % | difference (points) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in results["precision"].items():
+        f32, bf16 = row["float32"], row["mixed_bfloat16"]
+        speedups = [
+            a / b for a, b in zip(f32["epoch_seconds"], bf16["epoch_seconds"], strict=True)
+        ]
+        lines.append(
+            f"| {name} | {fmt(summary(f32['epoch_seconds']), 1)} | "
+            f"{fmt(summary(bf16['epoch_seconds']), 1)} | {fmt(summary(speedups), 2)}x | "
+            f"{100 * f32['val_accuracy']:.2f} | {100 * bf16['val_accuracy']:.2f} | "
+            f"{100 * (bf16['val_accuracy'] - f32['val_accuracy']):+.2f} |"
+        )
+    lines += [
+        "",
+        "Seconds per epoch: median (min-max) over the 5 epochs of one run; the speed-up is "
+        "per epoch pair.",
+        "",
+    ]
+    return lines
+
+
+def part_search(results: dict) -> list[str]:
+    lines: list[str] = []
+    lines += report_search(results["search"])
+    return lines
+
+
+def part_threads(results: dict) -> list[str]:
+    lines: list[str] = []
+    lines += report_threads(results["threads"])
+    return lines
+
+
+def part_input(results: dict) -> list[str]:
+    lines: list[str] = []
+    rows = results["input"]["runs"]
+    lines += [
+        "## Input path (fit_probe: 1 epoch of 20,000 images, stage thread setting)",
+        "",
+        f"- NumPy arrays straight to `fit` (what the stage does): "
+        f"{fmt(summary([r['arrays'] for r in rows]), 0)} images/s",
+        f"- `tf.data` (from_tensor_slices, shuffle, batch, prefetch): "
+        f"{fmt(summary([r['tf.data'] for r in rows]), 0)} images/s",
+        f"- tf.data / arrays: {fmt(summary([r['tf.data'] / r['arrays'] for r in rows]), 3)}x",
+        "",
+    ]
+    return lines
+
+
+def part_runcache(results: dict) -> list[str]:
+    lines: list[str] = []
+    runcache = results["runcache"]
+    restored = summary(runcache["restored_seconds"])
+    lines += [
+        "## Back to a value trained before (run cache)",
+        "",
+        f"- `dvc exp run -S optimizers.adam.learning_rate=<new>`, training Adam, then "
+        f"evaluate: {runcache['trained_seconds']:.1f} s (one run)",
+        f"- back and forth between that value and the committed one, {len(runcache['restored_seconds'])} "
+        f"times (Adam from the run cache, evaluate runs): {fmt(restored, 1)} s, "
+        f"{restored['median'] / runcache['trained_seconds']:.3f}x the run that trained",
+        "- Before the training stages' outputs were all cached, DVC kept no run cache for "
+        "them, and going back cost as much as a new value.",
+        "",
+    ]
+    return lines
+
+
+def part_cluster(results: dict) -> list[str]:
+    lines: list[str] = []
+    lines += report_cluster(results["cluster"])
+    return lines
+
+
+PARTS = {
+    "pipeline": part_pipeline, "noop": part_noop, "memory": part_memory, "flops": part_flops,
+    "precision": part_precision, "search": part_search, "threads": part_threads,
+    "input": part_input, "runcache": part_runcache, "cluster": part_cluster,
+}  # fmt: skip
 
 
 def minutes(seconds: float) -> str:
@@ -189,7 +228,7 @@ def report_cluster(run: dict) -> list[str]:
     lines = [
         "## Many machines (Ray cluster runner, full MNIST)",
         "",
-        "`python -m mnist_optimizers.parallel --ray -S " + " -S ".join(run["stages"]) + "` on a "
+        "`python -m mnist_optimizers.parallel -S " + " -S ".join(run["stages"]) + "` on a "
         "two-node Ray cluster on this machine (two `ray start` processes, 1 CPU each, so 1 "
         "TensorFlow thread per task), against `dvc repro` of the same params in a fresh clone, "
         "one after the other in one run (one run each):",
@@ -296,34 +335,6 @@ def report_threads(rows: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def report_parallel(rows: list[dict]) -> list[str]:
-    """One stage at a time against two at a time through the queue."""
-    seq = [r["sequential_seconds"] for r in rows]
-    par = [r["parallel_seconds"] for r in rows]
-    ratios = [p / s for p, s in zip(par, seq, strict=True)]
-    if min(ratios) < 1 < max(ratios):
-        faster = "neither: the per-run ratios fall on both sides of 1"
-    else:
-        faster = "two at a time" if statistics.median(ratios) < 1 else "one at a time"
-    threads = rows[0]["parallel_threads"]
-    return [
-        "## Parallel experiments (four optimizers + evaluate, full MNIST, 5 epochs)",
-        "",
-        "| | wall seconds |",
-        "|---|---|",
-        f"| one at a time, all cores each (`dvc repro`) | {fmt(summary(seq), 1)} |",
-        f"| two at a time (the steps of `python -m mnist_optimizers.parallel -j 2`: `dvc exp run "
-        f"--queue train@<name>` x4, `PIPELINE_JOBS=2 dvc queue start -j 2`, `dvc repro`), "
-        f"{threads['intra_op']} intra-op thread each | {fmt(summary(par), 1)} |",
-        f"| ratio, two at a time / one at a time | {fmt(summary(ratios), 3)}x |",
-        "",
-        f"Faster: {faster}. Each run trains with a new seed (`train.seeds`), so that nothing comes "
-        "from the run cache; the final `dvc repro` of the queued way checks the four models "
-        "out of the run cache and runs only evaluate.",
-        "",
-    ]
-
-
 def report_search(rows: dict) -> list[str]:
     """Each search against the first (the 5-point grid it replaced), per optimizer and in
     total: seconds, their ratio, the epochs trained and the rate picked."""
@@ -362,12 +373,3 @@ def report_search(rows: dict) -> list[str]:
         "",
     ]
     return lines
-
-
-def peak_of(results: dict, part: str) -> float:
-    """The fp32 peak of the CPU that ran ``part`` (the last run's CPU if not recorded)."""
-    return (
-        results.get("measured", {})
-        .get(part, {})
-        .get("peak_fp32_gflops", results["cpu"]["peak_fp32_gflops"])
-    )

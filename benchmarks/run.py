@@ -1,6 +1,6 @@
 """Benchmark the pipeline: against plain Keras, where a stage's time goes, no-op and one-param
-reruns, memory, FLOP/s against the CPU's peak, float32 against mixed_bfloat16, and the
-learning-rate search against the grid it replaced, and the Ray cluster runner against `dvc repro`.
+reruns, memory, FLOP/s, float32 against mixed_bfloat16, and the
+learning-rate search against a grid, and the parallel runner against `dvc repro`.
 
     python -m benchmarks.run                          # everything: about an hour on 2 cores
     python -m benchmarks.run --only noop,memory,flops # a part
@@ -10,7 +10,7 @@ Needs a completed `dvc repro` (and MNIST_MIRROR where the public mirrors are out
 It works in a temporary clone of the committed project that shares this project's DVC cache,
 so the workspace, dvc.lock and mlflow.db are left as they are. Every figure is the median of
 `--runs` runs with min and max; each comparison alternates A and B and takes the ratio of each
-pair. Writes BENCHMARKS.md and benchmarks/results.json (every raw number).
+pair. Writes docs/benchmarks.md and benchmarks/results.json (every raw number).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from benchmarks.parts import (
     bench_input,
     bench_memory,
     bench_noop,
-    bench_parallel,
     bench_pipeline,
     bench_precision,
     bench_runcache,
@@ -47,7 +46,6 @@ PARTS = (
     "search",
     "threads",
     "input",
-    "parallel",
     "runcache",
     "cluster",
 )
@@ -63,12 +61,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated: {PARTS}")
     parser.add_argument(
-        "--report-only", action="store_true", help="rewrite BENCHMARKS.md from results.json"
+        "--report-only", action="store_true", help="rewrite docs/benchmarks.md from results.json"
     )
     args = parser.parse_args()
     if args.report_only:
         results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
-        (ROOT / "BENCHMARKS.md").write_text(report(results) + "\n")
+        (ROOT / "docs" / "benchmarks.md").write_text(report(results) + "\n")
         return
     parts = args.only.split(",")
     unknown = set(parts) - set(PARTS)
@@ -102,7 +100,6 @@ def main() -> None:
             "search": lambda: bench_search(clone, log),
             "threads": lambda: bench_threads(clone, args.runs, log),
             "input": lambda: bench_input(clone, args.runs, log),
-            "parallel": lambda: bench_parallel(clone, args.runs, log),
             "runcache": lambda: bench_runcache(clone, args.runs, log),
             "cluster": lambda: bench_cluster(log),
         }
@@ -115,8 +112,8 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     results["measured"] = measured
     results_file.write_text(json.dumps(results, indent=2) + "\n")
-    (ROOT / "BENCHMARKS.md").write_text(report(results) + "\n")
-    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+    (ROOT / "docs" / "benchmarks.md").write_text(report(results) + "\n")
+    print(f"wrote {ROOT / 'docs' / 'benchmarks.md'}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from mnist_optimizers.errors import PipelineError, redact
+import psutil
+
+from mnist_optimizers.errors import PipelineError, Terminated, redact
 from mnist_optimizers.files import WRITTEN
 
 log = logging.getLogger(__name__)
@@ -39,19 +41,13 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     # MLflow's own INFO lines (a new store's "Creating initial MLflow database tables...")
     # say nothing a person acts on, nor do Keras' progress lines, which go to absl's logger
-    # off a terminal (tracking.log_model); their warnings still show.
+    # off a terminal (mlflow_logs.log_model); their warnings still show.
     for noisy in ("mlflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 # How often a stage checks that the process that started it (dvc) is still there.
 PARENT_POLL_SECONDS = 1.0
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived (`kill`, a closing terminal, `dvc queue kill`), or the
-    stage's parent went away: unwinds the stage like Ctrl-C's KeyboardInterrupt, so that no
-    output is written and the MLflow run is ended."""
 
 
 def _interrupt(signum: int) -> None:
@@ -126,21 +122,20 @@ SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "ash", "busybox"
 
 
 def parent_of(pid: int) -> int | None:
-    """The parent pid of ``pid`` from /proc, or None where there is no /proc or no such pid."""
+    """The parent pid of ``pid``, or None where there is no such process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-        return int(stat.rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
         return None
 
 
 def is_shell_running_one_command(pid: int) -> bool:
     """Whether ``pid`` is a shell started as `shell [options] -c cmd`, as DVC starts a stage."""
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-    except OSError:
+        args = psutil.Process(pid).cmdline()
+    except psutil.Error:
         return False
-    return len(args) >= 3 and Path(os.fsdecode(args[0])).name in SHELLS and args[-2] == b"-c"
+    return len(args) >= 3 and Path(args[0]).name in SHELLS and args[-2] == "-c"
 
 
 def ancestry_to_watch(parent: int) -> tuple[int, ...]:

@@ -14,6 +14,12 @@ class ParamsError(PipelineError):
     """A value in params.yaml is missing, unknown or invalid."""
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived (`kill`, a closing terminal), or the stage's parent went
+    away: unwinds the stage like Ctrl-C's KeyboardInterrupt, so that no output is written and
+    the MLflow run is ended."""
+
+
 _SHOWN = reprlib.Repr()
 _SHOWN.maxstring = _SHOWN.maxother = 60
 _SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxtuple = 8

@@ -1,4 +1,5 @@
-"""The `train` section and fitting: precision, the per-epoch tracker, checkpoints and resume.
+"""The `train` section and fitting: precision, the per-epoch tracker, checkpoints and resume,
+and the identity of a training run (its configuration digest).
 
 Shared by every stage that trains (train, tune, gd_variants); the stages choose the data,
 the optimizer and the budget.
@@ -7,13 +8,10 @@ the optimizer and the budget.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import shutil
 import logging
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -24,8 +22,9 @@ from typing import Any
 import keras
 import mlflow
 import numpy as np
-import tensorflow as tf
+import pandas as pd
 
+from mnist_optimizers import runtime
 from mnist_optimizers.errors import ParamsError, shown
 from mnist_optimizers.files import atomic_path, write_json_atomic
 from mnist_optimizers.model import ModelConfig
@@ -78,60 +77,16 @@ def validate_train(section: Any) -> TrainConfig:
     )
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU has BF16 instructions (x86 AVX-512 BF16 or AMX, Arm BF16)."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", cpuinfo) is not None
-
-
-def gpu_has_bf16() -> bool:
-    """True when every GPU TensorFlow sees computes bfloat16 natively (CUDA compute
-    capability 8.0 or later: Ampere, Hopper, ...); False without a GPU."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return False
-    for gpu in gpus:
-        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
-        if capability is None or tuple(capability) < (8, 0):
-            return False
-    return True
-
-
-def describe_device(name: str | None, details: dict[str, Any]) -> str:
-    """``name`` (TensorFlow's `/physical_device:GPU:0`) as a person reads it, with the GPU's
-    model and compute capability where TensorFlow knows them; "CPU" for None."""
-    if name is None:
-        return "CPU"
-    label = name.removeprefix("/physical_device:")
-    facts = [details.get("device_name")]
-    if capability := details.get("compute_capability"):
-        facts.append(f"compute capability {'.'.join(str(part) for part in capability)}")
-    facts = [fact for fact in facts if fact]
-    return f"{label} ({', '.join(facts)})" if facts else label
-
-
-def training_device() -> str:
-    """Where this process trains: TensorFlow places the model's ops on the first GPU it sees
-    (CUDA_VISIBLE_DEVICES decides which those are), else on the CPU."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return describe_device(None, {})
-    return describe_device(gpus[0].name, tf.config.experimental.get_device_details(gpus[0]))
-
-
 def effective_precision(requested: str) -> str:
     """The dtype policy to train with. ``auto``: mixed_bfloat16 where the hardware computes
     bfloat16 (a CPU with AVX-512 BF16 or AMX, a GPU of compute capability 8.0 or later),
     float32 elsewhere (on a GPU machine, the GPU decides). ``mixed_bfloat16`` asked for where it would be slow: float32, with a
     warning. ``float32``: float32."""
     if requested == "auto":  # on a GPU, where TensorFlow trains, the GPU decides
-        on_gpu = bool(tf.config.list_physical_devices("GPU"))
-        fast = gpu_has_bf16() if on_gpu else cpu_has_bf16()
+        on_gpu = bool(runtime.gpus())
+        fast = runtime.gpu_has_bf16() if on_gpu else runtime.cpu_has_bf16()
         return "mixed_bfloat16" if fast else "float32"
-    if requested != "mixed_bfloat16" or cpu_has_bf16() or tf.config.list_physical_devices("GPU"):
+    if requested != "mixed_bfloat16" or runtime.cpu_has_bf16() or runtime.gpus():
         return requested
     log.warning(
         "train.precision: mixed_bfloat16 needs a CPU with BF16 instructions (avx512_bf16, "
@@ -218,7 +173,7 @@ def resume_from(folder: Path, model: keras.Model) -> list[dict[str, float]]:
     initial = [v.numpy() for v in variables]
     try:
         model.load_weights(weights)
-    except Exception as exc:  # noqa: BLE001 - h5py, Keras and OS errors alike: start over
+    except (OSError, ValueError, KeyError) as exc:  # a damaged file (h5py, Keras): start over
         for variable, value in zip(variables, initial, strict=True):
             variable.assign(value)  # what loading had set before it failed
         return discard(folder, weights, exc)
@@ -291,15 +246,9 @@ def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
         seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
 
 
-def history_csv(history: list[dict[str, float]]) -> str:
-    """The per-epoch history as CSV text with a header row."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(
-        buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n"
-    )
-    writer.writeheader()
-    writer.writerows(history)
-    return buffer.getvalue()
+def history_frame(history: list[dict[str, float]]) -> pd.DataFrame:
+    """The per-epoch history as the table `metrics/history/<run>.csv` holds."""
+    return pd.DataFrame(history, columns=list(HISTORY_FIELDS))
 
 
 def run_params(

@@ -1,47 +1,34 @@
-"""`dvc repro` with the training stages run N at a time through DVC's experiment queue.
+"""The training and tuning stages in parallel on a Ray cluster: one machine or many.
 
-    python -m mnist_optimizers.parallel          # two at a time
-    python -m mnist_optimizers.parallel -j 3 --task-timeout 3600
-    python -m mnist_optimizers.parallel --ray    # on a Ray cluster: mnist_optimizers/cluster.py
+    ray start --head --num-cpus 2 --disable-usage-stats        # one machine: a cluster of one
+    python -m mnist_optimizers.parallel --address 127.0.0.1:6379 [-S key=value ...]
 
-Not a stage: a runner for them. On this project's 2-core machine it is no faster than
-`dvc repro`, which runs one stage at a time on all cores: 0.99x its wall time, 0.955x to 1.032x
-over three alternating runs (BENCHMARKS.md, "Parallel experiments"), so `dvc repro` stays the
-way the README gives. It runs the steps DVC documents:
+    RAY_ADDRESS=10.0.0.5:6379 MLFLOW_TRACKING_URI=http://10.0.0.5:5000 \\
+        python -m mnist_optimizers.parallel                    # many (docs/many-machines.md)
 
-1. `dvc repro preprocess`: the stages upstream of training, once, here;
-2. `dvc exp run --queue <stage>` for each stale stage of the first round (`train@`, `tune@`,
-   `gd_variants`: independent of each other);
-3. `PIPELINE_JOBS=N dvc queue start -j N`, so that each stage sizes TensorFlow's threads to
-   its share of the cores (mnist_optimizers/runtime.py); then it watches its own tasks' states, with a
-   deadline, and stops the workers it started once they are done (below);
-4. `dvc repro --single-item <those stages>`: it checks their outputs out of DVC's run cache,
-   where the queued runs left them;
-5. steps 2-4 again for the second round, `train_tuned@` (each needs its optimizer's grid);
-6. `dvc repro`: evaluate and report.
+From a clean checkout:
 
-How DVC's queue (3.67, dvc-task 0.40) shuts its workers down, and why this runner does not
-rely on it:
-- `dvc queue start` forks one daemon per worker (dvc_task ManagedProcess.spawn), which runs
-  `dvc exp queue-worker` and waits for it. The fork keeps the parent's stdout and stderr, so a
-  caller that reads `dvc queue start`'s output through a pipe waits until every worker has
-  exited. The runner sends that output to a file and returns as soon as the command does.
-- A worker exits when its monitor thread, every 10 s, finds nothing queued and asks it to shut
-  down through a control message in the broker's folder. That message can be lost: a worker
-  finished its task and never exited, its shutdown message left unread in the broker
-  (this project's CI; dvc #10427, #10562), and the monitor can also stop a worker early
-  (dvc-task #77). So the runner treats a worker as done when its own tasks are, gives the
-  workers WORKER_EXIT_SECONDS to exit by themselves, then stops the rest by their process
-  group (the pid files in `.dvc/tmp/exps/celery/`), with a warning: not a failure of the run.
-  It does not use `dvc queue stop`: that is the same control message, and one no worker reads
-  stays in the broker, where it can stop the next round's workers at their start.
-- Queued tasks with no live worker (it stopped early, or read a stale message) get the
-  workers started again, up to MAX_WORKER_STARTS times a round. A task still running after
-  ``--task-timeout`` seconds, or whose worker died, fails the run with its name and log.
-Whatever happens, including Ctrl-C, no worker the runner started is left running.
+1. `-S` values go into params.yaml, as `dvc exp run -S` puts them; `dvc repro preprocess`
+   brings the inputs up to date here (and, with a DVC remote, `dvc push --run-cache` sends
+   them there);
+2. every stale `train@` and `tune@` stage becomes one Ray task (mnist_optimizers/parallel_task.py):
+   a clone at this commit with this params.yaml and dvc.lock, `dvc repro <stage>`;
+3. `dvc repro --single-item <those stages>` here: DVC restores each from the run cache the
+   tasks filled, training nothing;
+4. the same for `train_tuned@` (each needs its optimizer's search);
+5. `dvc repro`: evaluate, report and register here (and gd_variants, whose outputs live in
+   git, not in the run cache).
 
-Models trained this way can differ from `dvc repro`'s in the last bits of their weights: the
-thread count changes how oneDNN splits its sums (mnist_optimizers/runtime.py).
+Where the stages meet: with no default DVC remote, every node must be this machine, and the
+tasks use this project's DVC cache and MLflow store (as `dvc repro` does). With a default
+remote, the tasks pull and push through it, and log to the tracking server.
+
+Failures: Ray retries a task whose worker or node died (``--retries``) on any node; a stage
+that fails by itself (bad params) fails once, and the round ends with its message after the
+other tasks are done, so what they trained stays in the run cache and the next run trains
+only what is missing. Runs that a dead attempt left RUNNING in MLflow are ended FAILED. Ctrl-C
+cancels the tasks: each stops its stage, whose run ends KILLED (the driver ends KILLED any
+that is still RUNNING once the tasks had their time to stop).
 """
 
 from __future__ import annotations
@@ -50,86 +37,63 @@ import argparse
 import json
 import logging
 import os
-import re
-import signal
-import subprocess
+import socket
 import sys
-import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import yaml
+
+from mnist_optimizers import mlflow_runs, mlflow_store, parallel_task, proc
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.errors import PipelineError
+from mnist_optimizers.files import write_text_atomic
+from mnist_optimizers.params import load_params
+from mnist_optimizers.parallel_task import TaskResult, TaskSpec, stages_run
 
 log = logging.getLogger(__name__)
-# Stages queued together: each round needs only what the rounds before it made.
-ROUNDS = (("train@", "tune@", "gd_variants"), ("train_tuned@",))
-POLL_SECONDS = 5.0
-# Where DVC's queue keeps its broker, its workers' logs (`<name>.out`) and pid files.
-QUEUE_DIR = Path(".dvc", "tmp", "exps", "celery")
-# A worker's monitor looks for queued tasks every 10 s; one that is idle longer is stuck.
-WORKER_EXIT_SECONDS = 20.0
-# From SIGTERM (Celery's warm shutdown) to SIGKILL.
-KILL_AFTER_SECONDS = 10.0
-# How long `dvc queue start` may take to write its workers' pid files.
-WORKER_START_SECONDS = 30.0
-# Tasks queued, none running, workers alive: after this long the workers are started again.
-IDLE_RESTART_SECONDS = 60.0
-MAX_WORKER_STARTS = 3
-# `dvc queue status` lists the running tasks, then the queued ones (dvc 3.67,
-# repo/experiments/queue/base.py): a task a worker takes between the two listings is in
-# neither. A task missing for longer than this is an error.
-MISSING_SECONDS = 60.0
-# `dvc queue status` reads each task's info file while a worker may be writing it, and then
-# fails with DVC's catch-all "unexpected error - Expecting value: line 1 column 1 (char 0)"
-# (an empty file read as JSON; seen in CI; cf. treeverse/dvc#8014). Such a failure is read
-# again, up to this many times in a row.
-STATUS_RETRIES = 5
-# A bound for the short queue commands (status, start, kill, logs, exp run --queue).
-COMMAND_TIMEOUT_SECONDS = 300.0
+
+# What the cluster trains, round by round; gd_variants stays local: its outputs are kept in
+# git (`cache: false`), and DVC keeps no run cache for such a stage.
+ROUNDS = (("train@", "tune@"), ("train_tuned@",))
+# Files a task takes from the driver's workspace, edited or not; any other change is refused.
+SENT_WITH_TASK = ("params.yaml", "dvc.lock")
+DEFAULT_RETRIES = 3
 DEFAULT_TASK_TIMEOUT_SECONDS = 7200.0
-FINAL_STATES = frozenset({"Success", "Failed"})
-PROC = Path("/proc")
+# How long `ray.init` may take to reach the head before the command gives up.
+CONNECT_TIMEOUT_SECONDS = 30
+# After Ctrl-C: how long the cancelled tasks get to stop their stages (SIGTERM, then SIGKILL).
+CANCEL_WAIT_SECONDS = proc.STOP_GRACE_SECONDS + 20.0
 
 
-def command(
-    argv: Sequence[str],
-    cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float | None = None,
-    name: str | None = None,
-) -> str:
-    """Run ``argv`` (``name`` in messages); its output, or a PipelineError with it. Output
-    goes through files, not pipes: a daemon the command leaves behind (a queue worker) keeps
-    them open, and reading a pipe to its end would wait for that daemon to exit."""
-    name = name or " ".join(argv)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        try:
-            result = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                cwd=cwd, env=None if env is None else dict(env), timeout=timeout,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise PipelineError(f"{name} did not finish within {timeout:.0f} s (killed)") from None
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = (f.read().decode(errors="replace") for f in (out, err))
-    if result.returncode != 0:
-        raise PipelineError(f"{name} failed:\n{stdout}{stderr}")
-    return stdout
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str | None  # Ray's address; None: $RAY_ADDRESS
+    cpus: int = 1
+    gpus: float | None = None  # None: 1 per task where the cluster has GPUs, else 0
+    retries: int = DEFAULT_RETRIES
+    task_timeout: float = DEFAULT_TASK_TIMEOUT_SECONDS
+    git_url: str | None = None  # None: `origin` with a remote, this repo without one
 
 
-def dvc(
-    *args: str,
-    cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float | None = None,
-) -> str:
-    """Run a dvc command (this Python's DVC); its output, or a PipelineError with it."""
-    argv = [sys.executable, "-m", "dvc", *args]
-    return command(argv, cwd, env, timeout, name=f"dvc {' '.join(args)}")
+def command(argv: Sequence[str], timeout: float = 7200.0) -> str:
+    """``argv``'s output, or a PipelineError with it."""
+    try:
+        return proc.run_command(argv, timeout=timeout)
+    except proc.CommandFailed as exc:
+        raise PipelineError(str(exc)) from None
+
+
+def git(*args: str) -> str:
+    return command(["git", *args], timeout=120)
+
+
+def dvc(*args: str) -> str:
+    """A dvc command of this Python's DVC, here."""
+    return command([sys.executable, "-m", "dvc", *args])
 
 
 def stale_stages(status_json: str, prefixes: Sequence[str]) -> list[str]:
@@ -138,386 +102,364 @@ def stale_stages(status_json: str, prefixes: Sequence[str]) -> list[str]:
     return [name for name in json.loads(status_json or "{}") if name.startswith(tuple(prefixes))]
 
 
-def queued_task(output: str) -> str:
-    """The experiment in `dvc exp run --queue`'s "Queued experiment 'irony-nowt' ..." line."""
-    match = re.search(r"Queued experiment '([^']+)'", output)
-    if not match:
-        raise PipelineError(f"dvc exp run --queue named no experiment:\n{output}")
-    return match.group(1)
+def pipeline_outputs() -> set[str]:
+    """The paths of every output in dvc.yaml, as DVC reads it (foreach and matrix expanded)."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        return {out.def_path for stage in repo.index.stages for out in stage.outs}
 
 
-def task_states(status_output: str, tasks: Sequence[str]) -> dict[str, str]:
-    """The Status column of `dvc queue status` for each of ``tasks`` (experiment names, or
-    task ids) it lists: the first two columns are the task id and the name."""
-    states = {}
-    for line in status_output.splitlines():
-        words = line.split()
-        for task in tasks:
-            if task in words[:2]:
-                states[task] = words[-1]
-    return states
+def check_code_committed(porcelain: str, outputs: set[str]) -> None:
+    """Refuse uncommitted changes to anything but params.yaml and dvc.lock (which travel
+    with each task) and the pipeline's own outputs (the reports kept in git, the .gitignore
+    files DVC writes): the tasks run the committed code, and results must come from it."""
 
+    def allowed(path: str) -> bool:
+        return (
+            path in SENT_WITH_TASK
+            or Path(path).name == ".gitignore"
+            or any(path == out or path.startswith(f"{out}/") for out in outputs)
+        )
 
-def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """State, parent pid and process group of ``pid`` from /proc; None if it is gone."""
-    try:  # the fields after the command name, which may hold spaces and parentheses
-        fields = (PROC / str(pid) / "stat").read_text().rpartition(")")[2].split()
-        return fields[0], int(fields[1]), int(fields[2])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def group_members(group: int) -> list[int]:
-    """The live (not zombie) processes of process group ``group``."""
-    if not PROC.is_dir():  # no /proc: whether the group has any process at all
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return []
-        except PermissionError:
-            pass
-        return [group]
-    members = []
-    for entry in PROC.glob("[0-9]*"):
-        stat = proc_stat(int(entry.name))
-        if stat and stat[2] == group and stat[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
-
-
-@dataclass(frozen=True)
-class Worker:
-    """A queue worker process: `dvc exp queue-worker`, named like its pid file, and its
-    process group (dvc-task gives each worker one of its own: the worker, the daemon that
-    waits for it, and the experiment it runs)."""
-
-    name: str
-    pid: int
-    group: int
-
-    def alive(self) -> bool:
-        """Whether the process still runs a queue worker (a reused pid does not count)."""
-        if not PROC.is_dir():  # no /proc: the pid alone
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-            return True
-        stat = proc_stat(self.pid)
-        try:
-            cmdline = (PROC / str(self.pid) / "cmdline").read_bytes()
-        except OSError:
-            return False
-        if stat is None or stat[0] in ("Z", "X") or stat[1] in (0, 2):  # exited; kernel thread
-            return False
-        return not cmdline or b"queue-worker" in cmdline  # empty while it starts (exec)
-
-    def own_group(self) -> bool:
-        """Whether the worker's group is its own: never ours, nor init's."""
-        return self.group > 1 and self.group != os.getpgrp()
-
-    def running(self) -> bool:
-        """Whether anything of the worker's group still runs."""
-        return bool(group_members(self.group)) if self.own_group() else self.alive()
-
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to the worker's group (or to the worker alone, if its group is not
-        its own)."""
-        try:
-            if self.own_group():
-                os.killpg(self.group, signum)
-            else:
-                os.kill(self.pid, signum)
-        except ProcessLookupError:
-            pass
-
-
-def read_workers(queue_dir: Path, since: float = 0.0) -> list[Worker]:
-    """The workers whose pid files in ``queue_dir`` were written at or after ``since``."""
-    workers = []
-    for pidfile in sorted(queue_dir.glob("dvc-exp-worker-*.pid")):
-        try:
-            if pidfile.stat().st_mtime >= since:
-                pid = int(pidfile.read_text().strip())
-                stat = proc_stat(pid)  # no /proc: ask the OS
-                group = stat[2] if stat else (os.getpgid(pid) if not PROC.is_dir() else 0)
-                workers.append(Worker(pidfile.stem, pid, group))
-        except (OSError, ValueError):  # being written, or gone
-            continue
-    return workers
-
-
-def live_workers(queue_dir: Path) -> list[Worker]:
-    """Every queue worker with a pid file in ``queue_dir`` that is alive, whoever started it."""
-    return [w for w in read_workers(queue_dir) if w.alive()]
-
-
-def stop_workers(workers: Sequence[Worker], grace: float) -> list[Worker]:
-    """Give ``workers`` ``grace`` seconds to exit by themselves, then stop the rest, each
-    with its whole process group (SIGTERM, then SIGKILL); return the ones that had to be
-    stopped."""
-    deadline = time.monotonic() + grace
-    while any(w.alive() for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    stuck = [w for w in workers if w.alive()]
-    for sig, wait in ((signal.SIGTERM, KILL_AFTER_SECONDS), (signal.SIGKILL, 5.0)):
-        for worker in stuck:
-            if worker.running():
-                worker.signal(sig)
-        deadline = time.monotonic() + wait
-        while any(w.running() for w in stuck) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    return stuck
-
-
-@dataclass
-class QueueRun:
-    """Run queued experiments on DVC's workers, ``jobs`` at a time, in the repo at ``root``,
-    and leave none of the workers it started running."""
-
-    root: Path
-    jobs: int
-    task_timeout: float = DEFAULT_TASK_TIMEOUT_SECONDS
-    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    worker_grace: float = WORKER_EXIT_SECONDS
-    poll: float = POLL_SECONDS
-    started: list[Worker] = field(default_factory=list)
-    starts: int = 0
-
-    def dvc(self, *args: str, timeout: float | None = COMMAND_TIMEOUT_SECONDS) -> str:
-        return dvc(*args, cwd=self.root, env=self.env, timeout=timeout)
-
-    @property
-    def queue_dir(self) -> Path:
-        return self.root / QUEUE_DIR
-
-    def start_workers(self) -> None:
-        """`dvc queue start -j N`, without waiting for the workers; note the ones it started."""
-        if self.starts >= MAX_WORKER_STARTS:
-            raise PipelineError(
-                f"the queue's workers stopped {self.starts} times with tasks still queued; "
-                f"their logs: {self.queue_dir}/dvc-exp-worker-*.out"
-            )
-        self.starts += 1
-        since = time.time() - 1.0  # pid files' mtimes may lag the clock a little
-        output = self.dvc("queue", "start", "-j", str(self.jobs))
-        match = re.search(r"Started '(\d+)'", output)
-        expected = int(match.group(1)) if match else self.jobs
-        known = {w.pid for w in self.started}
-        deadline = time.monotonic() + WORKER_START_SECONDS
-        while True:  # each daemon writes its worker's pid file once it has started it
-            fresh = [w for w in read_workers(self.queue_dir, since) if w.pid not in known]
-            if len(fresh) >= expected or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        self.started += fresh
-        log.info(
-            "started %d queue workers: %s",
-            len(fresh), ", ".join(f"{w.name} (pid {w.pid})" for w in fresh) or "none",
+    changed = [line[3:] for line in porcelain.splitlines() if not allowed(line[3:])]
+    if changed:
+        raise PipelineError(
+            "uncommitted changes: " + ", ".join(changed[:10]) + (" ..." if len(changed) > 10
+            else "") + ". The tasks run the committed code: commit them (and push the "
+            "commit where the nodes clone from), or stash them"
         )  # fmt: skip
 
-    def stop(self, grace: float) -> None:
-        """Stop the workers this run started; warn about any that had not exited by itself
-        ``grace`` seconds after its tasks were done."""
-        stuck = stop_workers(self.started, grace)
-        if stuck and grace > 0:
-            log.warning(
-                "queue worker %s still ran %.0f s after its tasks were done (DVC's queue missed "
-                "its shutdown); stopped it. The results are complete.",
-                ", ".join(f"{w.name} (pid {w.pid})" for w in stuck), grace,
-            )  # fmt: skip
-        self.started = [w for w in self.started if w.alive()]
 
-    def fail(self, tasks: Sequence[str], stages: Mapping[str, str], why: str) -> PipelineError:
-        """A PipelineError naming ``tasks`` with their stages, why, and the tail of each log."""
-        parts = []
-        for task in tasks:
-            try:
-                text = self.dvc("queue", "logs", task, timeout=60)
-            except PipelineError as exc:
-                text = str(exc)
-            parts.append(f"--- {task} ({stages.get(task, '?')}) ---\n{text[-3000:]}")
-        named = ", ".join(f"{t} ({stages.get(t, '?')})" for t in tasks)
-        return PipelineError(f"queued runs {named} {why}:\n" + "\n".join(parts))
+def check_shared_tracking_uri(uri: str) -> None:
+    """With a DVC remote the tasks may run on other machines: they log to a tracking server.
+    A SQLite or file store is local to one machine, and their runs would be lost there."""
+    if not uri.startswith(("http://", "https://")):
+        given = os.environ.get("MLFLOW_TRACKING_URI") or "unset (the local mlflow.db)"
+        raise PipelineError(
+            f"MLFLOW_TRACKING_URI is {given}: with a DVC remote the tasks may run on other machines, and "
+            "cannot share a local store. Start a tracking server (docs/team.md) and set "
+            "MLFLOW_TRACKING_URI=http://host:port, or, on one machine, remove the default remote"
+        )  # fmt: skip
 
-    def queue_status(self) -> str:
-        """`dvc queue status`; a failure of DVC's own while a worker writes a task's file is
-        read again (STATUS_RETRIES times in a row at most), any other failure raised."""
-        for _ in range(STATUS_RETRIES - 1):
-            try:
-                return self.dvc("queue", "status")
-            except PipelineError as exc:
-                if "ERROR: unexpected error" not in str(exc):
-                    raise
-                reason = str(exc).split("ERROR: unexpected error - ")[-1].splitlines()[0]
-                log.warning("dvc queue status failed (%s): reading it again", reason)
-                time.sleep(self.poll)
-        return self.dvc("queue", "status")  # the last try: its failure is raised
 
-    def wait(self, stages: Mapping[str, str]) -> dict[str, str]:
-        """Poll `dvc queue status` until every task of ``stages`` (task -> stage) has ended;
-        restart workers that left tasks queued, fail tasks that overrun or lost their worker."""
-        tasks = list(stages)
-        running_since: dict[str, float] = {}
-        idle_since: float | None = None
-        orphaned_since: float | None = None
-        missing_since: float | None = None
-        while True:
-            states = task_states(self.queue_status(), tasks)
-            now = time.monotonic()
-            missing = [task for task in tasks if task not in states]
-            missing_since = (missing_since or now) if missing else None
-            if missing_since is not None and now - missing_since > MISSING_SECONDS:
-                raise PipelineError(
-                    f"dvc queue status has not listed {', '.join(missing)} for "
-                    f"{MISSING_SECONDS:g} s (removed from the queue by someone else?)"
-                )
-            if missing:
-                time.sleep(self.poll)
-                continue
-            if set(states.values()) <= FINAL_STATES:
-                return states
-            running = [t for t in tasks if states[t] == "Running"]
-            for task in running:
-                running_since.setdefault(task, now)
-            overdue = [t for t in running if now - running_since[t] > self.task_timeout]
-            if overdue:
-                for task in overdue:
-                    try:
-                        self.dvc("queue", "kill", "--force", task)
-                    except PipelineError as exc:  # its worker's group is stopped below anyway
-                        log.warning("%s", exc)
-                raise self.fail(
-                    overdue, stages, f"ran past --task-timeout {self.task_timeout:.0f} s"
-                )
-            alive = bool(live_workers(self.queue_dir))
-            orphaned_since = None if alive or not running else orphaned_since or now
-            if orphaned_since is not None and now - orphaned_since > self.worker_grace:
-                raise self.fail(
-                    running, stages, "lost their queue worker (it exited or was killed)"
-                )
-            if running:
-                idle_since = None
-            else:  # only queued tasks are left
-                idle_since = idle_since or now
-                if not alive or now - idle_since > IDLE_RESTART_SECONDS:
-                    log.warning(
-                        "tasks are queued and %s; starting the workers again",
-                        "no queue worker is alive" if not alive else "no worker takes them",
-                    )
-                    self.stop(grace=0)
-                    self.start_workers()
-                    idle_since = None
-            time.sleep(self.poll)
+def default_remote_url() -> str | None:
+    """The URL of the default DVC remote (a local path comes back absolute), or None."""
+    try:  # exit status 1 and "No default remote set" when there is none
+        name = proc.run_command([sys.executable, "-m", "dvc", "remote", "default"], timeout=120)
+    except proc.CommandFailed:
+        return None
+    return dvc("config", f"remote.{name.strip()}.url").strip()
 
-    def run(self, stages: Mapping[str, str]) -> dict[str, str]:
-        """Start the workers, wait for ``stages`` (task -> stage), stop the workers; return
-        each task's final state."""
+
+def shared_inputs(config: ClusterConfig, remote: str | None) -> dict:
+    """What every task gets: the repo and commit, where results meet (the remote, or this
+    machine's cache), the MLflow settings (credentials included: they reach the tasks
+    through Ray, never a log line)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = mlflow_store.tracking_uri()  # absolute: the tasks run elsewhere
+    origin = git("remote", "get-url", "origin").strip() if remote else str(Path.cwd())
+    return {
+        "repo_url": config.git_url or origin,
+        "commit": git("rev-parse", "HEAD").strip(),
+        "remote_url": remote,
+        "cache_dir": None if remote else dvc("cache", "dir").strip(),
+        "host": socket.gethostname(),
+        "env": env,
+    }
+
+
+def end_dead_attempts(task_ids: Sequence[str], cancelled: bool = False) -> list[str]:
+    """End the MLflow runs of ``task_ids`` still RUNNING; return their ids. FAILED: their
+    attempt's worker or node died (a finished task's own run is FINISHED by then). KILLED,
+    when ``cancelled``: the driver cancelled the task (Ctrl-C), and its stage did not end its
+    run in time (a loaded node), or could not (it was stopped by force)."""
+    status, reason = (
+        ("KILLED", "its task was cancelled from the driver")
+        if cancelled
+        else ("FAILED", "its cluster node or worker died")
+    )
+    client = mlflow_store.client()
+    experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+    return [
+        run_id
+        for task_id in task_ids
+        for run_id in mlflow_runs.end_left_running(
+            client, experiments, f"tags.`{mlflow_runs.PARALLEL_TASK_TAG}` = '{task_id}'",
+            status, reason,
+        )  # fmt: skip
+    ]
+
+
+def runs_left_running(task_ids: Sequence[str]) -> bool:
+    """Whether any MLflow run of ``task_ids`` is still RUNNING."""
+    client = mlflow_store.client()
+    experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+    tag = mlflow_runs.PARALLEL_TASK_TAG
+    return any(
+        client.search_runs(experiments, f"tags.`{tag}` = '{task_id}' and attributes.status = "
+                           "'RUNNING'", max_results=1)  # fmt: skip
+        for task_id in task_ids
+    )
+
+
+def describe(result: TaskResult) -> str:
+    parts = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items() if k != "total")
+    what = "ran" if result.ran else "restored from the run cache"
+    return f"{result.stage} on {result.node}: {what} in {result.seconds['total']:.1f} s ({parts})"
+
+
+class Cluster:
+    """The tasks of one command on a Ray cluster."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        import ray
+
+        self.ray = ray
+        address = config.address or os.environ.get("RAY_ADDRESS")
+        if not address:  # ray.init would start a cluster of one, here, without a word
+            raise PipelineError(
+                "no cluster address: pass --address host:port or set RAY_ADDRESS to the "
+                "head's (one machine: `ray start --head` prints it; docs/many-machines.md)"
+            )
+        self.address = address
+        self.connect(address)
+        resources = ray.cluster_resources()
+        self.nodes = [n for n in ray.nodes() if n["Alive"]]
+        self.gpus = (
+            config.gpus if config.gpus is not None else (1.0 if resources.get("GPU") else 0.0)
+        )
+        log.info(
+            "Ray cluster %s: %d nodes, %g CPUs, %g GPUs; each task asks for %d CPUs, %g GPUs",
+            address, len(self.nodes),
+            resources.get("CPU", 0), resources.get("GPU", 0), config.cpus, self.gpus,
+        )  # fmt: skip
+        # The task's code travels by value: the workers need no copy of this package.
+        ray.cloudpickle.register_pickle_by_value(parallel_task)
+        ray.cloudpickle.register_pickle_by_value(proc)
+        self.remote_task = ray.remote(parallel_task.run_task).options(
+            num_cpus=config.cpus, num_gpus=self.gpus, max_retries=config.retries,
+            retry_exceptions=False,
+        )  # fmt: skip
+
+    def connect(self, address: str) -> None:
+        """Join the cluster at ``address``, or a PipelineError within CONNECT_TIMEOUT_SECONDS
+        (Ray itself retries for minutes with a warning a try)."""
+        host, _, port = address.rpartition(":")
         try:
-            self.start_workers()
-            states = self.wait(stages)
-        except BaseException:  # Ctrl-C or a failure: nothing of ours runs on, or later
-            self.stop(grace=0)
-            self.remove_queued(list(stages))
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_SECONDS).close()
+        except (OSError, ValueError) as exc:
+            raise PipelineError(
+                f"Ray cluster {address}: nothing answers there ({exc}); start the head "
+                "(ray start --head) or fix --address / RAY_ADDRESS"
+            ) from None
+        try:
+            self.ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise PipelineError(f"Ray cluster {address}: {exc}") from None
+
+    def check_one_machine(self) -> None:
+        """Without a DVC remote the tasks share this machine's cache and store: every node
+        must be this machine."""
+        here = socket.gethostname()
+        elsewhere = sorted({n["NodeManagerHostname"] for n in self.nodes} - {here})
+        if elsewhere:
+            raise PipelineError(
+                f"no default DVC remote, and the cluster has nodes on other machines "
+                f"({', '.join(elsewhere)}): they exchange data and results through one. "
+                "dvc remote add --default shared <url> (docs/team.md)"
+            )
+
+    def run_round(self, specs: Sequence[TaskSpec]) -> list[TaskResult]:
+        """Run ``specs`` on the cluster; log each as it finishes; raise a PipelineError
+        naming the stages that failed once every task is done."""
+        ray = self.ray
+        pending = {self.remote_task.remote(spec): spec for spec in specs}
+        results: list[TaskResult] = []
+        failed: dict[str, str] = {}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                spec = pending.pop(done[0])
+                try:
+                    result = ray.get(done[0])
+                except ray.exceptions.RayTaskError as exc:
+                    failed[spec.stage] = str(exc.cause if exc.cause else exc)
+                    log.error("%s failed: %s", spec.stage, failed[spec.stage].splitlines()[0])
+                except ray.exceptions.RayError as exc:  # retries used up: nodes or workers died
+                    failed[spec.stage] = f"{type(exc).__name__}: {exc}"
+                    log.error("%s failed: %s", spec.stage, failed[spec.stage].splitlines()[0])
+                else:
+                    results.append(result)
+                    log.info("[%d/%d] %s", len(results) + len(failed), len(specs), describe(result))
+                end_dead_attempts([spec.task_id])
+        except BaseException:  # Ctrl-C, or the driver itself failing: stop what still runs
+            self.cancel(pending)
+            end_dead_attempts([spec.task_id for spec in specs], cancelled=True)
             raise
-        self.stop(self.worker_grace)
-        return states
+        if failed:
+            kept = (
+                " (the others' results are in the run cache: once it is fixed, the command "
+                "again trains only what is missing)" if len(failed) < len(specs) else ""
+            )  # fmt: skip
+            raise PipelineError(
+                f"{len(failed)} of {len(specs)} stages failed on the cluster{kept}:\n"
+                + "\n".join(f"--- {stage}\n{why}" for stage, why in failed.items())
+            )
+        return results
 
-    def remove_queued(self, tasks: Sequence[str]) -> None:
-        """Take those of ``tasks`` that are still queued out of the queue, so that no later
-        worker runs them; on the way out of a failure, so a failure here is only logged."""
-        try:
-            states = task_states(self.dvc("queue", "status", timeout=60), tasks)
-            queued = [task for task in tasks if states.get(task) == "Queued"]
-            if queued:
-                self.dvc("queue", "remove", *queued, timeout=60)
-                log.info("removed from the queue: %s", ", ".join(queued))
-        except PipelineError as exc:
-            log.warning("could not take the queued tasks out of the queue: %s", exc)
-
-
-def run_round(stages: Sequence[str], jobs: int, task_timeout: float) -> None:
-    """Train ``stages`` through the queue, ``jobs`` at a time, and take their outputs from
-    the run cache into the workspace."""
-    env = os.environ | {"PIPELINE_JOBS": str(jobs)}
-    queue = QueueRun(Path.cwd(), jobs, task_timeout, env)
-    tasks: dict[str, str] = {}
-    try:
-        for stage in stages:
-            tasks[queued_task(queue.dvc("exp", "run", "--queue", stage))] = stage
-    except BaseException:
-        queue.remove_queued(list(tasks))
-        raise
-    log.info("queued %s; starting %d workers", ", ".join(stages), jobs)
-    states = queue.run(tasks)
-    failed = [task for task, state in states.items() if state != "Success"]
-    if failed:
-        raise queue.fail(failed, tasks, "did not succeed")
-    dvc("repro", "--single-item", *stages)
-
-
-def check_queue_is_free(status_output: str, root: Path) -> None:
-    """Refuse to run beside tasks of someone else's: queued ones, or running ones with a live
-    worker. A task listed as Running with no worker alive was left by a run that was
-    stopped (Ctrl-C, a killed worker); DVC keeps listing it, and it is ignored."""
-    queued = re.search(r"\bQueued\s*$", status_output, re.M)
-    running = re.search(r"\bRunning\s*$", status_output, re.M)
-    if queued or (running and live_workers(root / QUEUE_DIR)):
-        raise PipelineError(
-            "the experiment queue already holds queued or running tasks; wait for them or "
-            "clear it (dvc queue status, dvc queue remove --queued)"
-        )
-    if running:
+    def cancel(self, pending: dict) -> None:
+        """Cancel ``pending`` tasks: each stops its stage (SIGTERM: its run ends KILLED); wait
+        for them, then force what is left."""
+        if not pending:
+            return
         log.warning(
-            "dvc queue status lists tasks as Running but no queue worker is alive: "
-            "left by a run that was stopped; ignoring them"
+            "cancelling %d tasks: %s", len(pending), ", ".join(s.stage for s in pending.values())
         )
+        for ref in pending:
+            self.ray.cancel(ref)
+        # Ray counts a task cancelled at once; its stage needs a moment to end its run KILLED.
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        task_ids = [spec.task_id for spec in pending.values()]
+        while time.monotonic() < deadline and runs_left_running(task_ids):
+            time.sleep(1.0)
+        left = max(0.0, deadline - time.monotonic())
+        _, running = self.ray.wait(list(pending), num_returns=len(pending), timeout=left)
+        for ref in running:
+            self.ray.cancel(ref, force=True)
 
 
-def run_parallel(jobs: int, task_timeout: float = DEFAULT_TASK_TIMEOUT_SECONDS) -> list[str]:
-    """Train every stale training stage ``jobs`` at a time, round by round, then `dvc repro`;
-    return the stages trained in the queue."""
-    if jobs < 1:
-        raise PipelineError(f"-j: expected a positive number of jobs, got {jobs}")
-    if not task_timeout > 0:
-        raise PipelineError(
-            f"--task-timeout: expected a positive number of seconds, got {task_timeout}"
-        )
-    check_queue_is_free(dvc("queue", "status", timeout=COMMAND_TIMEOUT_SECONDS), Path.cwd())
-    log.info("stages upstream of training, once: dvc repro preprocess")
-    dvc("repro", "preprocess")
-    trained: list[str] = []
+def forget_lock_entries(lock_text: str, stages: Sequence[str]) -> str:
+    """dvc.lock without the entries of ``stages``.
+
+    A stage whose entry still matches its inputs but whose outputs are missing here (a clean
+    checkout that never pulled them) would otherwise be judged by that entry: DVC would pull
+    the outputs it names, which are nowhere if no one pushed them, and train the stage again
+    here. Without the entry, the task and then this machine find the stage in the run cache
+    by its inputs: the result the task made."""
+    lock = yaml.safe_load(lock_text) or {}
+    for stage in stages:
+        lock.get("stages", {}).pop(stage, None)
+    return yaml.safe_dump(lock, sort_keys=False)
+
+
+def restore(stages: Sequence[str], pull: bool) -> None:
+    """Take ``stages`` from the run cache (in the remote, with ``pull``) into this workspace;
+    a stage DVC would have to run here is an error (the cluster should have run it)."""
+    output = dvc("repro", *(["--pull"] if pull else []), "--single-item", *stages)
+    if ran := stages_run(output):
+        raise PipelineError(f"dvc repro ran {', '.join(ran)} here: not restored from the run cache")
+
+
+def prepare(config: ClusterConfig, set_params: Sequence[str]) -> str | None:
+    """Check what can be checked before any task, apply ``set_params``, bring the inputs up
+    to date; return the default remote's URL (None: one machine)."""
+    if config.cpus < 1:
+        raise PipelineError(f"--cpus-per-task: expected a positive integer, got {config.cpus}")
+    if config.retries < 0:
+        raise PipelineError(f"--retries: expected 0 or more, got {config.retries}")
+    if not config.task_timeout > 0:
+        raise PipelineError(f"--task-timeout: expected seconds > 0, got {config.task_timeout}")
+    check_code_committed(git("status", "--porcelain", "--untracked-files=no"), pipeline_outputs())
+    remote = default_remote_url()
+    if remote:
+        check_shared_tracking_uri(mlflow_store.tracking_uri())
+    if set_params:
+        from dvc.utils.hydra import apply_overrides
+
+        apply_overrides(Path("params.yaml"), list(set_params))
+    log.info("inputs, here: dvc repro preprocess" + ("; dvc push --run-cache" if remote else ""))
+    dvc("repro", "preprocess")  # check_params first: a bad param stops it all here
+    if remote:
+        dvc("push", "--run-cache", "download", "preprocess")
+    # The experiment, with its artifact folder here, before any task could make it elsewhere.
+    mlflow_store.setup_experiment(mlflow_store.validate_mlflow(load_params()["mlflow"]))
+    return remote
+
+
+def run_parallel(config: ClusterConfig, set_params: Sequence[str] = ()) -> list[TaskResult]:
+    """Train every stale training and tuning stage on the cluster, then `dvc repro` here;
+    return what each task did."""
+    started = time.monotonic()
+    remote = prepare(config, set_params)
+    cluster = Cluster(config)
+    if remote is None:
+        cluster.check_one_machine()
+    inputs = shared_inputs(config, remote)
+    results: list[TaskResult] = []
     for prefixes in ROUNDS:
         stages = stale_stages(dvc("status", "--json"), prefixes)
-        if stages:
-            run_round(stages, jobs, task_timeout)
-            trained += stages
-    log.info("dvc repro: evaluate and report")
+        if not stages:
+            continue
+        log.info("on the cluster: %s", ", ".join(stages))
+        lock = Path("dvc.lock")
+        write_text_atomic(lock, forget_lock_entries(lock.read_text(), stages), output=False)
+        spec = TaskSpec(stage="", task_id="", params_yaml=Path("params.yaml").read_text(),
+                        dvc_lock=lock.read_text(), cpus=config.cpus, gpus=cluster.gpus,
+                        timeout=config.task_timeout, **inputs)  # fmt: skip
+        specs = [replace(spec, stage=stage, task_id=uuid.uuid4().hex, submitted=time.time())
+                 for stage in stages]  # fmt: skip
+        mark = time.monotonic()
+        results += cluster.run_round(specs)
+        on_cluster = time.monotonic() - mark
+        restore(stages, pull=remote is not None)
+        log.info(
+            "round of %d stages: %.1f s on the cluster, %.1f s restoring them here",
+            len(stages), on_cluster, time.monotonic() - mark - on_cluster,
+        )  # fmt: skip
+    log.info("dvc repro: the rest, here")
     print(dvc("repro"), end="")
-    return trained
+    summary(results, time.monotonic() - started)
+    return results
 
 
-def main(argv: list[str]) -> None:
-    from mnist_optimizers import cluster  # it imports this module's helpers
+def summary(results: Sequence[TaskResult], seconds: float) -> None:
+    ran = [r for r in results if r.ran]
+    nodes = sorted({r.node for r in results})
+    log.info(
+        "cluster: %d stages (%d ran, %d restored from the run cache) on %d nodes in %.0f s",
+        len(results), len(ran), len(results) - len(ran), len(nodes), seconds,
+    )  # fmt: skip
+    for node in nodes:
+        mine = [r for r in results if r.node == node]
+        busy = sum(r.seconds["total"] for r in mine)
+        log.info("  %s: %d stages, %.0f s busy", node, len(mine), busy)
 
-    parser = argparse.ArgumentParser(
-        prog="python -m mnist_optimizers.parallel", description=__doc__
-    )
-    parser.add_argument("-j", "--jobs", type=int, default=2, help="stages at a time (2)")
+
+def parse_arguments(argv: list[str]) -> tuple[ClusterConfig, list[str]]:
+    """The command line as a ClusterConfig and the `-S` values."""
+    parser = argparse.ArgumentParser(prog="python -m mnist_optimizers.parallel",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--address", help="the cluster's head, host:port (default $RAY_ADDRESS)")
+    parser.add_argument("--cpus-per-task", type=int, default=1, help="CPUs per stage (1)")
+    parser.add_argument(
+        "--gpus-per-task", type=float, default=None,
+        help="GPUs per stage (default: 1 where the cluster has GPUs, else 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retries", type=int, default=DEFAULT_RETRIES,
+        help=f"times a task whose node or worker died is retried ({DEFAULT_RETRIES})",
+    )  # fmt: skip
     parser.add_argument(
         "--task-timeout", type=float, default=DEFAULT_TASK_TIMEOUT_SECONDS, metavar="SECONDS",
         help="fail a stage still running after this long (7200)",
     )  # fmt: skip
-    cluster.add_arguments(parser)
+    parser.add_argument("--git-url", help="where the nodes clone the repo (default: origin)")
+    parser.add_argument(
+        "-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+        help="set a param, as `dvc exp run -S` does (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.ray:
-        cluster.run_cluster(cluster.from_arguments(args), args.set_param)
-    elif args.set_param or args.address:
-        parser.error("-S and --address are for --ray; for the queue use dvc exp run -S")
-    else:
-        run_parallel(args.jobs, args.task_timeout)
+    config = ClusterConfig(
+        address=args.address, cpus=args.cpus_per_task, gpus=args.gpus_per_task,
+        retries=args.retries, task_timeout=args.task_timeout, git_url=args.git_url,
+    )  # fmt: skip
+    return config, args.set_param
+
+
+def main(argv: list[str]) -> None:
+    run_parallel(*parse_arguments(argv))
 
 
 if __name__ == "__main__":

@@ -130,13 +130,6 @@ def positive_int(value: Any, key: str) -> int:
     return value
 
 
-def non_negative_int(value: Any, key: str) -> int:
-    """Return ``value`` if it is an int >= 0, else raise a ParamsError naming ``key``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ParamsError(f"{key}: expected a non-negative integer, got {shown(value)}")
-    return value
-
-
 # NumPy's and TensorFlow's random seeds are unsigned 32-bit integers.
 MAX_SEED = 2**32 - 1
 

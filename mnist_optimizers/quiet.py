@@ -19,7 +19,7 @@ lines of a training stage that are not the pipeline's own):
 - Keras' progress bars show only on a terminal: `fit` is verbose only there
   (mnist_optimizers/fit.py; the stage logs one line per epoch anyway), and the `predict` that
   MLflow runs on a logged model's input example runs with Keras' interactive logging off
-  (tracking.log_model), which sends its progress lines to absl's logger, kept at WARNING
+  (mlflow_logs.log_model), which sends its progress lines to absl's logger, kept at WARNING
   (cli.setup_logging). Not a process-wide switch: `keras.backend.clear_session()`, which
   the search calls before each trial, turns it back on.
 """

@@ -1,5 +1,6 @@
-"""TensorFlow's thread pools, sized from the cores this process may use and the number of
-stages that run at once ($PIPELINE_JOBS, for `dvc queue start -j N`).
+"""The hardware a stage runs on: TensorFlow's thread pools, sized from the cores this process
+may use and the number of stages that run at once ($PIPELINE_JOBS), and what the CPU and GPUs
+can do (bfloat16, the device a model trains on).
 
 Thread counts change how oneDNN splits its sums, so they change a model's weights in the last
 bits: two runs compare bit for bit only with the same `intra_op` count (BENCHMARKS.md).
@@ -10,8 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mnist_optimizers.errors import ParamsError, shown
 
@@ -127,3 +131,67 @@ def configure_threads() -> Threads:
         jobs,
     )
     return threads
+
+
+def gpus() -> list:
+    """The GPUs TensorFlow sees (CUDA_VISIBLE_DEVICES decides which)."""
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
+
+
+def gpu_details(gpu: Any) -> dict[str, Any]:
+    """TensorFlow's facts about ``gpu``: `device_name`, `compute_capability`."""
+    import tensorflow as tf
+
+    return tf.config.experimental.get_device_details(gpu)
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has BF16 instructions (x86 AVX-512 BF16 or AMX, Arm BF16)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", cpuinfo) is not None
+
+
+def gpu_has_bf16() -> bool:
+    """True when every GPU TensorFlow sees computes bfloat16 natively (CUDA compute
+    capability 8.0 or later: Ampere, Hopper, ...); False without a GPU."""
+    capabilities = [gpu_details(gpu).get("compute_capability") for gpu in gpus()]
+    return bool(capabilities) and all(c is not None and tuple(c) >= (8, 0) for c in capabilities)
+
+
+def cpu_name() -> str:
+    """The CPU's model as the kernel names it (`Intel(R) Xeon(R) Processor`), or the machine's
+    architecture where it does not."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        cpuinfo = ""
+    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    return found.group(1).strip() if found else platform.machine() or "unknown"
+
+
+def describe_device(name: str | None, details: dict[str, Any]) -> str:
+    """``name`` (TensorFlow's `/physical_device:GPU:0`) as a person reads it, with the GPU's
+    model and compute capability where TensorFlow knows them; for None, the CPU and its
+    model (`CPU (Intel(R) Xeon(R) Processor)`)."""
+    if name is None:
+        return f"CPU ({cpu_name()})"
+    label = name.removeprefix("/physical_device:")
+    facts = [details.get("device_name")]
+    if capability := details.get("compute_capability"):
+        facts.append(f"compute capability {'.'.join(str(part) for part in capability)}")
+    facts = [fact for fact in facts if fact]
+    return f"{label} ({', '.join(facts)})" if facts else label
+
+
+def training_device() -> str:
+    """Where this process trains: TensorFlow places the model's ops on the first GPU it sees
+    (CUDA_VISIBLE_DEVICES decides which those are), else on the CPU."""
+    visible = gpus()
+    if not visible:
+        return describe_device(None, {})
+    return describe_device(visible[0].name, gpu_details(visible[0]))

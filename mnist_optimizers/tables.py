@@ -7,7 +7,6 @@ and write the files.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -73,6 +72,10 @@ def runs_table(runs: list[Run], targets: tuple[float, ...]) -> pd.DataFrame:
             label = target_label(target)
             row[f"epoch_to_{label}"] = reached.epoch if reached else None
             row[f"seconds_to_{label}"] = round(reached.seconds, 1) if reached else None
+        # How, where and when it trained (older runs' metrics do not say where and when).
+        row["precision"] = run.train["precision"]
+        row["device"] = run.train.get("device")
+        row["date"] = run.train.get("date")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -336,24 +339,28 @@ def headline_metrics(comparisons: dict[str, pd.DataFrame]) -> dict[str, dict[str
 
 
 def summary_metrics(
-    comparisons: dict[str, pd.DataFrame], confidence: float
-) -> dict[str, dict[str, dict[str, float]]]:
+    by_setting: Mapping[str, pd.DataFrame], confidence: float
+) -> dict[str, dict[str, dict[str, float | None]]]:
     """Everything behind the headline, for `dvc metrics show reports/summary.json` and the
-    report: per setting and optimizer, the means over seeds (fractions, as the training
-    metrics are) and the intervals of validation and test accuracy, test loss, seconds."""
-    level = f"{100 * confidence:g}"
-    metrics: dict[str, dict[str, dict[str, float]]] = {}
-    for setting, table in comparisons.items():
-        for row in table.to_dict("records"):
-            entry = {"learning_rate": row["learning_rate"], "seeds": row["seeds"]}
+    docs: per setting and optimizer (``by_setting``: each setting's rows of `runs_table`), the
+    exact means over seeds (fractions, as the training metrics are) and the intervals of
+    validation and test accuracy, test loss, seconds. Only the tables round, for reading."""
+
+    def exact(value: float) -> float | None:
+        return None if math.isnan(value) else float(value)
+
+    metrics: dict[str, dict[str, dict[str, float | None]]] = {}
+    for setting, runs in by_setting.items():
+        for name, group in runs.groupby("optimizer", sort=False):
+            entry = {"learning_rate": float(group["learning_rate"].iloc[0]), "seeds": len(group)}
             for split in ("val", "test"):
-                entry[f"{split}_accuracy"] = row[f"{split}_accuracy_%"] / 100
-                for bound in ("low", "high"):
-                    value = row[f"{split}_ci{level}_{bound}"]
-                    entry[f"{split}_accuracy_ci_{bound}"] = None if pd.isna(value) else value / 100
-            entry["test_loss"] = row["test_loss"]
-            entry["train_seconds"] = row["train_seconds"]
-            metrics.setdefault(setting, {})[row["optimizer"]] = entry
+                summary = stats.summarize_seeds(group[f"{split}_accuracy"], confidence)
+                entry[f"{split}_accuracy"] = exact(summary.mean)
+                entry[f"{split}_accuracy_ci_low"] = exact(summary.ci_low)
+                entry[f"{split}_accuracy_ci_high"] = exact(summary.ci_high)
+            entry["test_loss"] = exact(group["test_loss"].mean())
+            entry["train_seconds"] = exact(group["train_seconds"].mean())
+            metrics.setdefault(setting, {})[name] = entry
     return metrics
 
 
@@ -414,49 +421,7 @@ def comparison_markdown(
     parts = []
     for setting, table in comparisons.items():
         readable = readable_table(table, confidence)
-        parts += [f"## {section_title(setting, tuning)}", "", readable.to_markdown(index=False), ""]
+        # As the cells are written (96.50, not tabulate's 96.5): the HTML page shows the same.
+        markdown = readable.to_markdown(index=False, disable_numparse=True)
+        parts += [f"## {section_title(setting, tuning)}", "", markdown, ""]
     return "\n".join(parts)
-
-
-def _as_number(value: Any) -> int | float | None:
-    """``value`` (a number or number-like text) as an int or float, None when empty;
-    ValueError when it is no number."""
-    if value is None or (isinstance(value, str) and not value):
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value)
-    try:
-        return int(str(value))
-    except ValueError:
-        return float(str(value))
-
-
-def _column_text(values: list[Any]) -> list[str]:
-    """A column's cells as text, as `DataFrame.to_markdown` (tabulate) writes them, so that
-    the HTML reads like the Markdown: in a column of numbers (or number-like text) every
-    cell is formatted `g` when one is a float (0.001, 96.5, nan); other columns as they are."""
-    try:
-        numbers = [_as_number(v) for v in values]
-    except ValueError:
-        return [str(v) for v in values]
-    floats = any(isinstance(n, float) for n in numbers)
-    return ["" if n is None else format(n, "g") if floats else str(n) for n in numbers]
-
-
-def html_table(frame: pd.DataFrame, as_text: bool = False) -> str:
-    """``frame`` as an HTML table, every cell escaped, numbers as in its Markdown form; or,
-    with ``as_text``, every cell as the frame holds it (text already formatted)."""
-    columns = [
-        [str(v) for v in frame[c]] if as_text else _column_text(list(frame[c]))
-        for c in frame.columns
-    ]
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-        for row in zip(*columns, strict=True)
-    )
-    return f"<table><thead><tr>{head}\n</tr></thead><tbody>\n{body}\n</tbody></table>"

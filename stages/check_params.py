@@ -17,7 +17,7 @@ import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its
 import logging
 from typing import Any
 
-from mnist_optimizers import stats, tracking
+from mnist_optimizers import mlflow_store, stats
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.files import write_text_atomic
 from mnist_optimizers.fit import validate_train
@@ -47,7 +47,7 @@ def check_params(params: dict[str, Any]) -> None:
     validate_preprocess(params["preprocess"])
     validate_model(params["model"])
     validate_train(params["train"])
-    tracking.validate_mlflow(params["mlflow"])
+    mlflow_store.validate_mlflow(params["mlflow"])
     optimizers = validate_optimizer_names(params["optimizers"])
     compared = validate_compare(params["compare"], optimizers)
     validate_gd(params["gd_variants"], optimizers)

@@ -30,7 +30,7 @@ from typing import Any
 import keras
 import pandas as pd
 
-from mnist_optimizers import files, paths, plots, runtime, tables, tracking
+from mnist_optimizers import files, mlflow_logs, mlflow_store, paths, plots, runtime, tables
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.fit import validate_train
 from mnist_optimizers.model import evaluate_model, load_model
@@ -93,22 +93,41 @@ def write_reports(
     ]
 
 
-def log_to_mlflow(runs: list[Run], artifacts: list[Path], test_set: list) -> None:
+def log_to_mlflow(runs: list[Run], shared_files: list[Path], test_set: list) -> None:
     """Each model's test metrics into its training run, with the test set as its dataset
     (context `test`), and the shared files into every run."""
     test_logged = set()
     for run in runs:
         run_id = run.train["mlflow_run_id"]
         confusion = FIGURES_DIR / f"confusion_{file_label(run.optimizer, run.setting)}.png"
-        logged = tracking.log_to_run(
+        logged = mlflow_logs.log_to_run(
             run.key,
             run_id,
             run.evaluation.metrics(),
-            {confusion: "evaluation"} | {path: "comparison" for path in artifacts},
+            {confusion: "evaluation"} | {path: "comparison" for path in shared_files},
         )
         if logged and run_id not in test_logged:  # a reused run is one run
-            tracking.log_datasets(test_set, run_id)
+            mlflow_logs.log_datasets(test_set, run_id)
             test_logged.add(run_id)
+
+
+def evaluate_models(
+    keys: list[tuple[str, int, bool]], train_metrics: dict, x_test, y_test, config
+) -> dict[tuple[str, int, bool], Any]:
+    """Each run's test evaluation; a tuned run that reused its default run (one MLflow run,
+    one model) is evaluated once."""
+    by_run_id: dict[str, Any] = {}
+    evaluations = {}
+    for k in keys:
+        run_id = train_metrics[k]["mlflow_run_id"]
+        if run_id not in by_run_id:
+            path = paths.MODELS_DIR / f"{run_key(*k)}.keras"
+            model = load_model(path)
+            by_run_id[run_id] = evaluate_model(model, x_test, y_test, config.batch_size, str(path))
+            keras.backend.clear_session()
+        evaluations[k] = by_run_id[run_id]
+        log.info("%s: test accuracy %.4f", run_key(*k), evaluations[k].test_accuracy)
+    return evaluations
 
 
 def evaluate(params: dict[str, Any]) -> list[str]:
@@ -117,7 +136,7 @@ def evaluate(params: dict[str, Any]) -> list[str]:
     names = validate_compare(params["compare"], validate_optimizer_names(params["optimizers"]))
     seeds = validate_train(params["train"]).seeds
     config = validate_evaluate(params["evaluate"])
-    tracking.connect()  # fail fast, before any model is loaded
+    mlflow_store.connect()  # fail fast, before any model is loaded
     runtime.configure_threads()
     keys = [(name, seed, tuned) for tuned in SETTINGS for name in names for seed in seeds]
     train_metrics = {
@@ -129,20 +148,10 @@ def evaluate(params: dict[str, Any]) -> list[str]:
     )
     x_test, y_test = files.load_processed("test")
 
-    runs = []
-    evaluations = {}  # by MLflow run: a tuned row that reused its default run is one model
-    for k in keys:
-        run_id = train_metrics[k]["mlflow_run_id"]
-        if run_id not in evaluations:
-            path = paths.MODELS_DIR / f"{run_key(*k)}.keras"
-            model = load_model(path)
-            evaluations[run_id] = evaluate_model(
-                model, x_test, y_test, config.batch_size, str(path)
-            )
-            keras.backend.clear_session()
-        evaluation = evaluations[run_id]
-        log.info("%s: test accuracy %.4f", run_key(*k), evaluation.test_accuracy)
-        runs.append(Run(*k, train_metrics[k], histories[k], evaluation))
+    runs = [
+        Run(*k, train_metrics[k], histories[k], evaluation)
+        for k, evaluation in evaluate_models(keys, train_metrics, x_test, y_test, config).items()
+    ]
 
     table = tables.runs_table(runs, config.targets)
     by_setting = {s: table[table["setting"] == s] for s in SETTINGS.values()}
@@ -162,17 +171,17 @@ def evaluate(params: dict[str, Any]) -> list[str]:
             s: tables.significance_table(t, config.confidence) for s, t in by_setting.items()
         },
     }
-    artifacts = write_reports(runs, results, y_test, config.confidence)
+    shared_files = write_reports(runs, results, y_test, config.confidence)
     files.write_json_atomic(
-        paths.SUMMARY_FILE, tables.summary_metrics(results["comparisons"], config.confidence)
+        paths.SUMMARY_FILE, tables.summary_metrics(by_setting, config.confidence)
     )
     files.write_json_atomic(
         paths.EVALUATE_METRICS_FILE, tables.headline_metrics(results["comparisons"])
     )
-    test_set = tracking.datasets(
+    test_set = mlflow_logs.datasets(
         {"x_test": x_test, "y_test": y_test}, files.read_json(paths.DATA_SUMMARY_FILE)
     )
-    log_to_mlflow(runs, artifacts, test_set)
+    log_to_mlflow(runs, shared_files, test_set)
     return tables.headline(results["comparisons"], results["significance"])
 
 

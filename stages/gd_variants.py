@@ -21,7 +21,7 @@ import mlflow
 import pandas as pd
 import tensorflow as tf
 
-from mnist_optimizers import runtime, tracking
+from mnist_optimizers import mlflow_runs, mlflow_store, runtime
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.files import load_training_data, write_csv
 from mnist_optimizers.fit import fit_model
@@ -49,10 +49,10 @@ def gd_variants(params: dict[str, Any]) -> pd.DataFrame:
     specs = validate_optimizer_names(params["optimizers"])
     config = validate_gd(params["gd_variants"], specs)
     model_config = validate_model(params["model"])
-    experiment_name = tracking.validate_mlflow(params["mlflow"])
+    experiment_name = mlflow_store.validate_mlflow(params["mlflow"])
     runtime.configure_threads()
     tf.config.experimental.enable_op_determinism()
-    experiment_id = tracking.setup_experiment(experiment_name)
+    experiment_id = mlflow_store.setup_experiment(experiment_name)
     data = load_training_data(model_config.num_classes, config.images)
     images = len(data["x_train"])
     rows = []
@@ -61,8 +61,8 @@ def gd_variants(params: dict[str, Any]) -> pd.DataFrame:
         keras.utils.set_random_seed(config.seed)
         model = build_model(model_config, data["x_train"].shape[1:])
         optimizer = build_optimizer(config.optimizer, specs[config.optimizer])
-        tags = tracking.run_tags("gd_variants") | {"gd_variant": variant}
-        with tracking.tracked_run(experiment_id, f"gd {variant}", tags):
+        tags = mlflow_runs.run_tags("gd_variants") | {"gd_variant": variant}
+        with mlflow_runs.tracked_run(experiment_id, f"gd {variant}", tags):
             mlflow.log_params(
                 {"gd_variant": variant, "batch_size": batch_size, "images": images}
                 | {"optimizer": config.optimizer}

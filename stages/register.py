@@ -23,7 +23,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from mnist_optimizers import tracking
+from mnist_optimizers import mlflow_store
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.errors import PipelineError
 from mnist_optimizers.files import read_json, write_json_atomic
@@ -59,13 +59,13 @@ def champion(run_ids: dict[str, str], runs: pd.DataFrame) -> dict[str, Any]:
     if not run_id:
         raise PipelineError(f"{TRAIN_METRICS_DIR / candidate.key}.json names no MLflow run")
     summary["mlflow_run_id"] = run_id
-    uri = tracking.connect()
+    uri = mlflow_store.connect()
     client = mlflow.MlflowClient()
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise tracking.TrackingError(f"MLflow tracking store {uri}: {exc.message}") from None
+            raise mlflow_store.TrackingError(f"MLflow tracking store {uri}: {exc.message}") from None
         # Trained elsewhere and restored from DVC's run cache: its run is in another store.
         log.warning(
             "%s: MLflow run %s is not in %s (trained against another tracking store?); "
@@ -78,7 +78,7 @@ def champion(run_ids: dict[str, str], runs: pd.DataFrame) -> dict[str, Any]:
     try:
         version, created, holder = register(candidate, run)
     except MlflowException as exc:
-        raise tracking.TrackingError(f"MLflow model registry at {uri}: {exc.message}") from None
+        raise mlflow_store.TrackingError(f"MLflow model registry at {uri}: {exc.message}") from None
     log.info(
         "%s %s (validation accuracy %.4f) as %s version %s; @%s is version %s",
         "registered" if created else "already registered",

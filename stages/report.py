@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from mnist_optimizers import plots, stats, tables, tracking
+from mnist_optimizers import mlflow_logs, mlflow_store, plots, stats, tables
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.files import read_csv, read_json, write_text_atomic
 from mnist_optimizers.params import load_params
@@ -65,7 +65,7 @@ def comparison_html(comparison: pd.DataFrame, tuning: pd.DataFrame, confidence: 
     parts = []
     for setting, table in comparison.groupby("setting", sort=False):
         parts.append(f"<h3>{html.escape(tables.section_title(setting, tuning))}</h3>")
-        parts.append(tables.html_table(tables.readable_table(table, confidence)))
+        parts.append(tables.readable_table(table, confidence).to_html(index=False, border=0))
     return "\n".join(parts)
 
 
@@ -76,9 +76,8 @@ def significance_html(significance: pd.DataFrame, confidence: float) -> str:
         table = table.drop(columns="setting")
         parts.append(f"<h3>{html.escape(tables.SECTION_TITLES[setting])}</h3>")
         parts.append(f"<p>{html.escape(tables.significance_lead(table, confidence))}</p>")
-        parts.append(
-            tables.html_table(tables.readable_significance(table, confidence), as_text=True)
-        )
+        readable = tables.readable_significance(table, confidence)
+        parts.append(readable.to_html(index=False, border=0))
     return "\n".join(parts)
 
 
@@ -91,21 +90,8 @@ def report(params: dict[str, Any]) -> Path:
     gd = read_csv(GD_VARIANTS_FILE)
     comparison = read_csv(REPORTS_DIR / "comparison.csv")
     significance = read_csv(REPORTS_DIR / "significance.csv")
-    tuning = read_csv(REPORTS_DIR / "tuning.csv")
     plots.plot_time_to_target(runs, targets[0], REPORT_DIR / "time_to_target.png")
     plots.plot_gd_variants(gd, REPORT_DIR / "gd_variants.png")
-
-    gd_last = (
-        gd.groupby("variant", sort=False)
-        .tail(1)[["variant", "batch_size", "updates", "seconds", "val_accuracy"]]
-        .rename(
-            columns={
-                "batch_size": "batch size",
-                "seconds": "seconds (all epochs)",
-                "val_accuracy": "val accuracy (last epoch)",
-            }
-        )
-    )
     answer = tables.headline(
         dict(list(comparison.groupby("setting", sort=False))),
         dict(list(significance.groupby("setting", sort=False))),
@@ -114,27 +100,9 @@ def report(params: dict[str, Any]) -> Path:
         f"Mean test accuracy over {int(comparison['seeds'].max())} seeds; significance by "
         f"Welch's t-test on test accuracy, Holm-corrected over the pairs, at {1 - confidence:g}."
     )
-    markdown = "\n".join(
-        [
-            "# Optimizer comparison",
-            "",
-            *(f"- {sentence}" for sentence in answer),
-            "",
-            lead,
-            "",
-            (REPORTS_DIR / "comparison.md").read_text(encoding="utf-8"),
-            "## Which differences are real",
-            "",
-            (REPORTS_DIR / "significance.md").read_text(encoding="utf-8").replace("## ", "### "),
-            "## Gradient-descent variants",
-            "",
-            gd_last.to_markdown(index=False),
-            "",
-            *(f"![{alt}]({os.path.relpath(path, REPORT_DIR)})" for path, alt in FIGURES),
-            "",
-        ]
-    )
-    write_text_atomic(REPORT_MD, markdown)
+    gd_last = gd_variants_table(gd)
+    write_text_atomic(REPORT_MD, report_markdown(answer, lead, gd_last))
+    tuning = read_csv(REPORTS_DIR / "tuning.csv")
     body = [
         "<h1>Optimizer comparison</h1>",
         "<ul class='answer'>"
@@ -158,15 +126,49 @@ def report(params: dict[str, Any]) -> Path:
     return REPORT_HTML
 
 
+def gd_variants_table(gd: pd.DataFrame) -> pd.DataFrame:
+    """Each gradient-descent variant's last epoch: batch size, updates, seconds, accuracy."""
+    columns = {"batch_size": "batch size", "seconds": "seconds (all epochs)",
+               "val_accuracy": "val accuracy (last epoch)"}  # fmt: skip
+    last = gd.groupby("variant", sort=False).tail(1)
+    return last[["variant", "batch_size", "updates", "seconds", "val_accuracy"]].rename(
+        columns=columns
+    )
+
+
+def report_markdown(answer: list[str], lead: str, gd_last: pd.DataFrame) -> str:
+    """The page in Markdown: the answer, the tables evaluate wrote, the figures."""
+    return "\n".join(
+        [
+            "# Optimizer comparison",
+            "",
+            *(f"- {sentence}" for sentence in answer),
+            "",
+            lead,
+            "",
+            (REPORTS_DIR / "comparison.md").read_text(encoding="utf-8"),
+            "## Which differences are real",
+            "",
+            (REPORTS_DIR / "significance.md").read_text(encoding="utf-8").replace("## ", "### "),
+            "## Gradient-descent variants",
+            "",
+            gd_last.to_markdown(index=False),
+            "",
+            *(f"![{alt}]({os.path.relpath(path, REPORT_DIR)})" for path, alt in FIGURES),
+            "",
+        ]
+    )
+
+
 def log_to_mlflow(runs: pd.DataFrame) -> None:
     """The page and its two new figures into every training run, under `report/`; a run
-    missing from the store is skipped with a warning (tracking.log_to_run)."""
-    tracking.connect()
+    missing from the store is skipped with a warning (mlflow_logs.log_to_run)."""
+    mlflow_store.connect()
     files = {path: "report" for path in sorted(REPORT_DIR.iterdir()) if path.is_file()}
     for row in runs.itertuples():
         key = run_key(row.optimizer, row.seed, row.setting == "tuned")
         run_id = read_json(TRAIN_METRICS_DIR / f"{key}.json")["mlflow_run_id"]
-        tracking.log_to_run(key, run_id, {}, files)
+        mlflow_logs.log_to_run(key, run_id, {}, files)
 
 
 def main(argv: list[str]) -> None:

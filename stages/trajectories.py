@@ -21,7 +21,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from mnist_optimizers import tracking
+from mnist_optimizers import mlflow_runs, mlflow_store
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.files import write_text_atomic
 from mnist_optimizers.optimizers import build_optimizer, validate_optimizer_names
@@ -62,8 +62,8 @@ def run(config: TrajectoriesConfig, optimizers: dict[str, Any]) -> dict[str, pd.
 
 def log_to_mlflow(config: TrajectoriesConfig, tables: dict[str, pd.DataFrame], name: str) -> None:
     """One MLflow run `trajectories`: the rates, each path's final loss, the figures."""
-    experiment_id = tracking.setup_experiment(name)
-    with tracking.tracked_run(experiment_id, "trajectories", tracking.run_tags("trajectories")):
+    experiment_id = mlflow_store.setup_experiment(name)
+    with mlflow_runs.tracked_run(experiment_id, "trajectories", mlflow_runs.run_tags("trajectories")):
         mlflow.log_params(
             {
                 f"lr.{function}.{optimizer}": rate
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> None:
     params = load_params()
     optimizers = validate_optimizer_names(params["optimizers"])
     config = validate_trajectories(params["trajectories"], optimizers)
-    experiment_name = tracking.validate_mlflow(params["mlflow"])
+    experiment_name = mlflow_store.validate_mlflow(params["mlflow"])
     tables = run(config, optimizers)
     log_to_mlflow(config, tables, experiment_name)
     print(TRAJECTORIES_DIR)

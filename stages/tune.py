@@ -19,6 +19,7 @@ import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its
 import contextlib
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -26,12 +27,12 @@ import mlflow
 import optuna
 import tensorflow as tf
 
-from mnist_optimizers import runtime, search, stats, tracking
+from mnist_optimizers import mlflow_logs, mlflow_runs, mlflow_store, runtime, search, stats
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.files import load_training_data, read_json, write_json_atomic
-from mnist_optimizers.fit import fit_model, set_precision, training_device, validate_train
-from mnist_optimizers.model import build_model, validate_model
+from mnist_optimizers.fit import fit_model, set_precision, validate_train
+from mnist_optimizers.model import ModelConfig, build_model, validate_model
 from mnist_optimizers.optimizers import build_optimizer, optimizer_spec, validate_optimizer_names
 from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import DATA_SUMMARY_FILE, TUNE_DIR, TUNED_RATE_DIR
@@ -40,95 +41,45 @@ from mnist_optimizers.sections.tune import TuneConfig, validate_tune
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Search:
+    """One optimizer's search, checked and loaded: what every trial shares."""
+
+    name: str
+    spec: dict[str, Any]
+    model_config: ModelConfig
+    batch_size: int
+    config: TuneConfig
+    grid: list[float]
+    data: dict[str, Any]
+    precision: str
+    experiment_id: str
+    tags: dict[str, str]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
 def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run the search for optimizer ``name``; write and return its result."""
-    spec = optimizer_spec(validate_optimizer_names(params["optimizers"]), name)
-    model_config = validate_model(params["model"])
-    train_config = validate_train(params["train"])
-    config = validate_tune(params["tune"])
-    experiment_name = tracking.validate_mlflow(params["mlflow"])
-    grid = stats.log_grid(config.low, config.high, config.points)
-    runtime.configure_threads()  # before the first TensorFlow op: building an optimizer
-    search.quiet_retracing_notices()
-    for rate in grid:  # fail on a bad spec before any training, not at the third trial
-        build_optimizer(name, spec | {"learning_rate": rate})
-    tf.config.experimental.enable_op_determinism()
-    experiment_id = tracking.setup_experiment(experiment_name)
-
-    data = load_training_data(model_config.num_classes, config.images)
-    precision = set_precision(train_config.precision)
-
-    trials: list[dict[str, Any]] = []
-    tags = tracking.run_tags(f"tune@{name}") | {
-        "optimizer": name,
-        tracking.DEVICE_TAG: training_device(),
-    }
-
-    def objective(trial: optuna.Trial) -> float:
-        rate = search.suggest_rate(trial, grid)
-        keras.backend.clear_session()  # which resets the dtype policy too: set it again
-        keras.mixed_precision.set_global_policy(precision)
-        keras.utils.set_random_seed(config.seed)
-        optimizer = build_optimizer(name, spec | {"learning_rate": rate})
-        model = build_model(model_config, data["x_train"].shape[1:])
-        pruning = search.PruneWeakTrial(trial, config, data, train_config.batch_size)
-        with tracking.tracked_run(
-            experiment_id, f"{name} lr={rate:g}", tags | {"trial": "true"}, nested=True
-        ):
-            mlflow.log_params(
-                {
-                    "optimizer": name,
-                    "optimizer.learning_rate": rate,
-                    "train.effective_precision": model.dtype_policy.name,  # what it trains in
-                }
-            )
-            start = time.perf_counter()
-            with contextlib.suppress(optuna.TrialPruned):  # the pruner stopped it: a result
-                fit_model(
-                    model, optimizer, data, config.epochs, train_config.batch_size,
-                    callbacks=[pruning],
-                )  # fmt: skip
-            seconds = time.perf_counter() - start
-            reason = search.stop_reason(pruning, config)
-            for step, _, _, judged in pruning.reports:
-                mlflow.log_metric("judged_val_accuracy", judged, step=step)
-            mlflow.log_metric("epochs_reached", pruning.epochs_reached)
-            mlflow.set_tags(
-                {"pruned": str(pruning.pruned_at is not None).lower(), "stopped": reason}
-            )
-        _, val_loss, _, value = pruning.reports[-1]
-        trials.append(
-            {
-                "learning_rate": rate,
-                "val_accuracy": value,
-                "val_loss": val_loss,
-                "epochs": pruning.epochs_reached,
-                "pruned": pruning.pruned_at is not None,
-                "stopped": reason,
-                "seconds": round(seconds, 2),
-            }
-        )
-        log.info("tune@%s: lr %g -> val_accuracy %.4f, %s", name, rate, value, reason)
-        if pruning.pruned_at is not None:
-            raise optuna.TrialPruned(reason)
-        return value
-
-    with tracking.tracked_run(experiment_id, f"tune {name}", tags) as parent:
+    job = prepare(name, params)
+    config, data = job.config, job.data
+    with mlflow_runs.tracked_run(job.experiment_id, f"tune {name}", job.tags) as parent:
         mlflow.log_params(
             {
                 "optimizer": name,
-                "tune.grid": grid,
+                "tune.grid": job.grid,
                 "tune.images": len(data["x_train"]),
                 "tune.epochs": config.epochs,
                 "tune.seed": config.seed,
                 "tune.pruner": pruner_name(config),
-                "train.effective_precision": precision,
+                "train.effective_precision": job.precision,
             }
         )
-        tracking.log_datasets(tracking.datasets(data, read_json(DATA_SUMMARY_FILE)))
-        per_epoch = search.batches_per_epoch(len(data["x_train"]), train_config.batch_size)
-        study = search.create_study(config, grid, per_epoch)
-        study.optimize(objective, n_trials=len(grid), catch=())
+        mlflow_logs.log_datasets(mlflow_logs.datasets(data, read_json(DATA_SUMMARY_FILE)))
+        per_epoch = search.batches_per_epoch(len(data["x_train"]), job.batch_size)
+        study = search.create_study(config, job.grid, per_epoch)
+        study.optimize(lambda trial: run_trial(job, trial), n_trials=len(job.grid),
+                       catch=())  # fmt: skip
+        trials = job.trials
         best = search.best_rate(trials)
         epochs_trained = round(sum(t["epochs"] for t in trials), 2)
         pruned = sum(t["pruned"] for t in trials)
@@ -143,7 +94,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
         "images": len(data["x_train"]),
         "epochs": config.epochs,
         "pruner": pruner_name(config),
-        "precision": precision,
+        "precision": job.precision,
         "epochs_trained": epochs_trained,
         "seconds": round(sum(t["seconds"] for t in trials), 2),
         "mlflow_run_id": parent.info.run_id,
@@ -152,10 +103,81 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
     write_json_atomic(TUNED_RATE_DIR / f"{name}.json", {"optimizer": name, "learning_rate": best})
     log.info(
         "tune@%s: best learning rate %g; %d of %d trials pruned, %g epochs trained of %d",
-        name, best, pruned, len(trials), epochs_trained,
-        len(trials) * config.epochs,
+        name, best, pruned, len(trials), epochs_trained, len(trials) * config.epochs,
     )  # fmt: skip
     return result
+
+
+def prepare(name: str, params: dict[str, Any]) -> Search:
+    """Check the params (every rate of the grid builds) and the store; load the subset."""
+    spec = optimizer_spec(validate_optimizer_names(params["optimizers"]), name)
+    model_config = validate_model(params["model"])
+    train_config = validate_train(params["train"])
+    config = validate_tune(params["tune"])
+    experiment_name = mlflow_store.validate_mlflow(params["mlflow"])
+    grid = stats.log_grid(config.low, config.high, config.points)
+    runtime.configure_threads()  # before the first TensorFlow op: building an optimizer
+    search.quiet_retracing_notices()
+    for rate in grid:  # fail on a bad spec before any training, not at the third trial
+        build_optimizer(name, spec | {"learning_rate": rate})
+    tf.config.experimental.enable_op_determinism()
+    experiment_id = mlflow_store.setup_experiment(experiment_name)
+    data = load_training_data(model_config.num_classes, config.images)
+    precision = set_precision(train_config.precision)
+    tags = mlflow_runs.run_tags(f"tune@{name}") | {
+        "optimizer": name,
+        mlflow_runs.DEVICE_TAG: runtime.training_device(),
+    }
+    return Search(name, spec, model_config, train_config.batch_size, config, grid, data,
+                  precision, experiment_id, tags)  # fmt: skip
+
+
+def run_trial(job: Search, trial: optuna.Trial) -> float:
+    """Train one rate of the grid as a nested MLflow run; its validation accuracy, or
+    optuna.TrialPruned when the pruner stopped it."""
+    name, config, data = job.name, job.config, job.data
+    rate = search.suggest_rate(trial, job.grid)
+    keras.backend.clear_session()  # which resets the dtype policy too: set it again
+    keras.mixed_precision.set_global_policy(job.precision)
+    keras.utils.set_random_seed(config.seed)
+    optimizer = build_optimizer(name, job.spec | {"learning_rate": rate})
+    model = build_model(job.model_config, data["x_train"].shape[1:])
+    pruning = search.PruneWeakTrial(trial, config, data, job.batch_size)
+    tags = job.tags | {"trial": "true"}
+    with mlflow_runs.tracked_run(job.experiment_id, f"{name} lr={rate:g}", tags, nested=True):
+        mlflow.log_params(
+            {
+                "optimizer": name,
+                "optimizer.learning_rate": rate,
+                "train.effective_precision": model.dtype_policy.name,  # what it trains in
+            }
+        )
+        start = time.perf_counter()
+        with contextlib.suppress(optuna.TrialPruned):  # the pruner stopped it: a result
+            fit_model(model, optimizer, data, config.epochs, job.batch_size,
+                      callbacks=[pruning])  # fmt: skip
+        seconds = time.perf_counter() - start
+        reason = search.stop_reason(pruning, config)
+        for step, _, _, judged in pruning.reports:
+            mlflow.log_metric("judged_val_accuracy", judged, step=step)
+        mlflow.log_metric("epochs_reached", pruning.epochs_reached)
+        mlflow.set_tags({"pruned": str(pruning.pruned_at is not None).lower(), "stopped": reason})
+    _, val_loss, _, value = pruning.reports[-1]
+    job.trials.append(
+        {
+            "learning_rate": rate,
+            "val_accuracy": value,
+            "val_loss": val_loss,
+            "epochs": pruning.epochs_reached,
+            "pruned": pruning.pruned_at is not None,
+            "stopped": reason,
+            "seconds": round(seconds, 2),
+        }
+    )
+    log.info("tune@%s: lr %g -> val_accuracy %.4f, %s", name, rate, value, reason)
+    if pruning.pruned_at is not None:
+        raise optuna.TrialPruned(reason)
+    return value
 
 
 def pruner_name(config: TuneConfig) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import gzip
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from dvc.utils.hydra import apply_overrides
 
 from mnist_optimizers import runtime
 from mnist_optimizers.params import load_params, parse_yaml
@@ -113,7 +115,8 @@ def write_params(folder: Path, params: dict[str, Any]) -> Path:
 def set_key(params: dict[str, Any], key: str, value: Any) -> None:
     """Set the dotted ``key`` (`tune.low`, `optimizers.adam.learning_rate`) in ``params``;
     a part that names an existing key with dots in it (`train-images-idx3-ubyte.gz`) is
-    taken whole."""
+    taken whole. For docs/errors.md's rows, which type a key as a user would in the file:
+    DVC's override grammar (edit_params) cannot name a key with dots in it."""
     node, rest = params, key
     while True:
         if rest in node or "." not in rest:
@@ -128,14 +131,12 @@ def set_key(params: dict[str, Any], key: str, value: Any) -> None:
 
 
 def edit_params(changes: dict[str, Any], folder: Path = Path(".")) -> dict[str, Any]:
-    """Change folder/params.yaml as a user would: each dotted key of ``changes`` set to its
-    value (`{"tune.low": 0.1, "compare": ["sgd"]}`). Return the params now in the file."""
+    """Change folder/params.yaml as `dvc exp run -S` does (DVC's own apply_overrides): each
+    dotted key of ``changes`` set to its value (`{"tune.low": 0.1, "compare": ["sgd"]}`).
+    Return the params now in the file, as the stages read them."""
     path = folder / "params.yaml"
-    params = parse_yaml(path.read_text(encoding="utf-8"), str(path))  # as the stages read it
-    for key, value in changes.items():
-        set_key(params, key, value)
-    write_params(folder, params)
-    return params
+    apply_overrides(path, [f"++{key}={json.dumps(value)}" for key, value in changes.items()])
+    return parse_yaml(path.read_text(encoding="utf-8"), str(path))
 
 
 def enter_project(patch: pytest.MonkeyPatch, root: Path, mirror: Path) -> None:

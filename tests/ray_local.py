@@ -29,7 +29,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mnist_optimizers import cluster_task
+from mnist_optimizers import parallel_task
 
 from . import processes, servers
 
@@ -87,7 +87,7 @@ def ray_cluster(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "RAY_USAGE_STATS_ENABLED": "0",
-        cluster_task.WORK_DIR_ENV: str(temp / "work"),  # the nodes' clones and DVC cache
+        parallel_task.WORK_DIR_ENV: str(temp / "work"),  # the nodes' clones and DVC cache
         processes.TAG_VARIABLE: tag,
     }
     # Below the kernel's ephemeral ports (32768 and up on Linux), which free_port() and
@@ -123,7 +123,7 @@ def ray_cluster(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
         assert not left, f"Ray processes outlived the cluster:\n{processes.describe(left)}"
 
 
-VOLATILE = ("seconds", "run_id")  # in a key or column name: times and MLflow ids
+VOLATILE = ("seconds", "run_id", "date")  # in a key or column name: times, dates, MLflow ids
 
 
 def comparable(path: Path):

@@ -234,12 +234,12 @@ def test_a_second_signal_during_a_hold_is_raised_at_once(tmp_path: Path) -> None
 # the store), stopped by a signal at a random moment.
 LOGS_UNTIL_STOPPED = """
 import mlflow
-from mnist_optimizers import tracking
+from mnist_optimizers import mlflow_runs, mlflow_store
 from mnist_optimizers.cli import run_stage
 
 def main(argv):
-    experiment_id = tracking.setup_experiment("busy")
-    with tracking.tracked_run(experiment_id, "busy", tracking.run_tags("busy")) as run:
+    experiment_id = mlflow_store.setup_experiment("busy")
+    with mlflow_runs.tracked_run(experiment_id, "busy", mlflow_runs.run_tags("busy")) as run:
         print(run.info.run_id, flush=True)
         for step in range(10**9):
             mlflow.log_metrics({"a": step, "b": -step}, step=step)

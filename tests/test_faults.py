@@ -55,10 +55,10 @@ def store_client(uri: str | None = None) -> mlflow.MlflowClient:
     """A client of ``uri``, by default the test project's store (the `project` fixture sets
     the URI). It opens the store as a stage does: a new SQLite store's tables are created under
     the store's lock and with its timeout, since the stage may be creating them right now."""
-    from mnist_optimizers import tracking
+    from mnist_optimizers import mlflow_store
 
-    uri = tracking.with_sqlite_timeout(uri or os.environ["MLFLOW_TRACKING_URI"])
-    tracking.init_sqlite_store(uri)
+    uri = mlflow_store.with_sqlite_timeout(uri or os.environ["MLFLOW_TRACKING_URI"])
+    mlflow_store.init_sqlite_store(uri)
     return mlflow.MlflowClient(uri)
 
 
@@ -180,10 +180,10 @@ def test_after_sigkill_the_next_run_marks_the_orphan_failed(processed: Path) -> 
 
 def test_a_running_run_of_a_live_process_is_left_alone(processed: Path) -> None:
     """Another experiment training the same stage right now (dvc queue -j 2) is not an orphan."""
-    from mnist_optimizers import tracking
+    from mnist_optimizers import mlflow_runs, mlflow_store
 
-    tracking.connect()
-    experiment_id = tracking.setup_experiment("mnist-optimizers")
+    mlflow_store.connect()
+    experiment_id = mlflow_store.setup_experiment("mnist-optimizers")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # stages."])
     try:
         c = mlflow.MlflowClient()
@@ -196,11 +196,11 @@ def test_a_running_run_of_a_live_process_is_left_alone(processed: Path) -> None:
             experiment_id,
             tags={"dvc.stage": "train@adam-42", "pipeline.host": "elsewhere", "pipeline.pid": "1"},
         )
-        assert tracking.end_orphaned_runs(experiment_id, "train@adam-42") == []
+        assert mlflow_runs.end_orphaned_runs(experiment_id, "train@adam-42") == []
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert tracking.end_orphaned_runs(experiment_id, "train@adam-42") == [live.info.run_id]
+    assert mlflow_runs.end_orphaned_runs(experiment_id, "train@adam-42") == [live.info.run_id]
     assert c.get_run(other_host.info.run_id).info.status == "RUNNING"
 
 

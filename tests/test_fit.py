@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_optimizers import files, fit
+from mnist_optimizers import files, fit, runtime
 from mnist_optimizers.model import ModelConfig, build_model
 
 from .conftest import random_images
@@ -19,11 +19,11 @@ from .conftest import random_images
 def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(
     monkeypatch, caplog
 ) -> None:
-    monkeypatch.setattr(fit, "cpu_has_bf16", lambda: False)
-    monkeypatch.setattr(fit.tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
     assert fit.effective_precision("mixed_bfloat16") == "float32"
     assert "this one has none; training in float32 instead" in caplog.text
-    monkeypatch.setattr(fit, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     assert fit.effective_precision("mixed_bfloat16") == "mixed_bfloat16"
     assert fit.effective_precision("float32") == "float32"
 
@@ -38,10 +38,10 @@ def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(
     monkeypatch, caplog, cpu: bool, gpus: list[tuple[int, int]], expected: str
 ) -> None:
     devices = [f"GPU:{i}" for i in range(len(gpus))]
-    monkeypatch.setattr(fit, "cpu_has_bf16", lambda: cpu)
-    monkeypatch.setattr(fit.tf.config, "list_physical_devices", lambda kind=None: devices)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: cpu)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: devices)
     monkeypatch.setattr(
-        fit.tf.config.experimental,
+        tf.config.experimental,
         "get_device_details",
         lambda device: {"compute_capability": gpus[devices.index(device)]},
     )
@@ -59,14 +59,14 @@ def test_a_run_names_the_gpu_it_trains_on_and_the_cpu_without_one(monkeypatch) -
     and the stages name that one (tag train.device); with none, the CPU."""
     gpus = [FakeDevice("/physical_device:GPU:0"), FakeDevice("/physical_device:GPU:1")]
     details = {"device_name": "NVIDIA H200", "compute_capability": (9, 0)}
-    monkeypatch.setattr(fit.tf.config, "list_physical_devices", lambda kind=None: gpus)
-    monkeypatch.setattr(fit.tf.config.experimental, "get_device_details", lambda d: details)
-    assert fit.training_device() == "GPU:0 (NVIDIA H200, compute capability 9.0)"
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus)
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: details)
+    assert runtime.training_device() == "GPU:0 (NVIDIA H200, compute capability 9.0)"
     assert fit.effective_precision("auto") == "mixed_bfloat16"  # compute capability 9.0
-    monkeypatch.setattr(fit.tf.config.experimental, "get_device_details", lambda d: {})
-    assert fit.training_device() == "GPU:0"  # TensorFlow knows nothing more of it
-    monkeypatch.setattr(fit.tf.config, "list_physical_devices", lambda kind=None: [])
-    assert fit.training_device() == "CPU"
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: {})
+    assert runtime.training_device() == "GPU:0"  # TensorFlow knows nothing more of it
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert runtime.training_device().startswith("CPU (")
 
 
 def train_tiny(checkpoint: Path | None) -> list[np.ndarray]:

@@ -1,310 +1,381 @@
-"""The parallel runner: its reading of DVC's output, and how it runs the queue's workers
-(its end-to-end run is in test_pipeline.py)."""
+"""The parallel runner (`python -m mnist_optimizers.parallel`) on a real two-node Ray cluster
+on this machine: a head and a second node, each its own `ray start` with 1 CPU, a small
+object store and ports of its own, token authentication on (tests/ray_local.py). On one
+machine it needs what `dvc repro` needs and no more: the project's DVC cache and its SQLite
+store. A tiny comparison goes through it and is checked against a sequential `dvc repro`;
+then the second node is killed in the middle of a task, a stage fails by itself, the runner
+is interrupted; last, the same through a DVC remote and a tracking server on PostgreSQL, as
+on many machines."""
 
 from __future__ import annotations
 
-import json
-import logging
+import contextlib
+import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
+import yaml
 
-from mnist_optimizers import parallel
+from mnist_optimizers import mlflow_runs, mlflow_store, parallel, parallel_task
 from mnist_optimizers.errors import PipelineError
+from mnist_optimizers.proc import CommandFailed
 
-from . import processes
+from . import processes, servers
+from .cli import dvc, project_repo, run, stages_run
+from .conftest import tiny_params
+from .ray_local import NODE_TAG, TRAINING, comparable, ray_cluster, training_lock
 
+pytestmark = pytest.mark.e2e
 
-def test_stale_stages_of_each_round_in_pipeline_order() -> None:
-    status = {
-        "train@adam-42": [{"changed deps": {"params.yaml": "modified"}}],
-        "tune@adam": [{"changed deps": {"params.yaml": "modified"}}],
-        "train_tuned@adam-42": [{"changed deps": {"metrics/tuned_rate/adam.json": "deleted"}}],
-        "train@sgd-42": ["changed outs"],
-        "evaluate": [{"changed deps": {"models": "modified"}}],
-    }
-    first, second = (parallel.stale_stages(json.dumps(status), r) for r in parallel.ROUNDS)
-    assert first == ["train@adam-42", "tune@adam", "train@sgd-42"]
-    assert second == ["train_tuned@adam-42"]
-    assert parallel.stale_stages("{}", parallel.ROUNDS[0]) == []
-    assert parallel.stale_stages("", parallel.ROUNDS[0]) == []
+RUNNER_TIMEOUT_SECONDS = 900
 
 
-def test_queued_experiment_name() -> None:
-    output = "Queued experiment 'irony-nowt' for future execution.\n"
-    assert parallel.queued_task(output) == "irony-nowt"
-    with pytest.raises(PipelineError, match="named no experiment"):
-        parallel.queued_task("ERROR: something else\n")
+def forget_outputs(root: Path, env: dict[str, str], stage: str) -> None:
+    """``stage`` as a clean clone of a repo has it when no one pushed its outputs: in
+    dvc.lock, up to date with its inputs, and its outputs nowhere (not here, not in DVC's
+    cache or run cache, not in the remote)."""
+    dvc(root, env, "repro", stage)
+    entry = yaml.safe_load((root / "dvc.lock").read_text())["stages"][stage]
+    for out in entry["outs"]:
+        (root / out["path"]).unlink()
+        md5 = out["md5"]
+        (root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink()
+    shutil.rmtree(root / ".dvc" / "cache" / "runs")
 
 
-def test_task_states_only_for_our_tasks() -> None:
-    status = """Task     Name        Created    Status
-1a2b3c4  ready-fees  05:43 PM   Success
-9f9f9f9  old-run     04:00 PM   Failed
-5e6f7a8  hulky-quey  05:43 PM   Running
-
-Worker status: 1 active, 0 idle
-"""
-    assert parallel.task_states(status, ["ready-fees", "hulky-quey"]) == {
-        "ready-fees": "Success",
-        "hulky-quey": "Running",
-    }
-
-
-def test_a_bad_job_count_is_refused() -> None:
-    with pytest.raises(PipelineError, match="-j: expected a positive number of jobs, got 0"):
-        parallel.run_parallel(0)
-
-
-# The runner against a queue whose workers are real processes that misbehave as DVC's did:
-# `dvc` is replaced by FakeQueue, which starts "workers" (processes whose command line says
-# queue-worker, each in its own process group, with a pid file where DVC writes one) and
-# answers `dvc queue status` from a script of states.
-
-HANG = "sleep 600 & echo $! > {child}; wait"  # a worker that never exits, with a child
-EXIT = "exit 0"  # a worker that exits at once
-IGNORE_TERM = "trap '' TERM; sleep 600 & echo $! > {child}; wait"
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_mirror):
+    """The cluster and the project in a git repo with its data prepared and committed (as a
+    clone of this repo has it), one training in dvc.lock whose outputs are nowhere (a clone
+    that never pulled them), no DVC remote and the project's own SQLite store."""
+    folder = tmp_path_factory.mktemp("parallel")
+    mirror, sha256 = tiny_mirror
+    params = tiny_params(sha256)
+    params["compare"] = ["sgd", "adam"]
+    root = folder / "project"
+    env = project_repo(root, mirror, params)
+    dvc(root, env, "repro", "preprocess")
+    forget_outputs(root, env, "train@sgd-42")
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "data"], root, env)
+    with ray_cluster(env) as (address, cluster_env):
+        yield root, address, cluster_env
 
 
-class FakeQueue:
-    def __init__(self, root: Path, tag: str, workers: list[list[str]], states) -> None:
-        self.root, self.tag, self.workers, self.states = root, tag, workers, states
-        self.queue_dir = root / parallel.QUEUE_DIR
-        self.queue_dir.mkdir(parents=True)
-        self.calls: list[tuple[str, ...]] = []
-        self.starts = 0
-        self.children: list[Path] = []
-
-    def __call__(self, *args: str, cwd=None, env=None, timeout=None) -> str:
-        self.calls.append(args)
-        if args[:2] == ("queue", "start"):
-            scripts = self.workers[self.starts]
-            self.starts += 1
-            for num, script in enumerate(scripts, start=1):
-                child = self.root / f"child-{self.starts}-{num}"
-                self.children.append(child)
-                worker = subprocess.Popen(
-                    ["bash", "-c", script.format(child=child), "queue-worker"],
-                    start_new_session=True,
-                    env=os.environ | {processes.TAG_VARIABLE: self.tag},
-                )
-                (self.queue_dir / f"dvc-exp-worker-{num}.pid").write_text(str(worker.pid))
-            return f"Started '{len(scripts)}' new experiments task queue workers.\n"
-        if args[:2] == ("queue", "status"):
-            rows = [f"{t[:7]}  {t}  05:43 PM  {s}" for t, s in self.states(self).items()]
-            return "Task  Name  Created  Status\n" + "\n".join(rows) + "\n"
-        if args[:2] == ("queue", "logs"):
-            return f"log of {args[2]}: epoch 3/5\n"
-        if args[:2] in (("queue", "kill"), ("queue", "remove")):
-            return ""
-        raise AssertionError(f"unexpected dvc {args}")
+def store(root: Path) -> str:
+    return f"sqlite:///{root / 'mlflow.db'}"
 
 
-@pytest.fixture
-def fake_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A FakeQueue factory; no process it started outlives the test."""
-    tag = f"fake-queue-{tmp_path}"
-    monkeypatch.setattr(parallel, "KILL_AFTER_SECONDS", 1.0)
-
-    def make(workers: list[list[str]], states) -> FakeQueue:
-        queue = FakeQueue(tmp_path, tag, workers, states)
-        monkeypatch.setattr(parallel, "dvc", queue)
-        return queue
-
-    yield make
-    left = processes.stop_tagged(tag, grace=0)
-    assert not left, f"the runner left processes running:\n{processes.describe(left)}"
-
-
-def run_queue(root: Path, tasks: dict[str, str], **options) -> dict[str, str]:
-    options = {"worker_grace": 1.0, "poll": 0.05} | options
-    return parallel.QueueRun(root, jobs=2, **options).run(tasks)
-
-
-def test_a_worker_that_misses_its_shutdown_is_stopped_with_a_warning(
-    fake_queue, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The CI failure: all tasks succeeded, worker 1 exited, worker 2 never did."""
-    queue = fake_queue([[EXIT, HANG]], lambda q: {"ready-fees": "Success"})
-    started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="mnist_optimizers.parallel"):
-        states = run_queue(tmp_path, {"ready-fees": "train@sgd-42"})
-    assert states == {"ready-fees": "Success"}
-    assert time.monotonic() - started < 10  # grace 1 s, then SIGTERM
-    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "dvc-exp-worker-2" in warning and "dvc-exp-worker-1" not in warning
-    assert "results are complete" in warning
-    # The hung worker's whole group went: its own child (tagged like it) too.
-    assert int(queue.children[1].read_text()) > 0
-    assert processes.tagged(queue.tag) == {}
-
-
-def test_a_worker_that_ignores_sigterm_is_killed(fake_queue, tmp_path: Path) -> None:
-    queue = fake_queue([[IGNORE_TERM, IGNORE_TERM]], lambda q: {"ready-fees": "Success"})
-    assert run_queue(tmp_path, {"ready-fees": "train@sgd-42"}) == {"ready-fees": "Success"}
-    assert processes.tagged(queue.tag) == {}
-
-
-def test_a_task_past_its_deadline_fails_with_its_name_and_log(fake_queue, tmp_path: Path) -> None:
-    queue = fake_queue([[HANG, HANG]], lambda q: {"hulky-quey": "Running", "ready-fees": "Success"})
-    with pytest.raises(PipelineError) as error:
-        run_queue(tmp_path, {"hulky-quey": "tune@adam", "ready-fees": "train@sgd-42"},
-                  task_timeout=0.5)  # fmt: skip
-    message = str(error.value)
-    assert "queued runs hulky-quey (tune@adam) ran past --task-timeout 0 s" in message
-    assert "log of hulky-quey: epoch 3/5" in message and "ready-fees" not in message
-    assert ("queue", "kill", "--force", "hulky-quey") in queue.calls
-    assert processes.tagged(queue.tag) == {}  # stopped at once, no grace
-
-
-def test_workers_that_stop_early_are_started_again(
-    fake_queue, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """dvc-task #77: the monitor shut the workers down with tasks still queued."""
-    queue = fake_queue(
-        [[EXIT, EXIT], [EXIT, HANG]],
-        lambda q: {"ready-fees": "Success" if q.starts == 2 else "Queued"},
+def run_runner(root: Path, env: dict[str, str], address: str, *args: str) -> str:
+    """The runner, as a user types it; its output. It must end by itself within the deadline."""
+    argv = [sys.executable, "-m", "mnist_optimizers.parallel", "--address", address, *args]
+    result = subprocess.run(
+        argv, cwd=root, env=env, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_SECONDS
     )
-    with caplog.at_level(logging.WARNING, logger="mnist_optimizers.parallel"):
-        assert run_queue(tmp_path, {"ready-fees": "train@sgd-42"}) == {"ready-fees": "Success"}
-    assert queue.starts == 2
-    assert any("no queue worker is alive" in r.getMessage() for r in caplog.records)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"the runner exited {result.returncode}:\n{output[-8000:]}"
+    return output
 
 
-def test_a_task_whose_worker_died_fails(fake_queue, tmp_path: Path) -> None:
-    fake_queue([[EXIT, EXIT]], lambda q: {"hulky-quey": "Running"})
-    with pytest.raises(PipelineError, match=r"hulky-quey \(train@adam-42\) lost their queue"):
-        run_queue(tmp_path, {"hulky-quey": "train@adam-42"})
+def finished_tasks(output: str) -> dict[str, str]:
+    """stage -> the Ray node (its id) each task's progress line names."""
+    done = {}
+    for line in output.splitlines():
+        if "] " in line and " on " in line and ", node " in line:
+            stage = line.split("] ", 1)[1].split(" on ")[0]
+            done[stage] = line.split(", node ")[1].split(")")[0]
+    return done
 
 
-def test_workers_that_never_take_the_tasks_fail_the_run_after_three_starts(
-    fake_queue, tmp_path: Path
-) -> None:
-    queue = fake_queue([[EXIT, EXIT]] * 3, lambda q: {"ready-fees": "Queued"})
-    with pytest.raises(PipelineError, match="workers stopped 3 times with tasks still queued"):
-        run_queue(tmp_path, {"ready-fees": "train@sgd-42"})
-    assert queue.starts == 3
+def runs_by_stage(url: str) -> dict[str, list]:
+    client = mlflow.MlflowClient(url)
+    experiment = client.get_experiment_by_name("mnist-optimizers")
+    by_stage: dict[str, list] = {}
+    for r in client.search_runs([experiment.experiment_id], max_results=1000):
+        if "mlflow.parentRunId" not in r.data.tags:  # a search's trials are its children
+            by_stage.setdefault(r.data.tags["dvc.stage"], []).append(r)
+    return by_stage
 
 
-def test_a_command_that_leaves_a_daemon_holding_its_output_returns_at_once() -> None:
-    """`dvc queue start` forks a daemon that keeps its stdout: read through a pipe, the
-    runner waited for that daemon (the worker) to exit."""
-    daemon = "import subprocess; print(subprocess.Popen(['sleep', '30']).pid)"
-    started = time.monotonic()
-    output = parallel.command([sys.executable, "-c", daemon])
-    elapsed = time.monotonic() - started
-    os.kill(int(output), signal.SIGKILL)
-    assert elapsed < 10
+def test_on_one_machine_it_trains_on_both_nodes_and_equals_a_sequential_dvc_repro(setup) -> None:
+    """No DVC remote, no tracking server: the tasks share the project's cache and store."""
+    root, address, env = setup
+    url = store(root)
+    output = run_runner(root, env, address)
+
+    tasks = finished_tasks(output)
+    expected = {"train@sgd-42", "train@adam-42", "tune@sgd", "tune@adam",
+                "train_tuned@sgd-42", "train_tuned@adam-42"}  # fmt: skip
+    assert set(tasks) == expected, output[-6000:]
+    assert len(set(tasks.values())) == 2, f"tasks ran on one node only: {tasks}"
+    # The runner's own `dvc repro` restored every stage from the run cache: it ran none of them.
+    assert not [s for s in stages_run(output) if s.startswith(TRAINING)], output[-6000:]
+    assert {"evaluate", "report", "register"} <= set(stages_run(output))
+    assert "Data and pipelines are up to date" in dvc(root, env, "status")
+
+    by_stage = runs_by_stage(url)
+    for stage in ("train@sgd-42", "train@adam-42", "tune@sgd", "tune@adam"):
+        assert [r.info.status for r in by_stage[stage]] == ["FINISHED"], stage
+        (r,) = by_stage[stage]
+        assert r.data.tags[mlflow_runs.PARALLEL_TASK_TAG], stage
+        assert r.data.tags[mlflow_runs.DEVICE_TAG].startswith("CPU (")
+    for name in ("sgd", "adam"):  # the tuned run is its own, or the default run reused
+        assert [r.info.status for r in by_stage.get(f"train_tuned@{name}-42", [])] in (
+            [], ["FINISHED"]
+        )  # fmt: skip
+    assert by_stage["train@adam-42"][0].data.params["runtime.intra_op_threads"] == "1"
+
+    # The same stages, one after the other with `dvc repro`, 1 thread as each task had.
+    sequential = root.parent / "sequential"
+    run(["git", "clone", "-q", str(root), str(sequential)], root.parent, env)
+    shutil.copy2(root / "params.yaml", sequential / "params.yaml")
+    seq_env = {k: v for k, v in env.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    seq_env |= {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+                processes.TAG_VARIABLE: str(sequential)}  # fmt: skip
+    dvc(sequential, seq_env, "repro")  # its own cache: every stage trains again
+
+    assert training_lock(sequential) == training_lock(root)
+    outputs = sorted(
+        p.relative_to(root)
+        for p in [*root.glob("metrics/**/*.json"), *root.glob("metrics/**/*.csv"),
+                  *root.glob("models/*.keras")]
+    )  # fmt: skip
+    assert len([p for p in outputs if p.parts[0] == "models"]) == 4
+    for path in outputs:
+        assert comparable(sequential / path) == comparable(root / path), path
 
 
-def test_a_task_missing_from_one_status_listing_is_waited_for(fake_queue, tmp_path: Path) -> None:
-    """Under load `dvc queue status` can miss a task a worker is taking (it lists the running
-    tasks, then the queued ones): the run on the busy CI machine that failed on this."""
-    polls = []
-
-    def states(queue: FakeQueue) -> dict[str, str]:
-        polls.append(1)
-        return {} if len(polls) <= 2 else {"ready-fees": "Success"}
-
-    fake_queue([[EXIT, EXIT]], states)
-    assert run_queue(tmp_path, {"ready-fees": "train@sgd-42"}) == {"ready-fees": "Success"}
-    assert len(polls) == 3
+def stage_processes(tag_value: str) -> list[int]:
+    """The pids of the training stages (and the shells DVC runs them in) running on the node
+    tagged ``tag_value``."""
+    return [
+        pid
+        for pid, cmdline in processes.tagged(tag_value, NODE_TAG).items()
+        if "stages.train" in cmdline
+    ]
 
 
-DVC_RACE = PipelineError(
-    "dvc queue status failed:\nTask  Name  Created  Status\n\n"
-    "ERROR: unexpected error - Expecting value: line 1 column 1 (char 0)\n"
-)  # what CI saw while a worker was writing a task's info file
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
-def test_a_status_listing_that_fails_inside_dvc_is_read_again(fake_queue, tmp_path: Path) -> None:
-    polls = []
-
-    def states(queue: FakeQueue) -> dict[str, str]:
-        polls.append(1)
-        if len(polls) <= 2:
-            raise DVC_RACE
-        return {"ready-fees": "Success"}
-
-    fake_queue([[EXIT, EXIT]], states)
-    assert run_queue(tmp_path, {"ready-fees": "train@sgd-42"}) == {"ready-fees": "Success"}
-    assert len(polls) == 3
-
-
-def test_a_status_listing_that_keeps_failing_fails_the_run(fake_queue, tmp_path: Path) -> None:
-    polls = []
-
-    def states(queue: FakeQueue) -> dict[str, str]:
-        polls.append(1)
-        raise DVC_RACE
-
-    fake_queue([[EXIT, EXIT]], states)
-    with pytest.raises(PipelineError, match="Expecting value"):
-        run_queue(tmp_path, {"ready-fees": "train@sgd-42"})
-    assert len(polls) >= parallel.STATUS_RETRIES  # then once more as the run cleans up
-
-
-def test_a_task_gone_from_the_queue_fails_the_run(
-    fake_queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(parallel, "MISSING_SECONDS", 0.5)
-    fake_queue([[HANG, HANG]], lambda q: {"ready-fees": "Success"})
-    with pytest.raises(PipelineError, match=r"has not listed hulky-quey for 0.5 s \(removed"):
-        run_queue(tmp_path, {"hulky-quey": "train@adam-42", "ready-fees": "train@sgd-42"})
+def kill_second_node_mid_training(url: str, found: dict, stop: threading.Event) -> None:
+    """Once a training on the second node has its MLflow run RUNNING, SIGKILL every process
+    of that node (the machine dies); note the run. The trainings there are paused (SIGSTOP)
+    while the store is asked: a short training on a loaded machine could otherwise start and
+    end its run between two looks."""
+    client = mlflow.MlflowClient(url)
+    while not stop.is_set():
+        pids = stage_processes("second")
+        signal_all(pids, signal.SIGSTOP)
+        try:
+            with contextlib.suppress(Exception):  # the experiment may not exist yet
+                experiment = client.get_experiment_by_name("mnist-optimizers")
+                runs = [
+                    r
+                    for r in client.search_runs(
+                        [experiment.experiment_id], "attributes.status = 'RUNNING'"
+                    )
+                    if r.data.tags.get(mlflow_runs.PID_TAG) in {str(pid) for pid in pids}
+                ]
+                if runs:
+                    found["run"] = runs[0].info.run_id
+                    found["killed"] = processes.stop_tagged("second", 0, NODE_TAG)
+                    return
+        finally:
+            signal_all(pids, signal.SIGCONT)
+        time.sleep(0.2)
 
 
-def test_a_command_past_its_timeout_is_killed_with_a_clear_error() -> None:
-    with pytest.raises(PipelineError, match=r"^sleeper did not finish within 1 s \(killed\)$"):
-        parallel.command(["sleep", "30"], timeout=1, name="sleeper")
-
-
-def test_ctrl_c_stops_the_workers_and_takes_our_queued_tasks_out_of_the_queue(
-    fake_queue, tmp_path: Path
-) -> None:
-    polls = []
-
-    def states(queue: FakeQueue) -> dict[str, str]:
-        polls.append(1)
-        if len(polls) == 2:
-            raise KeyboardInterrupt
-        return {"hulky-quey": "Running", "ready-fees": "Queued", "old-run": "Queued"}
-
-    queue = fake_queue([[HANG, HANG]], states)
-    with pytest.raises(KeyboardInterrupt):
-        run_queue(tmp_path, {"hulky-quey": "train@adam-42", "ready-fees": "train@sgd-42"})
-    assert processes.tagged(queue.tag) == {}  # the running task's worker went with it
-    assert queue.calls[-1] == ("queue", "remove", "ready-fees")  # ours only
-
-
-@pytest.mark.parametrize(
-    ("status", "worker_alive", "refused"),
-    [
-        ("1a2b3c4  ready-fees  05:43 PM  Queued", False, True),
-        ("5e6f7a8  hulky-quey  05:43 PM  Running", True, True),
-        ("5e6f7a8  hulky-quey  05:43 PM  Running", False, False),  # left by a stopped run
-        ("9f9f9f9  old-run     04:00 PM  Failed", False, False),
-    ],
-)
-def test_the_runner_refuses_to_run_beside_live_tasks_only(
-    tmp_path: Path, status: str, worker_alive: bool, refused: bool
-) -> None:
-    queue_dir = tmp_path / parallel.QUEUE_DIR
-    queue_dir.mkdir(parents=True)
-    worker = subprocess.Popen(["bash", "-c", "sleep 60; true", "queue-worker"])  # no exec
-    try:
-        if worker_alive:
-            (queue_dir / "dvc-exp-worker-1.pid").write_text(str(worker.pid))
-        output = f"Task  Name  Created  Status\n{status}\n\nWorker status: 0 active, 0 idle\n"
-        if refused:
-            with pytest.raises(PipelineError, match="already holds queued or running tasks"):
-                parallel.check_queue_is_free(output, tmp_path)
-        else:
-            parallel.check_queue_is_free(output, tmp_path)
+def test_killing_the_second_node_mid_task_still_finishes_every_stage(setup) -> None:
+    root, address, env = setup
+    url = store(root)
+    found: dict = {}
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_second_node_mid_training, args=(url, found, stop))
+    killer.start()
+    try:  # new seeds: stages the first test did not run; 3 epochs: time to kill one
+        output = run_runner(root, env, address, "-S", "train.seeds=[7,8]", "-S", "train.epochs=3")
     finally:
-        worker.kill()
-        worker.wait()
+        stop.set()
+        killer.join(timeout=30)
+    assert found.get("killed"), f"no training ran on the second node:\n{output[-6000:]}"
+
+    assert "Data and pipelines are up to date" in dvc(root, env, "status")
+    by_stage = runs_by_stage(url)
+    killed = mlflow.MlflowClient(url).get_run(found["run"])
+    assert killed.info.status == "FAILED"
+    stage = killed.data.tags["dvc.stage"]
+    statuses = sorted(r.info.status for r in by_stage[stage])
+    assert statuses == ["FAILED", "FINISHED"], (stage, statuses)
+    for seed in (7, 8):
+        for name in ("sgd", "adam"):
+            finished = [r for r in by_stage[f"train@{name}-{seed}"] if r.info.status == "FINISHED"]
+            assert len(finished) == 1, f"train@{name}-{seed}"
+    assert not [r for rs in by_stage.values() for r in rs if r.info.status == "RUNNING"]
+
+
+def test_a_stage_that_fails_by_itself_fails_once_with_its_message(setup, tmp_path) -> None:
+    """A failure of the task's own (here: the nodes clone from a repo without the driver's
+    commit) is not retried: each stage fails once, and the run ends naming them all."""
+    root, address, env = setup
+    elsewhere = tmp_path / "other-repo"
+    run(["git", "init", "-q", str(elsewhere)], tmp_path, env)
+    run(["git", "-C", str(elsewhere), "commit", "-q", "--allow-empty", "-m", "x"], tmp_path, env)
+    argv = [sys.executable, "-m", "mnist_optimizers.parallel", "--address", address,
+            "--git-url", str(elsewhere), "-S", "train.seeds=[9]"]  # fmt: skip
+    result = subprocess.run(
+        argv, cwd=root, env=env, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_SECONDS
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-6000:]
+    commit = run(["git", "rev-parse", "HEAD"], root, env).strip()
+    message = f"commit {commit[:12]} is not in {elsewhere}: push it there first"
+    submitted = output.split("on the cluster: ")[1].splitlines()[0].split(", ")
+    assert {"train@sgd-9", "train@adam-9"} <= set(submitted)
+    assert f"{len(submitted)} of {len(submitted)} stages failed on the cluster" in output
+    for stage in submitted:  # once each: no retry
+        assert output.count(f"{stage} failed: {message}") == 1, output[-6000:]
+    run(["git", "checkout", "params.yaml"], root, env)
+
+
+def test_ctrl_c_on_the_driver_cancels_its_tasks(setup) -> None:
+    """SIGINT to the runner mid-training: the task stops its stage, whose MLflow run ends
+    KILLED (by the stage, or by the runner where the stage could not in time); the runner
+    exits 130 and nothing of the stage runs on."""
+    root, address, env = setup
+    argv = [sys.executable, "-m", "mnist_optimizers.parallel", "--address", address,
+            "-S", "train.seeds=[11]", "-S", "train.epochs=20"]  # fmt: skip
+    client = mlflow.MlflowClient(store(root))
+    with tempfile.TemporaryFile() as out:
+        runner = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + RUNNER_TIMEOUT_SECONDS
+            running = []
+            while not running and time.monotonic() < deadline and runner.poll() is None:
+                time.sleep(0.5)
+                with contextlib.suppress(Exception):
+                    experiment = client.get_experiment_by_name("mnist-optimizers")
+                    running = client.search_runs(
+                        [experiment.experiment_id],
+                        "tags.`dvc.stage` LIKE 'train@%-11' and attributes.status = 'RUNNING'",
+                    )
+            assert running, "no training of seed 11 started"
+            runner.send_signal(signal.SIGINT)
+            code = runner.wait(timeout=180)
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+        out.seek(0)
+        output = out.read().decode(errors="replace")
+    assert code == 130, output[-6000:]
+    assert "cancelling" in output, output[-6000:]
+    for run_ in running:
+        assert client.get_run(run_.info.run_id).info.status == "KILLED", output[-6000:]
+    deadline = time.monotonic() + 30
+    while any("stages.train" in c for c in processes.tagged(env[processes.TAG_VARIABLE]).values()):
+        assert time.monotonic() < deadline, "a cancelled stage still runs"
+        time.sleep(1)
+    run(["git", "checkout", "params.yaml"], root, env)
+
+
+def test_with_a_dvc_remote_the_tasks_meet_through_it_and_the_tracking_server(
+    setup, tmp_path
+) -> None:
+    """As on many machines: inputs and results go through the default DVC remote, the runs
+    to the tracking server (PostgreSQL); a local store is refused before any task."""
+    root, address, env = setup
+    remote = tmp_path / "dvc-remote"
+    dvc(root, env, "remote", "add", "--default", "shared", str(remote))
+    run(["git", "commit", "-qam", "remote"], root, env)
+    try:
+        argv = [sys.executable, "-m", "mnist_optimizers.parallel", "--address", address]
+        refused = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True,
+                                 timeout=RUNNER_TIMEOUT_SECONDS)  # fmt: skip
+        assert refused.returncode == 1 and "cannot share a local store" in refused.stderr
+        assert "on the cluster" not in refused.stderr
+        with servers.postgres() as pg:
+            backend = servers.create_database(pg, "mlflow_parallel")
+            with servers.tracking_server(backend, tmp_path / "artifacts") as url:
+                output = run_runner(root, env | {"MLFLOW_TRACKING_URI": url}, address,
+                                    "-S", "compare=[adam]", "-S", "train.seeds=[5]")  # fmt: skip
+                by_stage = runs_by_stage(url)
+        assert set(finished_tasks(output)) == {"train@adam-5", "tune@adam", "train_tuned@adam-5"}
+        for stage in ("train@adam-5", "tune@adam"):
+            assert [r.info.status for r in by_stage[stage]] == ["FINISHED"], stage
+        assert list((remote / "runs").iterdir()), "no run cache in the remote"
+        assert "Data and pipelines are up to date" in dvc(root, env, "status")
+    finally:
+        run(["git", "checkout", "params.yaml"], root, env)
+
+
+def test_the_runner_refuses_uncommitted_code_a_local_store_and_no_address(monkeypatch) -> None:
+    outputs = {"reports/report", "metrics/evaluate.json"}
+    with pytest.raises(PipelineError, match=r"uncommitted changes: stages/train.py\. The tasks"):
+        parallel.check_code_committed(" M stages/train.py\n M params.yaml\n", outputs)
+    # What travels with the tasks, and what the pipeline itself rewrites (a run before this)
+    changes = " M params.yaml\n M dvc.lock\n M models/.gitignore\n M metrics/evaluate.json\n"
+    parallel.check_code_committed(changes + " M reports/report/report.html\n", outputs)
+    with pytest.raises(PipelineError, match="uncommitted changes: reports/reportx.md"):
+        parallel.check_code_committed(" M reports/reportx.md\n", outputs)
+    for uri in ("sqlite:////p/mlflow.db", "file:///tmp/mlruns", "/tmp/mlruns"):
+        with pytest.raises(PipelineError, match="cannot share a local store"):
+            parallel.check_shared_tracking_uri(uri)
+    parallel.check_shared_tracking_uri("http://10.0.0.5:5000")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # ray.init would start a cluster here
+    with pytest.raises(PipelineError, match="no cluster address: pass --address"):
+        parallel.Cluster(parallel.ClusterConfig(address=None))
+    started = time.monotonic()  # nothing listens there: one message, at once
+    with pytest.raises(PipelineError, match="Ray cluster 127.0.0.2:1: nothing answers there"):
+        parallel.Cluster(parallel.ClusterConfig(address="127.0.0.2:1"))
+    assert time.monotonic() - started < 10
+
+
+def test_a_task_names_its_runs_for_the_driver_and_runs_only_where_it_can_log() -> None:
+    spec = parallel_task.TaskSpec("train@adam-42", "t1", "u", "c", "", "", "r", 60.0, cpus=3)
+    env = parallel_task.stage_env(spec)
+    assert env[mlflow_runs.PARALLEL_TASK_ENV] == "t1"
+    assert (env["TF_NUM_INTRAOP_THREADS"], env["TF_NUM_INTEROP_THREADS"]) == ("3", "1")
+    assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU task leaves a node's GPUs alone
+    with pytest.raises(CommandFailed, match="sqlite:///m.db: a task on another machine"):
+        parallel_task.run_task(
+            dataclasses.replace(spec, env={"MLFLOW_TRACKING_URI": "sqlite:///m.db"})
+        )
+    one_machine = dataclasses.replace(spec, remote_url=None, host="another-host")
+    with pytest.raises(CommandFailed, match="not on another-host: a cluster of several machines"):
+        parallel_task.run_task(one_machine)
+    gpu = parallel_task.stage_env(dataclasses.replace(spec, gpus=1))
+    assert "CUDA_VISIBLE_DEVICES" not in gpu or gpu["CUDA_VISIBLE_DEVICES"] != ""
+
+
+def test_the_sweep_ends_left_runs_failed_after_a_death_and_killed_after_a_cancel(project) -> None:
+    """Runs a task's attempts left RUNNING: FAILED when the attempt died, KILLED when the
+    driver cancelled the task (Ctrl-C) and the stage could not end its run itself; a run of
+    another task, and a run that already ended, are left alone."""
+    # The project's own store, as the sweep finds it; not a URI another test left set.
+    client = mlflow.MlflowClient(mlflow_store.tracking_uri())
+    experiment = client.create_experiment("mnist-optimizers")
+
+    def started(task_id: str) -> str:
+        run_ = client.create_run(experiment, tags={mlflow_runs.PARALLEL_TASK_TAG: task_id})
+        return run_.info.run_id
+
+    died, cancelled, other, finished = started("t1"), started("t2"), started("t3"), started("t2")
+    client.set_terminated(finished, "FINISHED")
+    assert parallel.end_dead_attempts(["t1"]) == [died]
+    assert parallel.end_dead_attempts(["t2"], cancelled=True) == [cancelled]
+    status = {r: client.get_run(r).info.status for r in (died, cancelled, other, finished)}
+    assert status == {died: "FAILED", cancelled: "KILLED", other: "RUNNING", finished: "FINISHED"}
+    assert "died" in client.get_run(died).data.tags["pipeline.end_reason"]
+    assert "cancelled" in client.get_run(cancelled).data.tags["pipeline.end_reason"]

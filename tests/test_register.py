@@ -75,12 +75,12 @@ def test_registering_the_same_run_twice_adds_no_version(project: Path) -> None:
     import keras
     import numpy as np
 
-    from mnist_optimizers import tracking
+    from mnist_optimizers import mlflow_logs, mlflow_store
 
-    tracking.connect()
+    mlflow_store.connect()
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(10, activation="softmax")])
     with mlflow.start_run(run_name="adam-42") as run:
-        tracking.log_model(model, example=np.zeros((1, 2), np.float32))
+        mlflow_logs.log_model(model, example=np.zeros((1, 2), np.float32))
     runs = runs_table([("default", "adam", 42, 0.99, 0.9)])
 
     first = register.champion({"adam-42": run.info.run_id}, runs)
@@ -102,14 +102,14 @@ def test_a_worse_pipeline_result_does_not_take_the_alias(project: Path) -> None:
     import keras
     import numpy as np
 
-    from mnist_optimizers import tracking
+    from mnist_optimizers import mlflow_logs, mlflow_store
 
-    tracking.connect()
+    mlflow_store.connect()
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(10, activation="softmax")])
     run_ids = {}
     for key in ("adam-42", "sgd-42", "rmsprop-42"):
         with mlflow.start_run(run_name=key) as run:
-            tracking.log_model(model, example=np.zeros((1, 2), np.float32))
+            mlflow_logs.log_model(model, example=np.zeros((1, 2), np.float32))
         run_ids[key] = run.info.run_id
 
     good = register.champion(run_ids, runs_table([("default", "adam", 42, 0.99, 0.9)]))

@@ -19,8 +19,8 @@ from stages import report
 
 def html_rows(page: str, first_cell: str) -> list[list[str]]:
     """The cells of every HTML table row of ``page`` whose first cell is ``first_cell``."""
-    rows = re.findall(rf"<tr><td>{re.escape(first_cell)}</td>(.*?)</tr>", page)
-    return [[first_cell, *re.findall(r"<td>(.*?)</td>", row)] for row in rows]
+    rows = re.findall(rf"<tr>\s*<td>{re.escape(first_cell)}</td>(.*?)</tr>", page, re.S)
+    return [[first_cell, *re.findall(r"<td>(.*?)</td>", row, re.S)] for row in rows]
 
 
 def markdown_rows(text: str, first_cell: str) -> list[list[str]]:

@@ -124,26 +124,6 @@ def test_history_mean_has_a_band_over_seeds() -> None:
     assert list(mean["val_accuracy_max"]) == [0.9, 0.97]
 
 
-def test_html_tables_read_like_the_markdown_and_escape_every_cell() -> None:
-    frame = pd.DataFrame(
-        {
-            "optimizer": ["adam", "<sgd>"],
-            "learning rate": ["0.001", "0.01"],
-            "tutorial val %": ["96.50", ""],
-            "seeds": [3, 3],
-            "significant": [True, False],
-        }
-    )
-    html = tables.html_table(frame)
-    assert html.startswith("<table><thead><tr><th>optimizer</th><th>learning rate</th>")
-    assert "<td>&lt;sgd&gt;</td>" in html
-    # As `to_markdown` writes them: a column of numbers in `g` format, an empty cell empty.
-    assert "<td>adam</td><td>0.001</td><td>96.5</td><td>3</td><td>True</td>" in html
-    assert "<td>&lt;sgd&gt;</td><td>0.01</td><td></td><td>3</td><td>False</td>" in html
-    markdown = frame.to_markdown(index=False)
-    assert "96.5 " in markdown and "96.50" not in markdown
-
-
 def test_the_tuning_table_shows_pruned_trials_as_such_and_by_rate() -> None:
     result = {
         "best_learning_rate": 0.001,

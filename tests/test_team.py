@@ -245,12 +245,12 @@ def test_the_ui_compares_the_four_training_runs_in_chromium(
 # A stage's MLflow logging, as run_stage runs it: connect, start a run, log, end it.
 LOG_ONE_RUN = """
 import mlflow
-from mnist_optimizers import tracking
+from mnist_optimizers import mlflow_runs, mlflow_store
 from mnist_optimizers.cli import run_stage
 
 def main(argv):
-    experiment_id = tracking.setup_experiment("secrets-check")
-    with tracking.tracked_run(experiment_id, "sgd-42", tracking.run_tags("train@sgd-42")):
+    experiment_id = mlflow_store.setup_experiment("secrets-check")
+    with mlflow_runs.tracked_run(experiment_id, "sgd-42", mlflow_runs.run_tags("train@sgd-42")):
         mlflow.log_metric("val_accuracy", 0.5)
 
 run_stage(main)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from pathlib import Path
 
 import keras
@@ -17,10 +16,11 @@ import pytest
 from mnist_optimizers import fit, runtime
 from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.paths import HISTORY_DIR, MODELS_DIR, TRAIN_METRICS_DIR
-from mnist_optimizers.tracking import TrackingError
+from mnist_optimizers.mlflow_store import TrackingError
 from stages import train
 
 from .conftest import edit_params
+from .servers import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -134,12 +134,6 @@ def test_experiment_name_comes_from_params_or_the_environment(processed: Path, m
     assert run.data.tags["dvc.experiment"] == "lr-sweep-1"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_unreachable_tracking_server_fails_before_training(processed: Path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(
@@ -163,7 +157,7 @@ def test_bad_params_fail_before_loading_any_data(project: Path) -> None:
 
 
 def test_mixed_bfloat16_trains_in_bf16_with_a_float32_softmax(processed: Path, monkeypatch) -> None:
-    monkeypatch.setattr(fit, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     edit_params({"train.precision": "mixed_bfloat16"})
     try:
         metrics = run_train("adam")
@@ -176,7 +170,7 @@ def test_mixed_bfloat16_trains_in_bf16_with_a_float32_softmax(processed: Path, m
     run = mlflow.MlflowClient().get_run(metrics["mlflow_run_id"])
     assert run.data.params["train.precision"] == "mixed_bfloat16"
     assert run.data.params["train.effective_precision"] == "mixed_bfloat16"
-    assert run.data.tags["train.device"] == "CPU"  # where it trained: this machine has no GPU
+    assert run.data.tags["train.device"] == f"CPU ({runtime.cpu_name()})"  # where it trained: this machine has no GPU
 
 
 def test_metrics_file_says_where_the_stage_time_went(processed: Path) -> None:
@@ -208,9 +202,9 @@ def test_a_store_mlflow_cannot_use_is_named_before_training(
 
 
 def test_an_experiment_deleted_in_the_ui_is_named_with_how_to_restore_it(processed: Path) -> None:
-    from mnist_optimizers import tracking
+    from mnist_optimizers import mlflow_store
 
-    client = mlflow.MlflowClient(tracking.connect())
+    client = mlflow.MlflowClient(mlflow_store.connect())
     experiment_id = client.create_experiment("mnist-optimizers")
     client.delete_experiment(experiment_id)
     with pytest.raises(TrackingError) as error:
@@ -293,7 +287,7 @@ def test_stages_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
     from . import servers
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = "from mnist_optimizers import tracking; tracking.connect()"
+    code = "from mnist_optimizers import mlflow_logs, mlflow_store; mlflow_store.connect()"
     env = servers.tool_env({"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(servers.PROJECT_ROOT)})
     openers = [
         subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
@@ -339,7 +333,7 @@ def test_a_training_stage_prints_only_its_own_lines(processed: Path) -> None:
     lines = stage_output("stages.train", "adam", "42")
     assert [line for line in lines if not OWN_LINE.match(line)] == []
     assert sum(" mnist_optimizers.fit INFO epoch " in line for line in lines) == 2
-    assert "train@adam-42: training on CPU in " in lines[1]
+    assert "train@adam-42: training on CPU (" in lines[1]
     assert "train@adam-42: val_accuracy" in lines[-1]
     assert len(lines) == 5, lines  # the threads, the device, 2 epochs, the result
 
@@ -358,7 +352,7 @@ def test_a_dataset_logged_by_two_stages_at_once_is_logged_again(monkeypatch) -> 
     with PostgreSQL's UniqueViolation (CI): the second try finds the dataset and succeeds."""
     from mlflow.exceptions import MlflowException
 
-    from mnist_optimizers import tracking
+    from mnist_optimizers import mlflow_logs
 
     calls = []
 
@@ -367,12 +361,11 @@ def test_a_dataset_logged_by_two_stages_at_once_is_logged_again(monkeypatch) -> 
         if len(calls) == 1:
             raise MlflowException("(psycopg.errors.UniqueViolation) duplicate key value")
 
-    monkeypatch.setattr(tracking, "_log_datasets", log_once_failing)
-    tracking.log_datasets([], "run")
+    monkeypatch.setattr(mlflow_logs, "_log_datasets", log_once_failing)
+    mlflow_logs.log_datasets([], "run")
     assert calls == ["run", "run"]
     calls.clear()
-    monkeypatch.setattr(
-        tracking, "_log_datasets", lambda *_: (_ for _ in ()).throw(MlflowException("other"))
+    monkeypatch.setattr(mlflow_logs, "_log_datasets", lambda *_: (_ for _ in ()).throw(MlflowException("other"))
     )
     with pytest.raises(MlflowException, match="other"):
-        tracking.log_datasets([], "run")
+        mlflow_logs.log_datasets([], "run")

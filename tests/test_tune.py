@@ -10,7 +10,7 @@ import keras
 import mlflow
 import pytest
 
-from mnist_optimizers import fit
+from mnist_optimizers import runtime
 from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import TRAIN_METRICS_DIR, TUNE_DIR, TUNED_RATE_DIR
@@ -109,7 +109,7 @@ def test_every_trial_trains_in_the_precision_the_search_logs(
 ) -> None:
     """`clear_session()` before each trial resets Keras' dtype policy: the search used to log
     mixed_bfloat16 and train every trial in float32."""
-    monkeypatch.setattr(fit, "cpu_has_bf16", lambda: True)  # bfloat16 runs on any CPU, slowly
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)  # bfloat16 runs on any CPU, slowly
     edit_params({"train.precision": "mixed_bfloat16"})
     set_tune(low=0.001, high=0.01, points=2, images=100, epochs=1, prune=False)
     try:

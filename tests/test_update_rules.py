@@ -1,4 +1,4 @@
-"""The NumPy rules of stages/update_rules.py against keras.optimizers, step by step."""
+"""The NumPy rules of mnist_optimizers/update_rules.py against keras.optimizers, step by step."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from mnist_optimizers import update_rules as rules
+from . import update_rules as rules
 
 CASES: list[tuple[str, Callable[..., rules.Rule], dict]] = [
     ("SGD", rules.sgd, dict(learning_rate=0.1)),
