@@ -3,7 +3,7 @@ may use and the number of stages that run at once ($PIPELINE_JOBS), and what the
 can do (bfloat16, the device a model trains on).
 
 Thread counts change how oneDNN splits its sums, so they change a model's weights in the last
-bits: two runs compare bit for bit only with the same `intra_op` count (BENCHMARKS.md).
+bits: two runs compare bit for bit only with the same `intra_op` count (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def thread_settings(cores: int, jobs: int) -> Threads:
 
     One op at a time: the CNN is a chain of layers, so there is little to run side by side,
     and an inter-op pool wider than one adds threads that compete for the same cores
-    (measured in BENCHMARKS.md, part `threads`)."""
+    (measured in docs/benchmarks.md, part `threads`)."""
     return Threads(intra_op=max(1, cores // jobs), inter_op=1)
 
 

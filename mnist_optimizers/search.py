@@ -7,7 +7,7 @@ batches, then that times `reduction_factor`, ...) and at every epoch's end; past
 goes on only if it is among the best 1/`reduction_factor` of the trials that reached that
 rung. Optuna's pruner is asynchronous (ASHA): run one trial at a time, a trial that is the
 best so far at a rung always goes on, so early trials are promoted more often than the
-halving alone would (BENCHMARKS.md measures what that costs, with the first rung at one
+halving alone would (docs/benchmarks.md measures what that costs, with the first rung at one
 epoch and at half of one, reduction factors 3 and 4). The best rate is chosen among the trials that completed every
 epoch, on validation accuracy only.
 """

@@ -30,13 +30,6 @@ def dvc(root: Path, env: dict[str, str], *args: str) -> str:
     return run([sys.executable, "-m", "dvc", *args], root, env)
 
 
-def stages_run(output: str) -> list[str]:
-    """The stages a `dvc repro` / `dvc exp run` output says it ran, in order."""
-    return [
-        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
-    ]
-
-
 def project_repo(root: Path, mirror: Path, params: dict[str, Any]) -> dict[str, str]:
     """The project with ``params`` in a fresh git repo at ``root``, data from ``mirror``;
     return the environment to run it in (the venv's tools first on PATH, no MLFLOW_ or

@@ -27,10 +27,11 @@ import yaml
 
 from mnist_optimizers import mlflow_runs, mlflow_store, parallel, parallel_task
 from mnist_optimizers.errors import PipelineError
+from mnist_optimizers.parallel_task import stages_run
 from mnist_optimizers.proc import CommandFailed
 
 from . import processes, servers
-from .cli import dvc, project_repo, run, stages_run
+from .cli import dvc, project_repo, run
 from .conftest import tiny_params
 from .ray_local import NODE_TAG, TRAINING, comparable, ray_cluster, training_lock
 

@@ -1,7 +1,6 @@
-"""Team mode against real servers: 8 experiments queued with `dvc exp run --queue` and run
-by DVC's queue workers two at a time (the runner of mnist_optimizers/parallel.py), logged once each to
-the SQLite store and to an MLflow tracking server on PostgreSQL; that server's run
-comparison seen in headless Chromium."""
+"""Team mode against real servers: the trainings of `dvc repro` logged once each to an MLflow
+tracking server on PostgreSQL, that server's run comparison seen in headless Chromium, and
+its basic authentication."""
 
 from __future__ import annotations
 
@@ -16,10 +15,8 @@ import mlflow
 import pytest
 import requests
 
-from mnist_optimizers import parallel
-
 from . import servers
-from .cli import check_no_processes_left, dvc, project_repo, run
+from .cli import dvc, project_repo
 from .conftest import tiny_params
 
 pytestmark = pytest.mark.e2e
@@ -27,116 +24,42 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 
 EPOCHS = 2
-# The four optimizers at two learning rates each: 8 experiments, each training one model.
-EXPERIMENTS = {
-    f"{name}-lr{lr}": (name, lr)
-    for name, rates in {
-        "sgd": (0.05, 0.1),
-        "adagrad": (0.05, 0.1),
-        "adam": (0.001, 0.003),
-        "rmsprop": (0.001, 0.003),
-    }.items()
-    for lr in rates
-}
-TASK_TIMEOUT_SECONDS = 300  # one experiment: 2 epochs on 200 images
+OPTIMIZERS = ["sgd", "adagrad", "adam", "rmsprop"]
 
 
-def make_repo(root: Path, tiny_mirror) -> dict[str, str]:
-    """The project in a fresh git repo at ``root`` on tiny data, with the data prepared
-    once and committed, as `python -m mnist_optimizers.parallel` does before it queues
-    (each queued experiment then takes it from DVC's cache); the environment to run it."""
+@pytest.fixture(scope="module")
+def server_runs(tmp_path_factory, tiny_mirror):
+    """A tracking server on PostgreSQL that `dvc repro train` logged the four optimizers'
+    trainings to (one seed, 2 epochs on tiny data)."""
+    folder = tmp_path_factory.mktemp("team")
     mirror, sha256 = tiny_mirror
     params = tiny_params(sha256)
-    params["train"]["epochs"] = EPOCHS
-    env = project_repo(root, mirror, params)
-    dvc(root, env, "repro", "preprocess")
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "data"], root, env)
-    return env
+    params["train"] |= {"epochs": EPOCHS, "seeds": [42]}
+    params["compare"] = OPTIMIZERS
+    with servers.postgres() as pg:
+        backend = servers.create_database(pg, "mlflow_team")
+        with servers.tracking_server(backend, folder / "artifacts") as url:
+            root = folder / "project"
+            env = project_repo(root, mirror, params) | {"MLFLOW_TRACKING_URI": url}
+            dvc(root, env, "repro", "train")
+            yield root, url
 
 
-def queue_statuses(root: Path, env: dict[str, str]) -> dict[str, str]:
-    """Experiment name -> status, from `dvc queue status` (task, name, created, status)."""
-    statuses = {}
-    for line in dvc(root, env, "queue", "status").splitlines():
-        words = line.split()
-        if len(words) >= 3 and words[1] in EXPERIMENTS:
-            statuses[words[1]] = words[-1]
-    return statuses
-
-
-def run_queue(root: Path, env: dict[str, str], jobs: int = 2) -> dict[str, str]:
-    """Queue every experiment of EXPERIMENTS (the `train` stages only), run the queue
-    ``jobs`` at a time with the project's queue runner, wait for it; return each experiment's
-    final status. No process of it outlives the call."""
-    for exp, (name, lr) in EXPERIMENTS.items():
-        dvc(
-            root, env, "exp", "run", "--queue", "train", "--name", exp,
-            "-S", f"compare=[{name}]", "-S", f"optimizers.{name}.learning_rate={lr}",
-        )  # fmt: skip
-    assert set(queue_statuses(root, env)) == set(EXPERIMENTS)  # all 8 queued
-    queue = parallel.QueueRun(root, jobs, TASK_TIMEOUT_SECONDS, env)
-    try:
-        return queue.run(dict.fromkeys(EXPERIMENTS, "train"))
-    finally:
-        check_no_processes_left(env)
-
-
-def check_each_experiment_logged_once(client: mlflow.MlflowClient) -> list:
-    """Every experiment is exactly one finished MLflow run with its learning rate, a
-    val_accuracy per epoch and a logged model; return the runs."""
+def test_every_training_reaches_the_tracking_server_once_with_its_model(server_runs) -> None:
+    root, url = server_runs
+    client = mlflow.MlflowClient(url)
     experiment = client.get_experiment_by_name("mnist-optimizers")
-    assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    by_exp: dict[str, list] = {}
+    assert sorted(r.info.run_name for r in runs) == sorted(f"{n}-42" for n in OPTIMIZERS)
     for r in runs:
-        by_exp.setdefault(r.data.tags.get("dvc.experiment", ""), []).append(r)
-    assert {exp: len(rs) for exp, rs in by_exp.items()} == dict.fromkeys(EXPERIMENTS, 1)
-    for exp, (name, lr) in EXPERIMENTS.items():
-        (r,) = by_exp[exp]
         assert r.info.status == "FINISHED"
-        assert r.info.run_name == f"{name}-42"
-        assert r.data.tags["optimizer"] == name
-        assert float(r.data.params["optimizer.learning_rate"]) == lr
+        assert r.data.tags["dvc.stage"] == f"train@{r.info.run_name}"
         history = client.get_metric_history(r.info.run_id, "val_accuracy")
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
         (model,) = r.outputs.model_outputs
         files = {a.path for a in client.list_logged_model_artifacts(model.model_id)}
         assert "MLmodel" in files, files
-    return runs
-
-
-def test_queued_experiments_reach_the_sqlite_store_exactly_once(tmp_path, tiny_mirror) -> None:
-    root = tmp_path / "project"
-    env = make_repo(root, tiny_mirror)
-
-    statuses = run_queue(root, env)
-
-    assert statuses == dict.fromkeys(EXPERIMENTS, "Success")
-    # Queued experiments run in copies of the repo; DVC_ROOT leads them to its mlflow.db.
-    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    check_each_experiment_logged_once(client)
-
-
-@pytest.fixture(scope="module")
-def server_experiments(tmp_path_factory, tiny_mirror):
-    """A tracking server on PostgreSQL that the 8 queued experiments logged to."""
-    folder = tmp_path_factory.mktemp("team")
-    with servers.postgres() as pg:
-        backend = servers.create_database(pg, "mlflow_queue")
-        with servers.tracking_server(backend, folder / "artifacts") as url:
-            root = folder / "project"
-            env = make_repo(root, tiny_mirror) | {"MLFLOW_TRACKING_URI": url}
-            statuses = run_queue(root, env)
-            yield root, url, statuses
-
-
-def test_queued_experiments_reach_the_tracking_server_exactly_once(server_experiments) -> None:
-    root, url, statuses = server_experiments
-    assert statuses == dict.fromkeys(EXPERIMENTS, "Success")
-    check_each_experiment_logged_once(mlflow.MlflowClient(url))
-    # Nothing fell back to a local store.
-    assert not (root / "mlflow.db").exists()
+    assert not (root / "mlflow.db").exists()  # nothing fell back to a local store
 
 
 CHROMIUM_FLAGS = (
@@ -196,20 +119,17 @@ def metric_row(driver, metric: str) -> list[float]:
     return [float(cell.text) for cell in sorted(cells, key=lambda cell: cell.location["x"])]
 
 
-def test_the_ui_compares_the_four_training_runs_in_chromium(
-    server_experiments, tmp_path: Path
-) -> None:
+def test_the_ui_compares_the_four_training_runs_in_chromium(server_runs, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    _, url, _ = server_experiments
+    _, url = server_runs
     client = mlflow.MlflowClient(url)
     experiment = client.get_experiment_by_name("mnist-optimizers")
-    chosen = [exp for exp in EXPERIMENTS if exp.endswith(("lr0.05", "lr0.001"))]
     runs = [
-        client.search_runs([experiment.experiment_id], f"tags.`dvc.experiment` = '{exp}'")[0]
-        for exp in chosen
+        client.search_runs([experiment.experiment_id], f"tags.`dvc.stage` = 'train@{name}-42'")[0]
+        for name in OPTIMIZERS
     ]
     names = [r.info.run_name for r in runs]
     assert sorted(names) == ["adagrad-42", "adam-42", "rmsprop-42", "sgd-42"]

@@ -1,4 +1,4 @@
-"""The NumPy rules of mnist_optimizers/update_rules.py against keras.optimizers, step by step."""
+"""The NumPy rules of tests/update_rules.py against keras.optimizers, step by step."""
 
 from __future__ import annotations
 
