@@ -53,12 +53,15 @@ class Results:
 
 
 def machine(results: Results) -> str:
-    """Where and when the committed runs trained: `Intel(R) Xeon(R) Processor ... on
-    2026-12-02`, from reports/runs.csv."""
+    """Where, how and when the committed runs trained (`CPU (Intel(R) Xeon(R) Processor), in
+    mixed_bfloat16, on 2026-12-02 (UTC)`), from reports/runs.csv; runs that do not record it
+    are said to."""
     runs = results.runs
-    devices = ", ".join(sorted(runs["device"].dropna().unique())) or "an unrecorded machine"
+    if not {"device", "precision", "date"} <= set(runs.columns):
+        return "a machine and on a date that these results do not record (reports/runs.csv)"
+    devices = ", ".join(sorted(runs["device"].dropna().unique()))
     dates = sorted(runs["date"].dropna().unique())
-    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}" if dates else "?"
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
     precisions = ", ".join(sorted(runs["precision"].unique()))
     return f"{devices}, in {precisions}, on {when} (UTC)"
 

@@ -102,6 +102,14 @@ def stale_stages(status_json: str, prefixes: Sequence[str]) -> list[str]:
     return [name for name in json.loads(status_json or "{}") if name.startswith(tuple(prefixes))]
 
 
+def pipeline_stages() -> list[str]:
+    """The names of every stage in dvc.yaml, as DVC reads it (foreach and matrix expanded)."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        return [stage.addressing for stage in repo.index.stages]
+
+
 def pipeline_outputs() -> set[str]:
     """The paths of every output in dvc.yaml, as DVC reads it (foreach and matrix expanded)."""
     from dvc.repo import Repo
@@ -158,9 +166,11 @@ def shared_inputs(config: ClusterConfig, remote: str | None) -> dict:
     through Ray, never a log line)."""
     env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = mlflow_store.tracking_uri()  # absolute: the tasks run elsewhere
-    origin = git("remote", "get-url", "origin").strip() if remote else str(Path.cwd())
+    repo_url = config.git_url or (
+        git("remote", "get-url", "origin").strip() if remote else str(Path.cwd())
+    )
     return {
-        "repo_url": config.git_url or origin,
+        "repo_url": repo_url,
         "commit": git("rev-parse", "HEAD").strip(),
         "remote_url": remote,
         "cache_dir": None if remote else dvc("cache", "dir").strip(),
@@ -247,7 +257,8 @@ class Cluster:
         (Ray itself retries for minutes with a warning a try)."""
         host, _, port = address.rpartition(":")
         try:
-            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_SECONDS).close()
+            if address != "auto" and "://" not in address:  # Ray's own forms: it checks those
+                socket.create_connection((host, int(port)), CONNECT_TIMEOUT_SECONDS).close()
         except (OSError, ValueError) as exc:
             raise PipelineError(
                 f"Ray cluster {address}: nothing answers there ({exc}); start the head "
@@ -370,8 +381,11 @@ def prepare(config: ClusterConfig, set_params: Sequence[str]) -> str | None:
         apply_overrides(Path("params.yaml"), list(set_params))
     log.info("inputs, here: dvc repro preprocess" + ("; dvc push --run-cache" if remote else ""))
     dvc("repro", "preprocess")  # check_params first: a bad param stops it all here
-    if remote:
-        dvc("push", "--run-cache", "download", "preprocess")
+    if remote:  # what the tasks need from here: the data, and the stages already done here
+        prefixes = tuple(p for round_ in ROUNDS for p in round_)
+        stale = stale_stages(dvc("status", "--json"), prefixes)
+        done = [s for s in pipeline_stages() if s.startswith(prefixes) and s not in stale]
+        dvc("push", "--run-cache", "download", "preprocess", *done)
     # The experiment, with its artifact folder here, before any task could make it elsewhere.
     mlflow_store.setup_experiment(mlflow_store.validate_mlflow(load_params()["mlflow"]))
     return remote

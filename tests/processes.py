@@ -1,13 +1,13 @@
 """Find and stop the processes a test (or a CI run) started, daemons included: each gets an
 environment variable with a tag, which every process it starts inherits, even one that left
-its parent's process tree (DVC's queue workers do).
+its parent's process tree (Ray's servers do).
 
     python -m tests.processes NAME=TAG [GRACE]   # stop what is tagged; list it; exit 1 if any
 
 A test's tag is in PIPELINE_PROCESS_TAG (tests/cli.py sets one per project repo); `.ci/run`
 puts its own in PIPELINE_CI_TAG, so that one sweep finds whatever the whole run left.
 
-Standard library only: `.ci/run` calls it after the tests, whatever state the venv is in.
+Process queries through psutil, as in the library.
 """
 
 from __future__ import annotations
@@ -16,30 +16,27 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
+
+import psutil
 
 TAG_VARIABLE = "PIPELINE_PROCESS_TAG"
-PROC = Path("/proc")
 
 
 def tagged(tag: str, variable: str = TAG_VARIABLE) -> dict[int, str]:
     """pid -> command line of each live process whose environment sets ``variable`` to
     ``tag``; not this process or its parent (the shell that runs it)."""
-    needle = f"{variable}={tag}".encode()
     found = {}
-    for entry in PROC.glob("[0-9]*"):
-        pid = int(entry.name)
-        if pid in (os.getpid(), os.getppid()):
+    for process in psutil.process_iter():
+        if process.pid in (os.getpid(), os.getppid()):
             continue
         try:
-            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+            if process.environ().get(variable) != tag:
                 continue
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").strip()
-        except (OSError, IndexError):  # gone, or not ours to read
+            if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                continue  # dead, waiting to be reaped
+            found[process.pid] = " ".join(process.cmdline())
+        except psutil.Error:  # gone, or not ours to read
             continue
-        if state not in ("Z", "X"):  # a zombie is dead, waiting to be reaped
-            found[pid] = cmdline.decode(errors="replace")
     return found
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,25 +129,17 @@ time.sleep(60)
 
 def _children(pid: int) -> list[int]:
     """The processes whose parent is ``pid``."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_bytes().rsplit(b")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def _alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists() and b"Z" not in _state(pid)
-
-
-def _state(pid: int) -> bytes:
     try:
-        return Path(f"/proc/{pid}/stat").read_bytes().split(b") ", 1)[1][:1]
-    except (OSError, IndexError):
-        return b"Z"
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # SQLAlchemy queries to a SQLite store in a loop, as MLflow's store runs them, with a little

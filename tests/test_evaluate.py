@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mnist_optimizers import runtime
 from mnist_optimizers.errors import PipelineError
 from mnist_optimizers.paths import EVALUATE_METRICS_FILE, REPORTS_DIR, SUMMARY_FILE
 from stages import evaluate
@@ -35,7 +36,14 @@ def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(evaluat
         ("adam", 43),
     ]
     adam = runs[runs["optimizer"] == "adam"]
-    assert metrics["adam"]["test_accuracy"] == pytest.approx(adam["test_accuracy"].mean(), abs=1e-4)
+    # Exact, as the runs give them: no display rounding in summary.json.
+    assert metrics["adam"]["test_accuracy"] == adam["test_accuracy"].mean()
+    assert metrics["adam"]["val_accuracy"] == adam["val_accuracy"].mean()
+    assert metrics["adam"]["test_loss"] == adam["test_loss"].mean()
+    # Where, how and when each run trained.
+    assert set(all_runs["device"]) == {f"CPU ({runtime.cpu_name()})"}
+    assert set(all_runs["precision"]) <= {"float32", "mixed_bfloat16"}
+    assert all_runs["date"].str.fullmatch(r"\d{4}-\d{2}-\d{2}").all()
     # The headline `dvc metrics show` prints: the same means, in percent, one per setting and
     # optimizer, nothing else.
     headline = json.loads(EVALUATE_METRICS_FILE.read_text())
@@ -76,16 +84,23 @@ def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(evaluat
     assert list(table["reference_val_accuracy_%"]) == [96.50, 98.97]
     assert "to_val_98%" in table and "to_val_97%" in table
     markdown = (REPORTS_DIR / "comparison.md").read_text()
-    assert "| adam " in markdown and "98.97" in markdown
-    # Mean ± std and the interval over the two seeds, one cell each.
+    # Mean ± std and the interval over the two seeds, one cell each; the tutorial's 98.97 beside.
     adam_row = next(line for line in markdown.splitlines() if line.startswith("| adam "))
+    assert [cell.strip() for cell in adam_row.split("|")][5] == "98.97", adam_row
     val = adam["val_accuracy"] * 100
     assert f"{val.mean():.2f} ± {val.std():.2f}" in adam_row
     assert "95% interval" in markdown and adam_row.count("[") == 2
     assert "## Tuned learning rates (grid 0.001, 0.01, 0.1;" in markdown
     tuning = pd.read_csv(REPORTS_DIR / "tuning.csv")
     assert len(tuning) == 6 and tuning.groupby("optimizer")["chosen"].sum().tolist() == [1, 1]
-    assert "sgd" in (REPORTS_DIR / "significance.md").read_text()
+    pair = pd.read_csv(REPORTS_DIR / "significance.csv").iloc[0]
+    rows = [
+        [cell.strip() for cell in line.split("|")[1:-1]]
+        for line in (REPORTS_DIR / "significance.md").read_text().splitlines()
+        if line.startswith("| ")
+    ]
+    names = [pair["optimizer_a"], pair["optimizer_b"]]
+    assert [row[2] for row in rows if row[:2] == names][0] == f"{pair['test_difference_points']:+.2f}"
     history = pd.read_csv(REPORTS_DIR / "history.csv")
     assert list(history["seed"]) == [42, 43, 42, 43] * 2 and "val_accuracy" in history
     # 2 settings x 2 optimizers x 1 epoch

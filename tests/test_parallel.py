@@ -124,16 +124,19 @@ def test_on_one_machine_it_trains_on_both_nodes_and_equals_a_sequential_dvc_repr
     assert "Data and pipelines are up to date" in dvc(root, env, "status")
 
     by_stage = runs_by_stage(url)
+    tasks_runs = {
+        stage: [r for r in runs if mlflow_runs.PARALLEL_TASK_TAG in r.data.tags]
+        for stage, runs in by_stage.items()
+    }  # the fixture's own `dvc repro train@sgd-42` logged to the same store, untagged
     for stage in ("train@sgd-42", "train@adam-42", "tune@sgd", "tune@adam"):
-        assert [r.info.status for r in by_stage[stage]] == ["FINISHED"], stage
-        (r,) = by_stage[stage]
-        assert r.data.tags[mlflow_runs.PARALLEL_TASK_TAG], stage
+        assert [r.info.status for r in tasks_runs[stage]] == ["FINISHED"], stage
+        (r,) = tasks_runs[stage]
         assert r.data.tags[mlflow_runs.DEVICE_TAG].startswith("CPU (")
     for name in ("sgd", "adam"):  # the tuned run is its own, or the default run reused
-        assert [r.info.status for r in by_stage.get(f"train_tuned@{name}-42", [])] in (
+        assert [r.info.status for r in tasks_runs.get(f"train_tuned@{name}-42", [])] in (
             [], ["FINISHED"]
         )  # fmt: skip
-    assert by_stage["train@adam-42"][0].data.params["runtime.intra_op_threads"] == "1"
+    assert tasks_runs["train@adam-42"][0].data.params["runtime.intra_op_threads"] == "1"
 
     # The same stages, one after the other with `dvc repro`, 1 thread as each task had.
     sequential = root.parent / "sequential"
@@ -206,8 +209,8 @@ def test_killing_the_second_node_mid_task_still_finishes_every_stage(setup) -> N
     stop = threading.Event()
     killer = threading.Thread(target=kill_second_node_mid_training, args=(url, found, stop))
     killer.start()
-    try:  # new seeds: stages the first test did not run; 3 epochs: time to kill one
-        output = run_runner(root, env, address, "-S", "train.seeds=[7,8]", "-S", "train.epochs=3")
+    try:  # a new seed: stages the first test did not run, 2 a round; 3 epochs: time to kill one
+        output = run_runner(root, env, address, "-S", "train.seeds=[7]", "-S", "train.epochs=3")
     finally:
         stop.set()
         killer.join(timeout=30)
@@ -220,10 +223,9 @@ def test_killing_the_second_node_mid_task_still_finishes_every_stage(setup) -> N
     stage = killed.data.tags["dvc.stage"]
     statuses = sorted(r.info.status for r in by_stage[stage])
     assert statuses == ["FAILED", "FINISHED"], (stage, statuses)
-    for seed in (7, 8):
-        for name in ("sgd", "adam"):
-            finished = [r for r in by_stage[f"train@{name}-{seed}"] if r.info.status == "FINISHED"]
-            assert len(finished) == 1, f"train@{name}-{seed}"
+    for name in ("sgd", "adam"):
+        finished = [r for r in by_stage[f"train@{name}-7"] if r.info.status == "FINISHED"]
+        assert len(finished) == 1, f"train@{name}-7"
     assert not [r for rs in by_stage.values() for r in rs if r.info.status == "RUNNING"]
 
 
@@ -310,11 +312,12 @@ def test_with_a_dvc_remote_the_tasks_meet_through_it_and_the_tracking_server(
             backend = servers.create_database(pg, "mlflow_parallel")
             with servers.tracking_server(backend, tmp_path / "artifacts") as url:
                 output = run_runner(root, env | {"MLFLOW_TRACKING_URI": url}, address,
-                                    "-S", "compare=[adam]", "-S", "train.seeds=[5]")  # fmt: skip
+                                    "--git-url", str(root), "-S", "compare=[adam]",
+                                    "-S", "train.seeds=[5]")  # fmt: skip
                 by_stage = runs_by_stage(url)
-        assert set(finished_tasks(output)) == {"train@adam-5", "tune@adam", "train_tuned@adam-5"}
-        for stage in ("train@adam-5", "tune@adam"):
-            assert [r.info.status for r in by_stage[stage]] == ["FINISHED"], stage
+        # tune@adam was done here before the remote: pushed there, not run again
+        assert set(finished_tasks(output)) == {"train@adam-5", "train_tuned@adam-5"}, output
+        assert [r.info.status for r in by_stage["train@adam-5"]] == ["FINISHED"]
         assert list((remote / "runs").iterdir()), "no run cache in the remote"
         assert "Data and pipelines are up to date" in dvc(root, env, "status")
     finally:
