@@ -24,12 +24,12 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 
 EPOCHS = 2
-OPTIMIZERS = ["sgd", "adagrad", "adam", "rmsprop"]
+OPTIMIZERS = ["sgd", "adam"]
 
 
 @pytest.fixture(scope="module")
 def server_runs(tmp_path_factory, tiny_mirror):
-    """A tracking server on PostgreSQL that `dvc repro train` logged the four optimizers'
+    """A tracking server on PostgreSQL that `dvc repro train` logged two optimizers'
     trainings to (one seed, 2 epochs on tiny data)."""
     folder = tmp_path_factory.mktemp("team")
     mirror, sha256 = tiny_mirror
@@ -119,7 +119,7 @@ def metric_row(driver, metric: str) -> list[float]:
     return [float(cell.text) for cell in sorted(cells, key=lambda cell: cell.location["x"])]
 
 
-def test_the_ui_compares_the_four_training_runs_in_chromium(server_runs, tmp_path: Path) -> None:
+def test_the_ui_compares_the_training_runs_in_chromium(server_runs, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -132,7 +132,7 @@ def test_the_ui_compares_the_four_training_runs_in_chromium(server_runs, tmp_pat
         for name in OPTIMIZERS
     ]
     names = [r.info.run_name for r in runs]
-    assert sorted(names) == ["adagrad-42", "adam-42", "rmsprop-42", "sgd-42"]
+    assert sorted(names) == ["adam-42", "sgd-42"]
     query = urllib.parse.urlencode(
         {
             "runs": json.dumps([r.info.run_id for r in runs]),
