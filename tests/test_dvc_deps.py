@@ -102,3 +102,31 @@ def test_stages_that_do_not_train_do_not_load_tensorflow() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def library_imports() -> dict[str, set[str]]:
+    """Each module of the library -> the project modules it imports."""
+    graph = {}
+    for path in sorted((ROOT / "mnist_optimizers").rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        graph[name] = {n for n in imports.imported_names(path) if imports.module_path(n)}
+    return graph
+
+
+def test_the_library_imports_no_stage_and_has_no_import_cycle() -> None:
+    graph = library_imports()
+    assert {m: sorted(d) for m, d in graph.items() if any(n.startswith("stages") for n in d)} == {}
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for dep in sorted(graph.get(module, ())):
+            if dep in path:
+                cycles.append(path[path.index(dep):] + [dep])
+            elif dep in graph and dep not in done:
+                visit(dep, [*path, dep])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in graph:
+        visit(module, [module])
+    assert cycles == [], cycles
