@@ -193,8 +193,9 @@ def pages(root: Path) -> list[Path]:
     return [p for pattern in PAGES for p in sorted(root.glob(pattern))]
 
 
-def stale_pages(root: Path = Path(".")) -> dict[Path, str]:
-    """Each page whose blocks differ from what the results give, with the diff."""
+def stale_pages(root: Path = Path(".")) -> dict[Path, tuple[str, str]]:
+    """Each page whose blocks differ from what the results give: its text as it should be,
+    and the diff."""
     results = Results(root)
     stale = {}
     for page in pages(root):
@@ -203,7 +204,7 @@ def stale_pages(root: Path = Path(".")) -> dict[Path, str]:
         if new != text:
             diff = difflib.unified_diff(text.splitlines(), new.splitlines(), str(page),
                                         "from the results", lineterm="", n=0)  # fmt: skip
-            stale[page] = "\n".join(diff)
+            stale[page] = (new, "\n".join(diff))
     return stale
 
 
@@ -214,12 +215,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 on a difference")
     args = parser.parse_args(argv)
     stale = stale_pages()
-    for page, diff in stale.items():
+    for page, (new, diff) in stale.items():
         if args.check:
             print(diff)
         else:
-            write_text_atomic(page, filled(page.read_text(encoding="utf-8"), Results(Path(".")),
-                                           str(page)), output=False)  # fmt: skip
+            write_text_atomic(page, new, output=False)
             print(f"{page}: numbers written from the results")
     return 1 if stale and args.check else 0
 

@@ -102,20 +102,14 @@ def stale_stages(status_json: str, prefixes: Sequence[str]) -> list[str]:
     return [name for name in json.loads(status_json or "{}") if name.startswith(tuple(prefixes))]
 
 
-def pipeline_stages() -> list[str]:
-    """The names of every stage in dvc.yaml, as DVC reads it (foreach and matrix expanded)."""
+def pipeline() -> tuple[list[str], set[str]]:
+    """The names of every stage in dvc.yaml and the paths of every output, as DVC reads
+    them (foreach and matrix expanded)."""
     from dvc.repo import Repo
 
     with Repo(".") as repo:
-        return [stage.addressing for stage in repo.index.stages]
-
-
-def pipeline_outputs() -> set[str]:
-    """The paths of every output in dvc.yaml, as DVC reads it (foreach and matrix expanded)."""
-    from dvc.repo import Repo
-
-    with Repo(".") as repo:
-        return {out.def_path for stage in repo.index.stages for out in stage.outs}
+        stages = repo.index.stages
+        return [s.addressing for s in stages], {out.def_path for s in stages for out in s.outs}
 
 
 def check_code_committed(porcelain: str, outputs: set[str]) -> None:
@@ -190,26 +184,33 @@ def end_dead_attempts(task_ids: Sequence[str], cancelled: bool = False) -> list[
         else ("FAILED", "its cluster node or worker died")
     )
     client = mlflow_store.client()
-    experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+    experiments = every_experiment(client)
     return [
         run_id
         for task_id in task_ids
         for run_id in mlflow_runs.end_left_running(
-            client, experiments, f"tags.`{mlflow_runs.PARALLEL_TASK_TAG}` = '{task_id}'",
-            status, reason,
-        )  # fmt: skip
+            client, experiments, task_query(task_id), status, reason
+        )
     ]
+
+
+def every_experiment(client) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments(max_results=1000)]
+
+
+def task_query(task_id: str) -> str:
+    """The MLflow filter of the runs a task's attempts started."""
+    return f"tags.`{mlflow_runs.PARALLEL_TASK_TAG}` = '{task_id}'"
 
 
 def runs_left_running(task_ids: Sequence[str]) -> bool:
     """Whether any MLflow run of ``task_ids`` is still RUNNING."""
     client = mlflow_store.client()
-    experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
-    tag = mlflow_runs.PARALLEL_TASK_TAG
+    experiments = every_experiment(client)
     return any(
-        client.search_runs(experiments, f"tags.`{tag}` = '{task_id}' and attributes.status = "
-                           "'RUNNING'", max_results=1)  # fmt: skip
-        for task_id in task_ids
+        client.search_runs(experiments, f"{task_query(t)} and attributes.status = 'RUNNING'",
+                           max_results=1)  # fmt: skip
+        for t in task_ids
     )
 
 
@@ -371,7 +372,7 @@ def prepare(config: ClusterConfig, set_params: Sequence[str]) -> str | None:
         raise PipelineError(f"--retries: expected 0 or more, got {config.retries}")
     if not config.task_timeout > 0:
         raise PipelineError(f"--task-timeout: expected seconds > 0, got {config.task_timeout}")
-    check_code_committed(git("status", "--porcelain", "--untracked-files=no"), pipeline_outputs())
+    check_code_committed(git("status", "--porcelain", "--untracked-files=no"), pipeline()[1])
     remote = default_remote_url()
     if remote:
         check_shared_tracking_uri(mlflow_store.tracking_uri())
@@ -384,7 +385,8 @@ def prepare(config: ClusterConfig, set_params: Sequence[str]) -> str | None:
     if remote:  # what the tasks need from here: the data, and the stages already done here
         prefixes = tuple(p for round_ in ROUNDS for p in round_)
         stale = stale_stages(dvc("status", "--json"), prefixes)
-        done = [s for s in pipeline_stages() if s.startswith(prefixes) and s not in stale]
+        # The stages as the -S values make them (another seed, another optimizer).
+        done = [s for s in pipeline()[0] if s.startswith(prefixes) and s not in stale]
         dvc("push", "--run-cache", "download", "preprocess", *done)
     # The experiment, with its artifact folder here, before any task could make it elsewhere.
     mlflow_store.setup_experiment(mlflow_store.validate_mlflow(load_params()["mlflow"]))

@@ -18,7 +18,7 @@ RESULTS = ["params.yaml", "reports", "metrics/evaluate.json"]
 def test_every_marked_block_of_readme_and_docs_is_what_the_committed_results_give() -> None:
     stale = doc_numbers.stale_pages(PROJECT_ROOT)
     assert not stale, "numbers that differ from the results (python -m mnist_optimizers." + (
-        "doc_numbers writes them):\n" + "\n".join(stale.values())
+        "doc_numbers writes them):\n" + "\n".join(diff for _, diff in stale.values())
     )
 
 
@@ -51,7 +51,8 @@ def test_a_number_edited_by_hand_fails_and_writing_puts_it_back(copy: Path, monk
 
     stale = doc_numbers.stale_pages(copy)
     assert list(stale) == [readme]
-    assert f"-{edited}" in stale[readme] and f"+{row}" in stale[readme]
+    fixed, diff = stale[readme]
+    assert f"-{edited}" in diff and f"+{row}" in diff and fixed == original
 
     monkeypatch.chdir(copy)
     assert doc_numbers.main(["--check"]) == 1
