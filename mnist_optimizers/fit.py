@@ -79,12 +79,12 @@ def validate_train(section: Any) -> TrainConfig:
 
 def effective_precision(requested: str) -> str:
     """The dtype policy to train with. ``auto``: mixed_bfloat16 where the hardware computes
-    bfloat16 (a CPU with AVX-512 BF16 or AMX, a GPU of compute capability 8.0 or later),
-    float32 elsewhere (on a GPU machine, the GPU decides). ``mixed_bfloat16`` asked for where it would be slow: float32, with a
-    warning. ``float32``: float32."""
+    bfloat16 fast (``runtime.cpu_bf16_is_fast``, a GPU of compute capability 8.0 or later),
+    float32 elsewhere (on a GPU machine, the GPU decides). ``mixed_bfloat16`` on a CPU
+    without BF16 instructions: float32, with a warning. ``float32``: float32."""
     if requested == "auto":  # on a GPU, where TensorFlow trains, the GPU decides
         on_gpu = bool(runtime.gpus())
-        fast = runtime.gpu_has_bf16() if on_gpu else runtime.cpu_has_bf16()
+        fast = runtime.gpu_has_bf16() if on_gpu else runtime.cpu_bf16_is_fast()
         return "mixed_bfloat16" if fast else "float32"
     if requested != "mixed_bfloat16" or runtime.cpu_has_bf16() or runtime.gpus():
         return requested

@@ -29,6 +29,23 @@ def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(
 
 
 @pytest.mark.parametrize(
+    ("cpuinfo", "fast"),
+    [("vendor_id : AuthenticAMD\nflags : avx2 avx512f avx512_bf16\n", True),
+     ("vendor_id : GenuineIntel\nflags : avx2 avx512f avx512_bf16\n", False),
+     ("vendor_id : GenuineIntel\nflags : avx512_bf16 amx_bf16 amx_tile\n", True),
+     ("vendor_id : GenuineIntel\nflags : avx2 avx512f\n", False),
+     ("Features : fp asimd bf16 i8mm\n", True), ("", False)],
+    ids=["amd-avx512-bf16", "intel-avx512-bf16", "intel-amx", "intel-plain", "arm-bf16", "none"],
+)  # fmt: skip
+def test_bfloat16_is_fast_on_amx_amd_and_arm_not_on_intel_avx512_alone(
+    monkeypatch, cpuinfo: str, fast: bool
+) -> None:
+    monkeypatch.setattr(runtime, "cpuinfo", lambda: cpuinfo)
+    assert runtime.cpu_bf16_is_fast() is fast
+    assert runtime.cpu_has_bf16() is (cpuinfo.count("bf16") > 0)
+
+
+@pytest.mark.parametrize(
     ("cpu", "gpus", "expected"),
     [(True, [], "mixed_bfloat16"), (False, [], "float32"), (True, [(7, 5)], "float32"),
      (False, [(8, 0)], "mixed_bfloat16"), (True, [(9, 0), (7, 0)], "float32")],
@@ -38,7 +55,7 @@ def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(
     monkeypatch, caplog, cpu: bool, gpus: list[tuple[int, int]], expected: str
 ) -> None:
     devices = [f"GPU:{i}" for i in range(len(gpus))]
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: cpu)
+    monkeypatch.setattr(runtime, "cpu_bf16_is_fast", lambda: cpu)
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: devices)
     monkeypatch.setattr(
         tf.config.experimental,
