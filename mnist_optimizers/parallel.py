@@ -4,7 +4,7 @@
     python -m mnist_optimizers.parallel --address 127.0.0.1:6379 [-S key=value ...]
 
     RAY_ADDRESS=10.0.0.5:6379 MLFLOW_TRACKING_URI=http://10.0.0.5:5000 \\
-        python -m mnist_optimizers.parallel                    # many (docs/many-machines.md)
+        python -m mnist_optimizers.parallel                    # many (docs/parallel.md)
 
 From a clean checkout:
 
@@ -231,7 +231,7 @@ class Cluster:
         if not address:  # ray.init would start a cluster of one, here, without a word
             raise PipelineError(
                 "no cluster address: pass --address host:port or set RAY_ADDRESS to the "
-                "head's (one machine: `ray start --head` prints it; docs/many-machines.md)"
+                "head's (one machine: `ray start --head` prints it; docs/parallel.md)"
             )
         self.address = address
         self.connect(address)
@@ -363,9 +363,9 @@ def restore(stages: Sequence[str], pull: bool) -> None:
         raise PipelineError(f"dvc repro ran {', '.join(ran)} here: not restored from the run cache")
 
 
-def prepare(config: ClusterConfig, set_params: Sequence[str]) -> str | None:
-    """Check what can be checked before any task, apply ``set_params``, bring the inputs up
-    to date; return the default remote's URL (None: one machine)."""
+def check_setup(config: ClusterConfig) -> str | None:
+    """Check the arguments, the code and the store, before anything runs; return the default
+    remote's URL (None: one machine)."""
     if config.cpus < 1:
         raise PipelineError(f"--cpus-per-task: expected a positive integer, got {config.cpus}")
     if config.retries < 0:
@@ -376,6 +376,12 @@ def prepare(config: ClusterConfig, set_params: Sequence[str]) -> str | None:
     remote = default_remote_url()
     if remote:
         check_shared_tracking_uri(mlflow_store.tracking_uri())
+    return remote
+
+
+def prepare(remote: str | None, set_params: Sequence[str]) -> None:
+    """Apply ``set_params``, bring the inputs up to date here (and, with a ``remote``, there)
+    and make the experiment."""
     if set_params:
         from dvc.utils.hydra import apply_overrides
 
@@ -390,17 +396,17 @@ def prepare(config: ClusterConfig, set_params: Sequence[str]) -> str | None:
         dvc("push", "--run-cache", "download", "preprocess", *done)
     # The experiment, with its artifact folder here, before any task could make it elsewhere.
     mlflow_store.setup_experiment(mlflow_store.validate_mlflow(load_params()["mlflow"]))
-    return remote
 
 
 def run_parallel(config: ClusterConfig, set_params: Sequence[str] = ()) -> list[TaskResult]:
     """Train every stale training and tuning stage on the cluster, then `dvc repro` here;
     return what each task did."""
     started = time.monotonic()
-    remote = prepare(config, set_params)
-    cluster = Cluster(config)
+    remote = check_setup(config)
+    cluster = Cluster(config)  # a wrong address fails here, before any work
     if remote is None:
         cluster.check_one_machine()
+    prepare(remote, set_params)
     inputs = shared_inputs(config, remote)
     results: list[TaskResult] = []
     for prefixes in ROUNDS:

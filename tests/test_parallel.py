@@ -335,6 +335,22 @@ def test_the_runner_refuses_uncommitted_code_a_local_store_and_no_address(monkey
     assert time.monotonic() - started < 10
 
 
+def test_a_wrong_address_fails_at_once_before_any_work(tmp_path, tiny_mirror) -> None:
+    """As a user types it, with nothing listening there: one message within seconds (Ray
+    itself retries for minutes), before the runner prepares any input."""
+    mirror, sha256 = tiny_mirror
+    root = tmp_path / "project"
+    env = project_repo(root, mirror, tiny_params(sha256))
+    argv = [sys.executable, "-m", "mnist_optimizers.parallel", "--address", "127.0.0.2:1"]
+    started = time.monotonic()
+    result = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1, result.stderr[-4000:]
+    assert "Ray cluster 127.0.0.2:1: nothing answers there" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (root / "data" / "raw").exists()  # no `dvc repro preprocess` before the check
+
+
 def test_a_task_names_its_runs_for_the_driver_and_runs_only_where_it_can_log() -> None:
     spec = parallel_task.TaskSpec("train@adam-42", "t1", "u", "c", "", "", "r", 60.0, cpus=3)
     env = parallel_task.stage_env(spec)
