@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import http.server
+import os
 import socket
 import threading
 import time
@@ -231,3 +232,44 @@ def test_a_mirror_that_never_stops_sending_is_cut_off(
         download.SourceError, match="sent more than 50,000 bytes, not an MNIST file"
     ):
         download.read_source(dripping_mirror, TRAIN_LABELS, timeout=5, deadline=60)
+
+
+def bad_file(path: Path, kind: str) -> None:
+    if kind == "fifo":  # opened for reading, it waits for a writer that never comes
+        os.mkfifo(path)
+    elif kind == "link-to-dev-zero":  # endless
+        path.symlink_to("/dev/zero")
+    elif kind == "folder":
+        path.mkdir()
+    else:  # a gzip bomb: 70 KiB that unpack to 70 MiB
+        path.write_bytes(gzip.compress(bytes(70 << 20), compresslevel=9, mtime=0))
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [("fifo", "not a regular file"), ("link-to-dev-zero", "not a regular file"),
+     ("folder", "not a regular file"),
+     ("gzip-bomb", "unpacks to more than 67,108,864 bytes, not an MNIST file")],
+)  # fmt: skip
+def test_a_folder_mirror_whose_files_never_end_is_given_up_at_once_for_the_next(
+    tmp_path: Path, tiny_mirror, caplog: pytest.LogCaptureFixture, kind: str, reason: str
+) -> None:
+    """The folder mirror's files get the URL's bounds: a regular file, at most MAX_BYTES,
+    within the deadline, and at most MAX_UNPACKED bytes unpacked."""
+    good, sha256 = tiny_mirror
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in MNIST_FILES:
+        bad_file(bad / name, kind)
+    out = tmp_path / "raw"
+    worker = threading.Thread(
+        target=download.download_all, args=(config(sha256), [str(bad), str(good)], out),
+        daemon=True,  # a download that hangs must not hang the test run too
+    )  # fmt: skip
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), f"the download of a {kind} mirror still runs after 60 s"
+    for name in MNIST_FILES:
+        assert f"{name} from {bad} rejected: " in caplog.text
+        assert (out / name).read_bytes() == (good / name).read_bytes()
+    assert reason in caplog.text
