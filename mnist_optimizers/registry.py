@@ -4,6 +4,8 @@ unbiased estimate)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from mnist_optimizers.paths import run_key
 MODEL_NAME = "mnist-cnn"
 ALIAS = "champion"
 SELECTION_METRIC = "val_accuracy"
+VAL_SET_TAG, VAL_IMAGES_TAG = "val_set", "val_images"
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,26 @@ class Candidate:
     def key(self) -> str:
         return run_key(self.optimizer, self.seed, self.setting == "tuned")
 
+    @property
+    def stage(self) -> str:
+        """The DVC stage that trained it (`train_tuned@adam-42`)."""
+        kind = "train_tuned" if self.setting == "tuned" else "train"
+        return f"{kind}@{self.optimizer}-{self.seed}"
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """The validation images a model was chosen on: accuracies compare only on the same."""
+
+    digest: str  # of data/processed/data.json: the sources, the subset, the split
+    images: int
+
+    @classmethod
+    def of(cls, data_summary: dict) -> ValidationSet:
+        text = json.dumps(data_summary, sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return cls(digest, int(data_summary["counts"]["val"]))
+
 
 def logged_model_uri(run: Run) -> str:
     """The `models:/<id>` URI of the model the training run logged."""
@@ -48,10 +71,12 @@ def logged_model_uri(run: Run) -> str:
     return f"models:/{outputs[-1].model_id}"
 
 
-def version_tags(candidate: Candidate, run: Run) -> dict[str, str]:
+def version_tags(candidate: Candidate, run: Run, val_set: ValidationSet) -> dict[str, str]:
     """What a user filtering the registry needs: where the version came from."""
     experiment = run.data.tags.get("dvc.experiment") or os.environ.get("DVC_EXP_NAME")
     return {
+        VAL_SET_TAG: val_set.digest,
+        VAL_IMAGES_TAG: str(val_set.images),
         "optimizer": candidate.optimizer,
         "setting": candidate.setting,
         "seed": str(candidate.seed),
@@ -82,31 +107,47 @@ def current_champion(client: mlflow.MlflowClient) -> ModelVersion | None:
         raise
 
 
-def register(candidate: Candidate, run: Run) -> tuple[ModelVersion, bool, ModelVersion]:
+def keeps_alias(current: ModelVersion, candidate: Candidate, val_set: ValidationSet) -> bool:
+    """Whether the champion ``current`` stays: on the same validation set, when its accuracy
+    is higher (a quick `dvc exp run -S train.epochs=1` must not dethrone a real one); on
+    another, where the accuracies do not compare, when it was validated on more images (a
+    `preprocess.subset: 10` run at 100% of one image must not block every real model)."""
+    held = float(current.tags.get(SELECTION_METRIC, "nan"))
+    if current.tags.get(VAL_SET_TAG) == val_set.digest:
+        keeps = held > candidate.val_accuracy
+        why = (f"its validation accuracy {held:.4f} beats this pipeline's best, "
+               f"{candidate.val_accuracy:.4f}")  # fmt: skip
+    else:
+        images = int(current.tags.get(VAL_IMAGES_TAG, 0))
+        keeps = images > val_set.images
+        why = (f"it was validated on {images} images, this pipeline on {val_set.images} "
+               "others: the accuracies do not compare")  # fmt: skip
+    if keeps:
+        log.warning(
+            "@%s stays on %s version %s: %s. To move it anyway: MlflowClient()"
+            ".set_registered_model_alias(%r, %r, <version>)",
+            ALIAS, MODEL_NAME, current.version, why, MODEL_NAME, ALIAS,
+        )  # fmt: skip
+    return keeps
+
+
+def register(
+    candidate: Candidate, run: Run, val_set: ValidationSet
+) -> tuple[ModelVersion, bool, ModelVersion]:
     """Register the candidate's model (unless a version from its run exists) and move the
-    alias to it unless the current champion has a higher validation accuracy (a quick
-    `dvc exp run -S train.epochs=1` must not dethrone a real one). Return the version,
+    alias to it unless the current champion keeps it (``keeps_alias``). Return the version,
     whether it is new, and the version the alias points to afterwards."""
     client = mlflow.MlflowClient()
     version = existing_version(client, run.info.run_id)
     created = version is None
     if version is None:
         version = mlflow.register_model(
-            logged_model_uri(run), MODEL_NAME, tags=version_tags(candidate, run)
+            logged_model_uri(run), MODEL_NAME, tags=version_tags(candidate, run, val_set)
         )
     current = current_champion(client)
     if current is not None and int(current.version) == int(version.version):
         return version, created, current
-    if current is not None:
-        held = float(current.tags.get(SELECTION_METRIC, "nan"))
-        if held > candidate.val_accuracy:
-            log.warning(
-                "@%s stays on %s version %s: its validation accuracy %.4f beats this "
-                "pipeline's best, %.4f. To move it anyway: MlflowClient()"
-                ".set_registered_model_alias(%r, %r, %s)",
-                ALIAS, MODEL_NAME, current.version, held, candidate.val_accuracy,
-                MODEL_NAME, ALIAS, version.version,
-            )  # fmt: skip
-            return version, created, current
+    if current is not None and keeps_alias(current, candidate, val_set):
+        return version, created, current
     client.set_registered_model_alias(MODEL_NAME, ALIAS, version.version)
     return version, created, client.get_model_version_by_alias(MODEL_NAME, ALIAS)

@@ -65,11 +65,9 @@ def resolve_sources(mirrors: tuple[str, ...], env_mirror: str | None, root: Path
     return sources
 
 
-def read_bounded(
-    stream: BinaryIO, where: str, ends: float, deadline: float,
-    progress: Callable[[int], object] = lambda n: None,
-) -> bytes:  # fmt: skip
-    """All of ``stream``, chunk by chunk (each told to ``progress``): SourceError past
+def read_bounded(stream: BinaryIO, where: str, ends: float, deadline: float,
+                 progress: Callable[[int], object] = int) -> bytes:  # fmt: skip
+    """All of ``stream``, chunk by chunk (each one's size to ``progress``): SourceError past
     MAX_BYTES or the monotonic time ``ends`` (``deadline`` seconds from the start)."""
     chunks, size = [], 0
     # read1: what has arrived, at most one wait; read(n) waits for all n bytes.
@@ -154,11 +152,6 @@ def gunzip(data: bytes) -> bytes:
     return b"".join(parts)
 
 
-def decompressed_sha256(data: bytes) -> str:
-    """SHA-256 of the gunzipped ``data``; SourceError if it is not a complete gzip stream."""
-    return hashlib.sha256(gunzip(data)).hexdigest()
-
-
 def fetch_verified(
     name: str, expected: str, sources: list[str], timeout: float, deadline: float = 600.0
 ) -> bytes:
@@ -168,7 +161,7 @@ def fetch_verified(
     for source in sources:
         try:
             data = read_source(source, name, timeout, deadline)
-            actual = decompressed_sha256(data)
+            actual = hashlib.sha256(gunzip(data)).hexdigest()  # of the content
             if actual != expected:
                 raise SourceError(f"checksum mismatch: expected SHA-256 {expected}, got {actual}")
         except SourceError as exc:

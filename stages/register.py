@@ -1,10 +1,13 @@
 """Stage `register`: promote the best model to MLflow's model registry.
 
 After evaluate, the model with the highest validation accuracy (never test accuracy: test
-stays an unbiased estimate) among every optimizer, seed and setting in reports/runs.csv is
-registered as `mnist-cnn`, and the alias `champion` is moved to it, unless the version the
-alias holds has a higher validation accuracy. The version is tagged with its optimizer,
-setting, seed, learning rate, validation accuracy, MLflow run and DVC experiment.
+stays an unbiased estimate) among every optimizer, seed and setting in reports/runs.csv
+whose MLflow run FINISHED is registered as `mnist-cnn`, and the alias `champion` is moved
+to it, unless the version the alias holds has a higher validation accuracy on the same
+validation set (on another, the one validated on more images keeps it). The accuracy in
+runs.csv, the run's metrics file and its MLflow run must agree. The version is tagged with
+its optimizer, setting, seed, learning rate, validation accuracy and set, MLflow run and DVC
+experiment.
 Registering the same run again adds no version: the existing one is reused.
 
     dvc repro register
@@ -21,75 +24,122 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from mnist_optimizers import mlflow_store
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.errors import PipelineError
 from mnist_optimizers.files import read_json, write_json_atomic
-from mnist_optimizers.paths import CHAMPION_FILE, RUNS_FILE, TRAIN_METRICS_DIR, run_key
-from mnist_optimizers.registry import ALIAS, MODEL_NAME, SELECTION_METRIC, Candidate, register
+from mnist_optimizers.paths import (CHAMPION_FILE, DATA_SUMMARY_FILE, RUNS_FILE,
+                                    TRAIN_METRICS_DIR, run_key)  # fmt: skip
+from mnist_optimizers.registry import (ALIAS, MODEL_NAME, SELECTION_METRIC, Candidate,
+                                       ValidationSet, register)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 
-def best_candidate(runs: pd.DataFrame) -> Candidate:
-    """The run with the highest validation accuracy; on a tie the first in the table's
+def ranked_candidates(runs: pd.DataFrame) -> list[Candidate]:
+    """Every run with a validation accuracy, best first; on a tie the first in the table's
     order (default before tuned, then `compare` order, then seed)."""
     missing = {"setting", "optimizer", "seed", "learning_rate", SELECTION_METRIC} - set(runs)
     if missing:
         raise PipelineError(f"{RUNS_FILE}: missing columns {', '.join(sorted(missing))}")
-    if runs.empty or runs[SELECTION_METRIC].isna().all():
-        raise PipelineError(f"{RUNS_FILE}: no run with a {SELECTION_METRIC} to choose from")
-    row = runs.loc[runs[SELECTION_METRIC].idxmax()]
-    return Candidate(
-        optimizer=str(row["optimizer"]),
-        seed=int(row["seed"]),
-        setting=str(row["setting"]),
-        learning_rate=float(row["learning_rate"]),
-        val_accuracy=float(row[SELECTION_METRIC]),
+    ranked = runs.dropna(subset=[SELECTION_METRIC]).sort_values(
+        SELECTION_METRIC, ascending=False, kind="stable"
     )
+    if ranked.empty:
+        raise PipelineError(f"{RUNS_FILE}: no run with a {SELECTION_METRIC} to choose from")
+    return [
+        Candidate(
+            optimizer=str(row["optimizer"]),
+            seed=int(row["seed"]),
+            setting=str(row["setting"]),
+            learning_rate=float(row["learning_rate"]),
+            val_accuracy=float(row[SELECTION_METRIC]),
+        )
+        for _, row in ranked.iterrows()
+    ]
 
 
-def champion(run_ids: dict[str, str], runs: pd.DataFrame) -> dict[str, Any]:
-    """Choose the best run, register it, and describe the outcome for reports/champion.json."""
-    candidate = best_candidate(runs)
-    summary: dict[str, Any] = {"model": MODEL_NAME, "alias": ALIAS, **asdict(candidate)}
-    run_id = run_ids.get(candidate.key)
-    if not run_id:
-        raise PipelineError(f"{TRAIN_METRICS_DIR / candidate.key}.json names no MLflow run")
-    summary["mlflow_run_id"] = run_id
-    uri = mlflow_store.connect()
-    client = mlflow.MlflowClient()
+def check_agrees(candidate: Candidate, metrics: dict[str, Any], run: Run) -> None:
+    """The validation accuracy reports/runs.csv, the run's metrics file and its MLflow run
+    give must be one number: else the files do not belong together."""
+    path = TRAIN_METRICS_DIR / f"{candidate.key}.json"
+    values = {
+        str(RUNS_FILE): candidate.val_accuracy,
+        str(path): metrics.get(SELECTION_METRIC),
+        f"MLflow run {run.info.run_id}": run.data.metrics.get(SELECTION_METRIC),
+    }
+    if len({repr(v) for v in values.values()}) > 1:
+        said = "; ".join(f"{where}: {value!r}" for where, value in values.items())
+        raise PipelineError(
+            f"{candidate.key}: the {SELECTION_METRIC} of its files and of its MLflow run "
+            f"differ ({said}): they do not belong together; rerun the stages that wrote "
+            f"them (dvc repro --force {candidate.stage} evaluate)"
+        )
+
+
+def fetch_run(client: mlflow.MlflowClient, uri: str, run_id: str) -> Run | None:
+    """The MLflow run, or None where this store does not hold it."""
     try:
-        run = client.get_run(run_id)
+        return client.get_run(run_id)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise mlflow_store.TrackingError(f"MLflow tracking store {uri}: {exc.message}") from None
-        # Trained elsewhere and restored from DVC's run cache: its run is in another store.
-        log.warning(
-            "%s: MLflow run %s is not in %s (trained against another tracking store?); "
-            "not registering it. Point MLFLOW_TRACKING_URI at the store it was logged to.",
-            candidate.key,
-            run_id,
-            uri,
-        )
-        return summary | {"registered": False}
+            raise mlflow_store.TrackingError(
+                f"MLflow tracking store {uri}: {exc.message}"
+            ) from None
+        return None
+
+
+def champion(
+    metrics: dict[str, dict[str, Any]], runs: pd.DataFrame, val_set: ValidationSet
+) -> dict[str, Any]:
+    """Register the best run whose MLflow run FINISHED (``metrics``: each run's metrics
+    file, by key) and describe the outcome for reports/champion.json."""
+    uri = mlflow_store.connect()
+    client = mlflow.MlflowClient()
+    candidates = ranked_candidates(runs)
+    for candidate in candidates:
+        summary: dict[str, Any] = {"model": MODEL_NAME, "alias": ALIAS, **asdict(candidate)}
+        run_id = metrics.get(candidate.key, {}).get("mlflow_run_id")
+        if not run_id:
+            raise PipelineError(f"{TRAIN_METRICS_DIR / candidate.key}.json names no MLflow run")
+        summary["mlflow_run_id"] = run_id
+        run = fetch_run(client, uri, run_id)
+        if run is None:  # trained elsewhere and restored from DVC's run cache
+            log.warning(
+                "%s: MLflow run %s is not in %s (trained against another tracking store?); "
+                "not registering it. Point MLFLOW_TRACKING_URI at the store it was logged to.",
+                candidate.key, run_id, uri,
+            )  # fmt: skip
+            return summary | {"registered": False}
+        if run.info.status != "FINISHED":
+            log.warning(
+                "%s: its MLflow run %s ended %s: not a champion", candidate.key, run_id,
+                run.info.status,
+            )  # fmt: skip
+            continue
+        check_agrees(candidate, metrics[candidate.key], run)
+        return summary | registered(candidate, run, val_set, uri)
+    log.warning("no run of this pipeline FINISHED in MLflow: nothing registered")
+    return {"model": MODEL_NAME, "alias": ALIAS, "registered": False}
+
+
+def registered(
+    candidate: Candidate, run: Run, val_set: ValidationSet, uri: str
+) -> dict[str, Any]:
+    """Register ``candidate``; what champion.json says of it."""
     try:
-        version, created, holder = register(candidate, run)
+        version, created, holder = register(candidate, run, val_set)
     except MlflowException as exc:
         raise mlflow_store.TrackingError(f"MLflow model registry at {uri}: {exc.message}") from None
     log.info(
         "%s %s (validation accuracy %.4f) as %s version %s; @%s is version %s",
-        "registered" if created else "already registered",
-        candidate.key,
-        candidate.val_accuracy,
-        MODEL_NAME,
-        version.version,
-        ALIAS,
-        holder.version,
-    )
-    return summary | {
+        "registered" if created else "already registered", candidate.key,
+        candidate.val_accuracy, MODEL_NAME, version.version, ALIAS, holder.version,
+    )  # fmt: skip
+    return {
         "registered": True,
         "version": int(version.version),
         "champion": int(holder.version) == int(version.version),
@@ -103,8 +153,9 @@ def main(argv: list[str]) -> None:
         raise PipelineError(f"{RUNS_FILE} is missing: run the evaluate stage first")
     runs = pd.read_csv(RUNS_FILE)
     keys = {run_key(str(r.optimizer), int(r.seed), r.setting == "tuned") for r in runs.itertuples()}
-    run_ids = {k: read_json(TRAIN_METRICS_DIR / f"{k}.json").get("mlflow_run_id") for k in keys}
-    write_json_atomic(CHAMPION_FILE, champion(run_ids, runs))
+    metrics = {k: read_json(TRAIN_METRICS_DIR / f"{k}.json") for k in keys}
+    val_set = ValidationSet.of(read_json(DATA_SUMMARY_FILE))
+    write_json_atomic(CHAMPION_FILE, champion(metrics, runs, val_set))
 
 
 if __name__ == "__main__":

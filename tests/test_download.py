@@ -130,9 +130,10 @@ def test_checksum_is_of_the_decompressed_content() -> None:
     content = b"same bytes"
     wrapped_twice = [gzip.compress(content, mtime=0), gzip.compress(content, mtime=12345)]
     assert wrapped_twice[0] != wrapped_twice[1]
-    assert download.decompressed_sha256(wrapped_twice[0]) == download.decompressed_sha256(
-        wrapped_twice[1]
-    )
+    assert download.gunzip(wrapped_twice[0]) == download.gunzip(wrapped_twice[1]) == content
+    assert download.gunzip(wrapped_twice[0] + wrapped_twice[1]) == 2 * content  # two members
+    with pytest.raises(download.SourceError, match=r"not a valid gzip file \(cut short\)"):
+        download.gunzip(wrapped_twice[0][:-4])
 
 
 @pytest.fixture
