@@ -40,12 +40,6 @@ class Candidate:
     def key(self) -> str:
         return run_key(self.optimizer, self.seed, self.setting == "tuned")
 
-    @property
-    def stage(self) -> str:
-        """The DVC stage that trained it (`train_tuned@adam-42`)."""
-        kind = "train_tuned" if self.setting == "tuned" else "train"
-        return f"{kind}@{self.optimizer}-{self.seed}"
-
 
 @dataclass(frozen=True)
 class ValidationSet:

@@ -66,7 +66,7 @@ def resolve_sources(mirrors: tuple[str, ...], env_mirror: str | None, root: Path
 
 
 def read_bounded(stream: BinaryIO, where: str, ends: float, deadline: float,
-                 progress: Callable[[int], object] = int) -> bytes:  # fmt: skip
+                 progress: Callable[[int], object] | None = None) -> bytes:  # fmt: skip
     """All of ``stream``, chunk by chunk (each one's size to ``progress``): SourceError past
     MAX_BYTES or the monotonic time ``ends`` (``deadline`` seconds from the start)."""
     chunks, size = [], 0
@@ -74,7 +74,8 @@ def read_bounded(stream: BinaryIO, where: str, ends: float, deadline: float,
     while chunk := stream.read1(CHUNK):  # type: ignore[attr-defined]
         chunks.append(chunk)
         size += len(chunk)
-        progress(len(chunk))
+        if progress is not None:
+            progress(len(chunk))
         if size > MAX_BYTES:
             raise SourceError(f"{where}: sent more than {MAX_BYTES:,} bytes, not an MNIST file")
         if time.monotonic() > ends:

@@ -76,7 +76,7 @@ def check_agrees(candidate: Candidate, metrics: dict[str, Any], run: Run) -> Non
         raise PipelineError(
             f"{candidate.key}: the {SELECTION_METRIC} of its files and of its MLflow run "
             f"differ ({said}): they do not belong together; rerun the stages that wrote "
-            f"them (dvc repro --force {candidate.stage} evaluate)"
+            f"them (dvc repro --force {run.data.tags.get('dvc.stage')} evaluate)"
         )
 
 

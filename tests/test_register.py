@@ -36,7 +36,7 @@ def logged_runs(accuracies: dict[str, float], status: str = "FINISHED") -> dict[
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(10, activation="softmax")])
     metrics = {}
     for key, accuracy in accuracies.items():
-        with mlflow.start_run(run_name=key) as run:
+        with mlflow.start_run(run_name=key, tags={"dvc.stage": f"train@{key}"}) as run:
             mlflow_logs.log_model(model, example=np.zeros((1, 2), np.float32))
             mlflow.log_metric("val_accuracy", accuracy)
         mlflow.MlflowClient().set_terminated(run.info.run_id, status)
