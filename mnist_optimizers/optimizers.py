@@ -97,14 +97,51 @@ def optimizer_classes() -> dict[str, type[keras.optimizers.Optimizer]]:
     }
 
 
-def _coerce_hyperparameter(value: Any, default: Any, key: str) -> Any:
-    """Reject NaN/inf and numbers given as unparseable strings (`1e-3x`)."""
-    numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
-    if isinstance(value, str) and numeric_default:
+# Constructor arguments whose default is None, by what else they take (the rest: a number).
+WHOLE_OR_NONE = {"ema_overwrite_frequency", "gradient_accumulation_steps"}
+NAMES_OR_NONE = {"exclude_layers"}
+FLOAT32_MAX, FLOAT32_TINY = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
+
+
+def check_number(value: Any, key: str) -> Any:
+    """A real number that float32, in which Keras computes, holds: not a string, a bool,
+    NaN or inf, nor so large it is inf there (1e39) or so small it is 0 (1e-50)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ParamsError(f"{key}: expected a number, got {shown(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
+    if not math.isfinite(value):
         raise ParamsError(f"{key}: expected a finite number, got {shown(value)}")
+    if abs(value) > FLOAT32_MAX or 0 < abs(value) < FLOAT32_TINY:
+        raise ParamsError(
+            f"{key}: {value:g} is {'inf' if abs(value) > 1 else '0'} in float32, in which "
+            f"Keras computes: expected 0 or a size from {FLOAT32_TINY:.1e} to {FLOAT32_MAX:.1e}"
+        )
     return value
+
+
+def check_argument(value: Any, default: Any, key: str) -> Any:
+    """``value`` for the constructor argument ``key`` whose default is ``default``, of the
+    type that default means: YAML 1.2 reads `no` as the string 'no', which Keras would take
+    as true."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: expected true or false, got {shown(value)}")
+        return value
+    if default is None and value is None:
+        return None
+    leaf = key.rsplit(".", 1)[-1]
+    if isinstance(default, int) or leaf in WHOLE_OR_NONE:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected a whole number, got {shown(value)}")
+        return check_number(value, key)
+    if leaf in NAMES_OR_NONE:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ParamsError(f"{key}: expected a list of layer names or null, got {shown(value)}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: expected a string, got {shown(value)}")
+        return value
+    return check_number(value, key)
 
 
 def build_optimizer(name: str, spec: dict[str, Any]) -> keras.optimizers.Optimizer:
@@ -134,7 +171,7 @@ def build_optimizer(name: str, spec: dict[str, Any]) -> keras.optimizers.Optimiz
                 f"{where}: {cls.__name__} takes no argument {shown(key)}; it takes: "
                 f"{', '.join(accepted)}"
             )
-        hyperparameters[key] = _coerce_hyperparameter(value, accepted[key], where)
+        hyperparameters[key] = check_argument(value, accepted[key], where)
     learning_rate = hyperparameters.get("learning_rate")
     if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
         raise ParamsError(

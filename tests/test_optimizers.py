@@ -4,13 +4,16 @@ entries, as a user would type them, are rows of docs/errors.md."""
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 
 import keras
 import numpy as np
 import pytest
 
 from mnist_optimizers import optimizers
+from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.model import build_model, validate_model
 from mnist_optimizers.params import load_params
 
@@ -45,6 +48,44 @@ def test_class_key_sets_every_hyperparameter() -> None:
 def test_every_keras_optimizer_works_from_params_alone(class_name: str) -> None:
     optimizer = optimizers.build_optimizer(f"my_{class_name.lower()}", {"class": class_name})
     assert type(optimizer).__name__ == class_name
+
+
+@pytest.mark.parametrize("class_name", sorted(optimizers.optimizer_classes()))
+def test_every_argument_takes_its_own_default(class_name: str) -> None:
+    """The type checks refuse nothing Keras documents: each argument set to its default."""
+    cls = optimizers.optimizer_classes()[class_name]
+    defaults = {
+        p.name: p.default
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name not in ("self", "name") and p.default is not inspect.Parameter.empty
+    }
+    built = optimizers.build_optimizer("x", {"class": class_name, **defaults})
+    assert type(built).__name__ == class_name
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [({"class": "SGD", "nesterov": "no"}, "optimizers.x.nesterov: expected true or false, got 'no'"),
+     ({"class": "Adam", "amsgrad": "false"}, "amsgrad: expected true or false, got 'false'"),
+     ({"class": "RMSprop", "centered": 0}, "centered: expected true or false, got 0"),
+     ({"class": "Adam", "learning_rate": 1e39}, "learning_rate: 1e+39 is inf in float32"),
+     ({"class": "Adam", "learning_rate": 1e-50}, "learning_rate: 1e-50 is 0 in float32"),
+     ({"class": "Adam", "epsilon": -1e-45}, "epsilon: -1e-45 is 0 in float32"),
+     ({"class": "Adam", "clipnorm": "x"}, "optimizers.x.clipnorm: expected a number, got 'x'"),
+     ({"class": "Adam", "beta_1": True}, "beta_1: expected a number, got True"),
+     ({"class": "Adam", "gradient_accumulation_steps": 2.5}, "expected a whole number, got 2.5"),
+     ({"class": "Muon", "ns_steps": "5"}, "ns_steps: expected a whole number, got '5'"),
+     ({"class": "Muon", "exclude_layers": "dense"}, "expected a list of layer names or null")],
+    ids=["bool-no", "bool-string", "bool-int", "inf-in-float32", "zero-in-float32",
+         "negative-zero", "clipnorm-string", "number-bool", "whole-float", "whole-string",
+         "names-string"],
+)  # fmt: skip
+def test_an_argument_of_the_wrong_type_is_refused_before_keras_takes_it(
+    spec: dict, message: str
+) -> None:
+    """Keras would take each: a string as true, 1e39 as inf; check_params runs this."""
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        optimizers.build_optimizer("x", spec)
 
 
 CATALOG = load_params(PROJECT_ROOT / "params.yaml")["optimizers"]
