@@ -9,6 +9,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import psutil
 
 from mnist_optimizers.idx import IMAGE_SHAPE, NUM_CLASSES
 from mnist_optimizers.errors import ParamsError, PipelineError, shown
@@ -46,7 +47,43 @@ def validate_model(section: Any) -> ModelConfig:
             f"model.num_classes: MNIST has {NUM_CLASSES} digits, got {config.num_classes}"
         )
     check_geometry(config, IMAGE_SHAPE)
+    check_size(config, IMAGE_SHAPE, psutil.virtual_memory().total)
     return config
+
+
+# Bytes a float32 parameter takes in training: itself, its gradient, and up to three
+# optimizer slots (Adam's two moments, an EMA copy).
+TRAINING_BYTES_PER_PARAMETER = 4 * 5
+
+
+def parameter_counts(config: ModelConfig, image_shape: tuple[int, int]) -> dict[str, int]:
+    """The trainable parameters of each layer, by the params key that sizes it."""
+    side, channels, counts = min(image_shape), 1, {}
+    for i, filters in enumerate(config.conv_blocks):
+        for j, f in enumerate(filters):
+            counts[f"model.conv_blocks[{i}][{j}]"] = (config.kernel_size**2 * channels + 1) * f
+            side, channels = side - (config.kernel_size - 1), f
+        side //= config.pool_size
+    inputs = side * side * channels
+    for i, units in enumerate(config.dense_units):
+        counts[f"model.dense_units[{i}]"] = (inputs + 1) * units
+        inputs = units
+    counts["model.num_classes"] = (inputs + 1) * config.num_classes
+    return counts
+
+
+def check_size(config: ModelConfig, image_shape: tuple[int, int], memory: int) -> None:
+    """Refuse, before Keras allocates it, a model whose training needs more than ``memory``
+    bytes for its parameters alone; name the layer that holds the most."""
+    counts = parameter_counts(config, image_shape)
+    total = sum(counts.values())
+    if total * TRAINING_BYTES_PER_PARAMETER > memory:
+        key = max(counts, key=counts.__getitem__)
+        raise ParamsError(
+            f"{key}: the model has {total:,} parameters ({counts[key]:,} in this layer), "
+            f"{total * TRAINING_BYTES_PER_PARAMETER / 2**30:,.1f} GiB to train, more than "
+            f"this machine's {memory / 2**30:.1f} GiB of memory: make it smaller"
+        )
 
 
 def check_geometry(config: ModelConfig, image_shape: tuple[int, int]) -> None:

@@ -4,13 +4,15 @@ a model file safely."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from mnist_optimizers.errors import PipelineError
+from mnist_optimizers import model
+from mnist_optimizers.errors import ParamsError, PipelineError
 from mnist_optimizers.model import build_model, evaluate_model, load_model, validate_model
 from mnist_optimizers.params import load_params
 
@@ -122,3 +124,35 @@ def test_a_damaged_model_file_is_named_with_the_stage_that_rewrites_it(
         load_model(path)
     assert str(error.value).startswith(f"{path}: {message}")
     assert str(error.value).endswith("retrain it: dvc repro --force train_tuned@adam-42")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{}, {"conv_blocks": [[8], [16, 16]], "dense_units": [8]},
+     {"conv_blocks": [[8], [16]], "kernel_size": 5, "dense_units": [32, 16], "num_classes": 12}],
+    ids=["reference", "three-convs", "wider-kernel"],
+)  # fmt: skip
+def test_the_parameter_count_is_what_keras_builds(change: dict) -> None:
+    config = validate_model(load_params(PROJECT_ROOT / "params.yaml")["model"] | change)
+    counts = model.parameter_counts(config, (28, 28))
+    assert sum(counts.values()) == build_model(config, (28, 28, 1)).count_params()
+
+
+@pytest.mark.parametrize(
+    ("blocks", "dense", "key"),
+    [([[32]], [100_000_000], "model.dense_units[0]"),
+     ([[32], [400_000]], [128], "model.dense_units[0]"),
+     ([[32, 50_000, 50_000]], [], "model.conv_blocks[0][2]")],
+    ids=["dense", "wide-conv-feeds-dense", "conv"],
+)  # fmt: skip
+def test_a_model_too_large_to_train_is_refused_before_keras_builds_it(
+    blocks: list, dense: list, key: str
+) -> None:
+    """The key that holds the most parameters is named, with the size; the machine's
+    memory is the bound (here 8 GiB)."""
+    config = model.ModelConfig(tuple(map(tuple, blocks)), 3, 2, tuple(dense), 10)
+    with pytest.raises(ParamsError, match=re.escape(key) + r": the model has [\d,]+ param"):
+        model.check_size(config, (28, 28), memory=8 << 30)
+    section = load_params(PROJECT_ROOT / "params.yaml")["model"] | {"dense_units": [10**9]}
+    with pytest.raises(ParamsError, match="GiB to train, more than this machine's"):
+        validate_model(section)  # on any machine: 15 TiB to train
