@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import unicodedata
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,23 @@ class TrackingError(PipelineError):
 def validate_mlflow(section: Any) -> str:
     """Check the `mlflow` section; return the experiment name."""
     check_keys(section, ("experiment_name",), "mlflow", ("experiment_name",))
-    name = section["experiment_name"]
+    return check_experiment_name(section["experiment_name"], "mlflow.experiment_name")
+
+
+def check_experiment_name(name: Any, where: str) -> str:
+    """A name a person can read in the MLflow UI: not blank, no space at either end, no
+    control or invisible character (NUL, a newline, a right-to-left mark)."""
     if not isinstance(name, str) or not name.strip():
-        raise ParamsError(f"mlflow.experiment_name: expected a non-empty string, got {shown(name)}")
+        raise ParamsError(f"{where}: expected a non-empty string, got {shown(name)}")
+    if name != name.strip():
+        raise ParamsError(f"{where}: {name!r} begins or ends with a space; remove it")
+    hidden = [c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp")]
+    if hidden:
+        raise ParamsError(
+            f"{where}: {name!r} holds a control or invisible character "
+            f"(U+{ord(hidden[0]):04X}), which the MLflow UI shows blank or garbled; "
+            "use printable characters"
+        )
     return name
 
 
@@ -175,7 +190,8 @@ def connect() -> str:
 def setup_experiment(name: str) -> str:
     """Point MLflow at the tracking store and return the id of experiment ``name``
     (or `$MLFLOW_EXPERIMENT_NAME`), creating it (artifacts beside a local store) if needed."""
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or name
+    if variable := os.environ.get("MLFLOW_EXPERIMENT_NAME"):  # set but empty: unset
+        name = check_experiment_name(variable, "$MLFLOW_EXPERIMENT_NAME")
     uri = connect()
     client = mlflow.MlflowClient()
     try:

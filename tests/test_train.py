@@ -134,6 +134,30 @@ def test_experiment_name_comes_from_params_or_the_environment(processed: Path, m
     assert run.data.tags["dvc.experiment"] == "lr-sweep-1"
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [(" ", "expected a non-empty string, got ' '"), ("\t\n", "expected a non-empty string"),
+     (" adam runs", "' adam runs' begins or ends with a space"),
+     ("runs\x00x", "holds a control or invisible character (U+0000)"),
+     ("runs\nmore", "(U+000A)"), ("\u200fruns", "(U+200F)"), ("a\u200bb", "(U+200B)")],
+    ids=["blank", "whitespace", "edge-space", "nul", "newline", "rtl-mark", "zero-width"],
+)  # fmt: skip
+def test_an_experiment_name_a_person_cannot_read_is_refused(
+    project: Path, monkeypatch, name: str, message: str
+) -> None:
+    """In params.yaml and in $MLFLOW_EXPERIMENT_NAME: before any experiment is made."""
+    from mnist_optimizers import mlflow_store
+
+    with pytest.raises(ParamsError, match="^mlflow.experiment_name: .*" + re.escape(message)):
+        mlflow_store.validate_mlflow({"experiment_name": name})
+    if "\x00" in name:
+        return  # no environment variable holds a NUL
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+    with pytest.raises(ParamsError, match=r"^\$MLFLOW_EXPERIMENT_NAME: .*" + re.escape(message)):
+        mlflow_store.setup_experiment("mnist-optimizers")
+    assert not (project / "mlflow.db").exists()  # refused before the store was opened
+
+
 def test_unreachable_tracking_server_fails_before_training(processed: Path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(
