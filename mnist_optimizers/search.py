@@ -120,6 +120,7 @@ class PruneWeakTrial(keras.callbacks.Callback):
         self.data = data
         self.batch_size = batch_size
         self.per_epoch = batches_per_epoch(len(data["x_train"]), batch_size)
+        self.total = config.epochs * self.per_epoch
         judged_at = rungs(config, self.per_epoch) if config.prune else []
         self.mid_epoch_rungs = {r for r in judged_at if r % self.per_epoch}
         self.epoch = 0
@@ -143,7 +144,8 @@ class PruneWeakTrial(keras.callbacks.Callback):
         value = judged_value(val_loss, val_accuracy)
         self.reports.append((step, float(val_loss), float(val_accuracy), value))
         self.trial.report(value, step)
-        if self.trial.should_prune():
+        # At the last batch the budget is spent: the trial completed, whatever the pruner says.
+        if step < self.total and self.trial.should_prune():
             self.pruned_at = step
             raise optuna.TrialPruned(f"pruned after {step} batches")
 
@@ -159,7 +161,7 @@ def stop_reason(pruning: PruneWeakTrial, config: TuneConfig) -> str:
         return f"completed all {config.epochs} epochs"
     return (
         f"pruned after {pruning.epochs_reached:g} of {config.epochs} epochs "
-        f"({pruning.pruned_at} of {config.epochs * pruning.per_epoch} batches): not among "
+        f"({pruning.pruned_at} of {pruning.total} batches): not among "
         f"the best 1/{config.reduction_factor} of the trials at that rung (successive halving)"
     )
 

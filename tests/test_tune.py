@@ -8,6 +8,7 @@ from pathlib import Path
 
 import keras
 import mlflow
+import optuna
 import pytest
 
 from mnist_optimizers import runtime
@@ -202,3 +203,26 @@ def test_judging_mid_epoch_leaves_the_training_as_it_would_have_been(project: Pa
     assert trial.steps == [2, 4, 6, 8]  # 4 batches an epoch: mid-epoch rungs at 2 and 6
     assert judged == history([])
     assert [r[2] for r in judge.reports if r[0] % 4 == 0] == [row["val_accuracy"] for row in judged]
+
+
+def test_a_trial_that_trained_its_whole_budget_is_never_labelled_pruned() -> None:
+    """Optuna may answer `should_prune` at the last report too (a rung on the last batch):
+    the trial spent its budget, it completed."""
+    from mnist_optimizers import search
+    from mnist_optimizers.sections.tune import validate_tune
+
+    class AlwaysPrune:
+        def report(self, value: float, step: int) -> None:
+            pass
+
+        def should_prune(self) -> bool:
+            return True
+
+    config = validate_tune(load_params()["tune"] | {"epochs": 2, "min_epochs": 1, "prune": True})
+    judge = search.PruneWeakTrial(AlwaysPrune(), config, random_images(64, 8), batch_size=16)
+    judge.judge(8, val_loss=0.5, val_accuracy=0.9)  # 4 batches an epoch, 2 epochs: the last
+    assert judge.pruned_at is None
+    assert search.stop_reason(judge, config) == "completed all 2 epochs"
+    with pytest.raises(optuna.TrialPruned, match="pruned after 4 batches"):
+        judge.judge(4, val_loss=0.5, val_accuracy=0.9)
+    assert search.stop_reason(judge, config).startswith("pruned after 1 of 2 epochs (4 of 8")
