@@ -118,16 +118,24 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
     write_text_atomic(path, frame.to_csv(index=False, lineterminator="\n"))
 
 
-def read_json(path: Path) -> Any:
-    """Read a JSON file written by an earlier stage, with a clear error if it is missing."""
+def read_json(path: Path, *keys: str) -> Any:
+    """Read a JSON file written by an earlier stage, with a clear error if it is missing or,
+    given ``keys``, is not an object holding each of them."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PipelineError(
             f"{path}: not found; run the stage that writes it (dvc repro)"
         ) from None
     except json.JSONDecodeError as exc:
         raise PipelineError(f"{path}: not valid JSON ({exc})") from None
+    missing = [k for k in keys if not isinstance(content, dict) or k not in content]
+    if missing:
+        raise PipelineError(
+            f"{path}: {', '.join(missing)} missing: not as the stage that writes it left it; "
+            "rerun that stage (dvc repro --force <stage>)"
+        )
+    return content
 
 
 def read_csv(path: Path) -> pd.DataFrame:

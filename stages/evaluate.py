@@ -41,6 +41,9 @@ from mnist_optimizers.tables import SETTINGS, Run, file_label
 from mnist_optimizers.sections.evaluate import validate_evaluate
 
 log = logging.getLogger(__name__)
+# What evaluate reads of each training's and each search's metrics file.
+TRAIN_KEYS = ("learning_rate", "val_accuracy", "train_seconds", "precision", "mlflow_run_id")
+TUNE_KEYS = ("trials", "epochs", "images", "best_learning_rate")
 
 
 def write_reports(
@@ -140,11 +143,12 @@ def evaluate(params: dict[str, Any]) -> list[str]:
     runtime.configure_threads()
     keys = [(name, seed, tuned) for tuned in SETTINGS for name in names for seed in seeds]
     train_metrics = {
-        k: files.read_json(paths.TRAIN_METRICS_DIR / f"{run_key(*k)}.json") for k in keys
+        k: files.read_json(paths.TRAIN_METRICS_DIR / f"{run_key(*k)}.json", *TRAIN_KEYS)
+        for k in keys
     }
     histories = {k: files.read_csv(paths.HISTORY_DIR / f"{run_key(*k)}.csv") for k in keys}
     tuning = tables.tuning_table(
-        {name: files.read_json(paths.TUNE_DIR / f"{name}.json") for name in names}
+        {name: files.read_json(paths.TUNE_DIR / f"{name}.json", *TUNE_KEYS) for name in names}
     )
     x_test, y_test = files.load_processed("test")
 

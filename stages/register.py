@@ -153,7 +153,7 @@ def main(argv: list[str]) -> None:
         raise PipelineError(f"{RUNS_FILE} is missing: run the evaluate stage first")
     runs = pd.read_csv(RUNS_FILE)
     keys = {run_key(str(r.optimizer), int(r.seed), r.setting == "tuned") for r in runs.itertuples()}
-    metrics = {k: read_json(TRAIN_METRICS_DIR / f"{k}.json") for k in keys}
+    metrics = {k: read_json(TRAIN_METRICS_DIR / f"{k}.json", "mlflow_run_id") for k in keys}
     val_set = ValidationSet.of(read_json(DATA_SUMMARY_FILE))
     write_json_atomic(CHAMPION_FILE, champion(metrics, runs, val_set))
 

@@ -167,7 +167,7 @@ def log_to_mlflow(runs: pd.DataFrame) -> None:
     files = {path: "report" for path in sorted(REPORT_DIR.iterdir()) if path.is_file()}
     for row in runs.itertuples():
         key = run_key(row.optimizer, row.seed, row.setting == "tuned")
-        run_id = read_json(TRAIN_METRICS_DIR / f"{key}.json")["mlflow_run_id"]
+        run_id = read_json(TRAIN_METRICS_DIR / f"{key}.json", "mlflow_run_id")["mlflow_run_id"]
         mlflow_logs.log_to_run(key, run_id, {}, files)
 
 

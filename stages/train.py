@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
 import logging
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ import tensorflow as tf
 
 from mnist_optimizers import mlflow_logs, mlflow_runs, mlflow_store, runtime
 from mnist_optimizers.cli import run_stage
-from mnist_optimizers.errors import ParamsError, shown
+from mnist_optimizers.errors import ParamsError, PipelineError, shown
 from mnist_optimizers.files import (copy_atomic, load_training_data, read_json, write_csv,
                                     write_json_atomic)
 from mnist_optimizers.fit import (TrainConfig, checkpoint_dir, configuration_id, fit_model,
@@ -101,11 +102,24 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
     log.info("%s: val_accuracy %.4f in %.1f s", job.stage, last["val_accuracy"], job.seconds["fit"])
 
 
+def tuned_rate(name: str) -> float:
+    """The rate `tune@<name>` chose, checked where it is read (a hand-edited file is named,
+    not `optimizers.<name>.learning_rate`)."""
+    path = TUNED_RATE_DIR / f"{name}.json"
+    rate = read_json(path, "learning_rate")["learning_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
+        raise PipelineError(
+            f"{path}: learning_rate: expected a positive number, got {shown(rate)}; rerun "
+            f"the search: dvc repro --force tune@{name}"
+        )
+    return rate
+
+
 def prepare(name: str, seed: int, params: dict[str, Any], tuned: bool) -> Training:
     """Check the params and the store, seed everything, load the data, build the model."""
     spec = optimizer_spec(validate_optimizer_names(params["optimizers"]), name)
     if tuned:
-        spec = spec | {"learning_rate": read_json(TUNED_RATE_DIR / f"{name}.json")["learning_rate"]}
+        spec = spec | {"learning_rate": tuned_rate(name)}
     model_config = validate_model(params["model"])
     train_config = validate_train(params["train"])
     if seed not in train_config.seeds:
@@ -170,7 +184,9 @@ def reuse_default_run(name: str, seed: int, configuration: str) -> bool:
     default run, take the default run's model, history and metrics as the tuned run's,
     tag its MLflow run as the tuned setting's too, and return True; else return False."""
     default_key, key = run_key(name, seed), run_key(name, seed, tuned=True)
-    default = read_json(TRAIN_METRICS_DIR / f"{default_key}.json")
+    default = read_json(
+        TRAIN_METRICS_DIR / f"{default_key}.json", "mlflow_run_id", "learning_rate"
+    )
     if default.get("configuration") != configuration:
         return False
     mlflow_logs.log_to_run(default_key, default["mlflow_run_id"], {}, {}, {SETTING_TAGS[True]: "true"})

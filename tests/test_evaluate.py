@@ -150,3 +150,20 @@ def test_a_missing_model_names_the_stage_to_run(evaluated: Path) -> None:
     ):
         evaluate.main([])
     assert not EVALUATE_METRICS_FILE.exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [("metrics/train/adam-43.json", "val_accuracy"), ("metrics/train/sgd-42-tuned.json",
+      "mlflow_run_id"), ("metrics/tune/sgd.json", "best_learning_rate")],
+    ids=["train-metric", "train-run-id", "search-result"],
+)  # fmt: skip
+def test_a_metrics_file_missing_a_key_is_named_before_anything_is_written(
+    evaluated: Path, path: str, key: str
+) -> None:
+    content = json.loads(Path(path).read_text())
+    Path(path).write_text(json.dumps({k: v for k, v in content.items() if k != key}))
+    EVALUATE_METRICS_FILE.unlink()
+    with pytest.raises(PipelineError, match=f"^{path}: {key} missing: not as the stage"):
+        evaluate.main([])
+    assert not EVALUATE_METRICS_FILE.exists()

@@ -4,6 +4,7 @@ validation."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import keras
@@ -139,6 +140,32 @@ def test_tuned_training_uses_the_best_rate(processed: Path) -> None:
     run = mlflow.MlflowClient().get_run(metrics["mlflow_run_id"])
     assert float(run.data.params["optimizer.learning_rate"]) == pytest.approx(best)
     assert run.data.tags["dvc.stage"] == "train_tuned@sgd-42"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{}", "metrics/tuned_rate/sgd.json: learning_rate missing: not as the stage that writes"),
+     ("[0.01]", "metrics/tuned_rate/sgd.json: learning_rate missing"),
+     ('{"learning_rate": -0.01}',
+      "metrics/tuned_rate/sgd.json: learning_rate: expected a positive number, got -0.01; "
+      "rerun the search: dvc repro --force tune@sgd"),
+     ('{"learning_rate": "0.01"}', "learning_rate: expected a positive number, got '0.01'"),
+     ('{"learning_rate": true}', "learning_rate: expected a positive number, got True")],
+    ids=["no-key", "not-an-object", "negative", "string", "bool"],
+)  # fmt: skip
+def test_a_tuned_rate_file_that_is_not_the_searchs_is_named(
+    processed: Path, content: str, message: str
+) -> None:
+    """A hand-edited or foreign metrics/tuned_rate/<name>.json: the file is named, not
+    `optimizers.sgd.learning_rate`, and nothing trains."""
+    from mnist_optimizers.errors import PipelineError
+    from mnist_optimizers.paths import TUNED_RATE_DIR
+
+    TUNED_RATE_DIR.mkdir(parents=True, exist_ok=True)
+    (TUNED_RATE_DIR / "sgd.json").write_text(content)
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        train.main(["sgd", "42", "--tuned"])
+    assert not (TRAIN_METRICS_DIR / "sgd-42-tuned.json").exists()
 
 
 def test_a_bad_grid_fails_before_any_training(project: Path) -> None:
