@@ -21,7 +21,7 @@ from types import FrameType
 
 import psutil
 
-from mnist_optimizers.errors import PipelineError, Terminated, redact
+from mnist_optimizers.errors import ParamsError, PipelineError, Terminated, redact
 from mnist_optimizers.files import WRITTEN
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,16 @@ def watch_parent(parent: int, poll: float = PARENT_POLL_SECONDS) -> None:
 
 
 _parent_gone: int | None = None
+
+
+def dvc_stage_item(kind: str, usage: str) -> str:
+    """The item of the matrix or foreach stage DVC is running (`adam-42` of `train@adam-42`),
+    from $DVC_STAGE: dvc.yaml's commands carry no params value, which the shell would run
+    (a `compare` entry `adam;touch x` in `${item}`); the stage checks the name itself."""
+    stage = os.environ.get("DVC_STAGE", "")
+    if not stage.startswith(f"{kind}@"):
+        raise ParamsError(f"{usage} (or run it as a DVC stage {kind}@...: $DVC_STAGE names it)")
+    return stage[len(kind) + 1 :]
 
 
 def run_stage(main: Callable[[list[str]], None]) -> None:

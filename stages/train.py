@@ -25,7 +25,7 @@ import mlflow
 import tensorflow as tf
 
 from mnist_optimizers import mlflow_logs, mlflow_runs, mlflow_store, runtime
-from mnist_optimizers.cli import run_stage
+from mnist_optimizers.cli import dvc_stage_item, run_stage
 from mnist_optimizers.errors import ParamsError, PipelineError, shown
 from mnist_optimizers.files import (copy_atomic, load_training_data, read_json, write_csv,
                                     write_json_atomic)
@@ -199,17 +199,34 @@ def reuse_default_run(name: str, seed: int, configuration: str) -> bool:
     return True
 
 
+def matrix_item(item: str, params: dict[str, Any]) -> list[str]:
+    """The optimizer and seed of params.yaml that DVC named the stage after (`adam-42`), as
+    given (checked by ``train``): DVC joins them with '-', which a path in one may hold too."""
+    def listed(value: Any) -> list:
+        return value if isinstance(value, list) else []
+
+    seeds = listed((params.get("train") or {}).get("seeds"))
+    for name in listed(params.get("compare")):
+        for seed in seeds:
+            if f"{name}-{seed}" == item:
+                return [str(name), str(seed)]
+    raise ParamsError(f"$DVC_STAGE: {item!r} is no optimizer and seed of compare and train.seeds")
+
+
 def main(argv: list[str]) -> None:
     usage = "usage: python -m stages.train <optimizer name from params.yaml> <seed> [--tuned]"
     tuned = "--tuned" in argv
     argv = [arg for arg in argv if arg != "--tuned"]
+    params = load_params()
+    if not argv:  # as DVC runs it
+        argv = matrix_item(dvc_stage_item("train_tuned" if tuned else "train", usage), params)
     if len(argv) != 2:
         raise ParamsError(usage)
     try:
         seed = int(argv[1])
     except ValueError:
         raise ParamsError(f"{usage}; got seed {shown(argv[1])}") from None
-    train(argv[0], seed, load_params(), tuned)
+    train(argv[0], seed, params, tuned)
 
 
 if __name__ == "__main__":

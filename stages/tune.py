@@ -28,7 +28,7 @@ import optuna
 import tensorflow as tf
 
 from mnist_optimizers import mlflow_logs, mlflow_runs, mlflow_store, runtime, search, stats
-from mnist_optimizers.cli import run_stage
+from mnist_optimizers.cli import dvc_stage_item, run_stage
 from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.files import load_training_data, read_json, write_json_atomic
 from mnist_optimizers.fit import fit_model, set_precision, validate_train
@@ -191,9 +191,10 @@ def pruner_name(config: TuneConfig) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        raise ParamsError("usage: python -m stages.tune <optimizer name from params.yaml>")
-    tune(argv[0], load_params())
+    usage = "usage: python -m stages.tune <optimizer name from params.yaml>"
+    if len(argv) > 1:
+        raise ParamsError(usage)
+    tune(argv[0] if argv else dvc_stage_item("tune", usage), load_params())
 
 
 if __name__ == "__main__":
