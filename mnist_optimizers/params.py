@@ -9,7 +9,7 @@ heavy work.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +47,38 @@ def parse_yaml(text: str, where: str) -> Any:
     except YAMLError as exc:
         raise ParamsError(f"{where}: not valid YAML{yaml_error_text(exc)}") from None
     if count_values(data) > MAX_VALUES:
+        written = sum(1 for _ in walk(data))  # each value once, however many aliases name it
+        if written <= MAX_VALUES:
+            raise ParamsError(
+                f"{where}: expands to more than {MAX_VALUES:,} values through YAML aliases "
+                "(*name); write the values out"
+            )
+        key, count = largest_list(data)
         raise ParamsError(
-            f"{where}: expands to more than {MAX_VALUES} values through YAML aliases "
-            "(*name); write the values out"
+            f"{where}: {key} holds {count:,} entries; a params file holds at most "
+            f"{MAX_VALUES:,} values (params.yaml has about 300)"
         )
     return data
+
+
+def walk(node: Any, seen: set[int] | None = None) -> Iterator[Any]:
+    """Every value of ``node`` once (a node that aliases name twice is walked once)."""
+    seen = set() if seen is None else seen
+    yield node
+    if isinstance(node, (dict, list)) and id(node) not in seen:
+        seen.add(id(node))
+        for child in [*node.keys(), *node.values()] if isinstance(node, dict) else node:
+            yield from walk(child, seen)
+
+
+def largest_list(data: Any, key: str = "") -> tuple[str, int]:
+    """The dotted key of the longest list or mapping in ``data``, and its length."""
+    best = (key or "params", len(data) if isinstance(data, (dict, list)) else 0)
+    children = data.items() if isinstance(data, dict) else []
+    for name, child in children:
+        found = largest_list(child, f"{key}.{name}" if key else str(name))
+        best = max(best, found, key=lambda pair: pair[1])
+    return best
 
 
 def count_values(data: Any, limit: int = MAX_VALUES) -> int:

@@ -148,8 +148,30 @@ def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
         load_params(tmp_path / "params.yaml")
     assert time.monotonic() - started < 5
     assert str(error.value) == (
-        f"{tmp_path / 'params.yaml'}: expands to more than 100000 values through YAML aliases "
+        f"{tmp_path / 'params.yaml'}: expands to more than 100,000 values through YAML aliases "
         "(*name); write the values out"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("train:\n  seeds: [{}]\n", "train.seeds"), ("compare: [{}]\n", "compare"),
+     ("optimizers:\n  adam: {{{}}}\n", "optimizers.adam")],
+    ids=["seeds", "compare", "mapping"],
+)  # fmt: skip
+def test_a_list_too_long_is_named_not_blamed_on_aliases(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    """100,001 values written out, no alias: the key that holds them is named."""
+    items = ", ".join(f"k{i}: 1" for i in range(100_001)) if "{{" in text else ", ".join(
+        map(str, range(100_001))
+    )  # fmt: skip
+    (tmp_path / "params.yaml").write_text(text.format(items))
+    with pytest.raises(ParamsError) as error:
+        load_params(tmp_path / "params.yaml")
+    assert str(error.value) == (
+        f"{tmp_path / 'params.yaml'}: {key} holds 100,001 entries; a params file holds at "
+        "most 100,000 values (params.yaml has about 300)"
     )
 
 
