@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -219,7 +220,8 @@ def fit_model(
                 )
             mlflow.set_tag("resumed_after_epoch", str(len(done)))
     tracker = EpochTracker(done)
-    every: list[keras.callbacks.Callback] = [tracker]
+    # A NaN or infinite loss ends the fit after that epoch: nothing after it is training.
+    every: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), tracker]
     if checkpoint is not None:
         every.append(EpochCheckpoint(checkpoint, tracker))
     every += callbacks or []
@@ -234,6 +236,14 @@ def fit_model(
         verbose=1 if sys.stdout.isatty() else 0,  # bars on a terminal; EpochTracker logs each epoch
     )
     return tracker
+
+
+def diverged_at(history: list[dict[str, float]]) -> int | None:
+    """The first epoch whose training or validation loss is NaN or infinite, or None."""
+    for row in history:
+        if not all(math.isfinite(row[k]) for k in ("loss", "val_loss")):
+            return int(row["epoch"])
+    return None
 
 
 @contextlib.contextmanager
@@ -286,3 +296,35 @@ def configuration_id(logged: dict[str, Any]) -> str:
     precision used, seed, thread counts). Two runs with one id give the same model."""
     identity = {k: v for k, v in logged.items() if k not in NOT_IN_CONFIGURATION}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def matrix_item(item: str, params: dict[str, Any]) -> list[str]:
+    """The optimizer and seed of params.yaml that DVC named the stage after (`adam-42`), as
+    given (checked by ``train``): DVC joins them with '-', which a path in one may hold too."""
+    def listed(value: Any) -> list:
+        return value if isinstance(value, list) else []
+
+    seeds = listed((params.get("train") or {}).get("seeds"))
+    for name in listed(params.get("compare")):
+        for value in seeds:
+            if f"{name}-{value}" == item:
+                return [str(name), str(value)]
+    raise ParamsError(f"$DVC_STAGE: {item!r} is no optimizer and seed of compare and train.seeds")
+
+
+@dataclass
+class Training:
+    """One training run, ready to fit: what `prepare` checked, built and loaded."""
+
+    key: str  # adam-42, adam-42-tuned
+    stage: str  # train@adam-42, train_tuned@adam-42
+    config: TrainConfig
+    optimizer: keras.optimizers.Optimizer
+    model: keras.Model
+    data: dict[str, Any]
+    data_summary: dict[str, Any]
+    logged: dict[str, Any]  # params, with the seed, precision used and thread counts
+    threads: runtime.Threads
+    experiment_id: str
+    seconds: dict[str, float]  # where the stage's time goes, for benchmarks/
+    checkpoint: Path | None  # with `train.resume`: where the epochs are kept

@@ -20,6 +20,7 @@ from mnist_optimizers.mlflow_store import TrackingError
 
 HOST_TAG, PID_TAG = "pipeline.host", "pipeline.pid"
 END_REASON_TAG = "pipeline.end_reason"
+DIVERGED_TAG = "pipeline.diverged"  # on a run whose loss went NaN or infinite
 # A task of the parallel runner (mnist_optimizers/parallel_task.py) names itself in this
 # variable; its runs carry it as a tag, so that the runs of a dead attempt can be ended.
 PARALLEL_TASK_ENV, PARALLEL_TASK_TAG = "PIPELINE_PARALLEL_TASK", "pipeline.parallel_task"
@@ -145,4 +146,13 @@ def tracked_run(
     except BaseException:
         _end_run_quietly(RunStatus.FAILED)
         raise
-    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run.info.run_id:  # not ended diverged
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def end_diverged(epoch: int) -> None:
+    """End the active run FAILED with the tag `pipeline.diverged`: its numbers are no
+    result (the stage itself succeeds, and the tables say which runs diverged)."""
+    mlflow.set_tag(DIVERGED_TAG, f"loss not finite at epoch {epoch}")
+    mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))

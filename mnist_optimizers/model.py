@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,9 @@ from mnist_optimizers.idx import IMAGE_SHAPE, NUM_CLASSES
 from mnist_optimizers.errors import ParamsError, PipelineError, shown
 from mnist_optimizers.files import atomic_path
 from mnist_optimizers.params import check_keys, int_list, positive_int
+from mnist_optimizers.paths import MODELS_DIR, run_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -161,8 +166,21 @@ class Evaluation:
     confusion: np.ndarray  # (num_classes, num_classes), rows = actual, columns = predicted
     predictions: np.ndarray  # (n,) predicted digit per test image
 
+    @classmethod
+    def diverged(cls, num_classes: int) -> Evaluation:
+        """A model whose training diverged: not evaluated, no number (NaN), no prediction."""
+        nan = np.full(num_classes, np.nan)
+        zeros = np.zeros((num_classes, num_classes), np.int64)
+        return cls(math.nan, math.nan, nan, zeros, np.empty(0, np.int64))
+
+    @property
+    def is_diverged(self) -> bool:
+        return self.predictions.size == 0
+
     def metrics(self) -> dict[str, float]:
         """Test accuracy and loss, and the accuracy on each digit, as MLflow metrics."""
+        if self.is_diverged:
+            return {}
         digits = {
             f"test_accuracy_digit_{d}": float(a) for d, a in enumerate(self.per_class_accuracy)
         }
@@ -198,3 +216,27 @@ def evaluate_model(
         confusion=confusion,
         predictions=predictions,
     )
+
+
+def evaluate_models(
+    keys: list[tuple[str, int, bool]], train_metrics: dict, x_test, y_test, config,
+    num_classes: int,
+) -> dict[tuple[str, int, bool], Any]:  # fmt: skip
+    """Each run's test evaluation; a tuned run that reused its default run (one MLflow run,
+    one model) is evaluated once, a run that diverged not at all."""
+    by_run_id: dict[str, Any] = {}
+    evaluations = {}
+    for k in keys:
+        run_id = train_metrics[k]["mlflow_run_id"]
+        if train_metrics[k].get("diverged"):  # its model holds NaN: nothing to measure
+            evaluations[k] = Evaluation.diverged(num_classes)
+            log.warning("%s: diverged in training: not evaluated", run_key(*k))
+            continue
+        if run_id not in by_run_id:
+            path = MODELS_DIR / f"{run_key(*k)}.keras"
+            model = load_model(path)
+            by_run_id[run_id] = evaluate_model(model, x_test, y_test, config.batch_size, str(path))
+            keras.backend.clear_session()
+        evaluations[k] = by_run_id[run_id]
+        log.info("%s: test accuracy %.4f", run_key(*k), evaluations[k].test_accuracy)
+    return evaluations

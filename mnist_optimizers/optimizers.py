@@ -16,7 +16,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from mnist_optimizers.errors import ParamsError, shown
+from mnist_optimizers.errors import ParamsError, PipelineError, shown
+from mnist_optimizers.files import read_json
+from mnist_optimizers.paths import TUNED_RATE_DIR
 
 CLASS_KEY = "class"
 # Optimizers that wrap others or need per-variable structure: not usable from params alone.
@@ -204,3 +206,16 @@ def logged_config(optimizer: keras.optimizers.Optimizer) -> dict[str, Any]:
 def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     """The optimizer's learning rate as Keras holds it, as the number it reads as: 0.001."""
     return float(float32_text(optimizer.get_config()["learning_rate"]))
+
+
+def tuned_rate(name: str) -> float:
+    """The rate `tune@<name>` chose, checked where it is read (a hand-edited file is named,
+    not `optimizers.<name>.learning_rate`)."""
+    path = TUNED_RATE_DIR / f"{name}.json"
+    rate = read_json(path, "learning_rate")["learning_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
+        raise PipelineError(
+            f"{path}: learning_rate: expected a positive number, got {shown(rate)}; rerun "
+            f"the search: dvc repro --force tune@{name}"
+        )
+    return rate

@@ -24,6 +24,7 @@ import optuna
 import pandas as pd
 
 from mnist_optimizers import stats
+from mnist_optimizers.errors import PipelineError
 from mnist_optimizers.sections.tune import TuneConfig
 
 
@@ -150,6 +151,11 @@ class PruneWeakTrial(keras.callbacks.Callback):
             raise optuna.TrialPruned(f"pruned after {step} batches")
 
     @property
+    def diverged(self) -> bool:
+        """Whether a validation loss it was judged on is NaN or infinite."""
+        return any(not math.isfinite(val_loss) for _, val_loss, _, _ in self.reports)
+
+    @property
     def epochs_reached(self) -> float:
         """The epochs the trial trained, a fraction where it was pruned inside one."""
         return round(self.reports[-1][0] / self.per_epoch, 2) if self.reports else 0.0
@@ -157,6 +163,8 @@ class PruneWeakTrial(keras.callbacks.Callback):
 
 def stop_reason(pruning: PruneWeakTrial, config: TuneConfig) -> str:
     """Why a trial stopped, in words for the MLflow run and the tuning table."""
+    if pruning.diverged:
+        return f"diverged: the loss went NaN or infinite by {pruning.epochs_reached:g} epochs"
     if pruning.pruned_at is None:
         return f"completed all {config.epochs} epochs"
     return (
@@ -166,8 +174,24 @@ def stop_reason(pruning: PruneWeakTrial, config: TuneConfig) -> str:
     )
 
 
-def best_rate(trials: list[dict[str, Any]]) -> float:
+def best_rate(trials: list[dict[str, Any]], name: str) -> float:
     """The best learning rate among the trials that completed every epoch (a pruned trial's
-    accuracy after fewer epochs is not comparable)."""
-    complete = pd.DataFrame([t for t in trials if not t["pruned"]])
-    return stats.best_learning_rate(complete)
+    accuracy after fewer epochs is not comparable) and did not diverge."""
+    complete = [t for t in trials if not t["pruned"] and not t.get("diverged")]
+    if not complete:
+        raise PipelineError(
+            f"tune@{name}: every rate of the grid diverged or was pruned ("
+            + ", ".join(f"{t['learning_rate']:g}: {t['stopped']}" for t in trials)
+            + "); lower tune.high or set tune.prune: false"
+        )
+    return stats.best_learning_rate(pd.DataFrame(complete))
+
+
+def pruner_name(config: TuneConfig) -> str:
+    """The pruning, in words: what the tables and MLflow say of the search."""
+    if not config.prune:
+        return "none"
+    return (
+        f"successive halving (first rung after {config.min_epochs:g} epoch(s), "
+        f"reduction factor {config.reduction_factor})"
+    )

@@ -57,12 +57,14 @@ def runs_table(runs: list[Run], targets: tuple[float, ...]) -> pd.DataFrame:
     time to each target."""
     rows = []
     for run in runs:
+        diverged = bool(run.train.get("diverged", False))
         row = {
             "setting": run.setting,
             "optimizer": run.optimizer,
             "seed": run.seed,
             "learning_rate": run.train["learning_rate"],
-            "val_accuracy": run.train["val_accuracy"],
+            "diverged": diverged,  # then no accuracy or loss of it is a number: NaN
+            "val_accuracy": math.nan if diverged else run.train["val_accuracy"],
             "test_accuracy": run.evaluation.test_accuracy,
             "test_loss": run.evaluation.test_loss,
             "train_seconds": run.train["train_seconds"],
@@ -105,6 +107,18 @@ def time_to_target_text(group: pd.DataFrame, target: float) -> str:
     return f"{len(reached)}/{len(group)} seeds, median {seconds:.0f} s (epoch {epoch:g})"
 
 
+def trained(runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``runs`` that did not diverge: the only ones with numbers."""
+    return runs[~runs["diverged"].astype(bool)] if "diverged" in runs else runs
+
+
+def summary(values: pd.Series, confidence: float) -> stats.SeedSummary:
+    """``stats.summarize_seeds``, or all NaN where every seed diverged."""
+    if values.empty:
+        return stats.SeedSummary(0, math.nan, math.nan, math.nan, math.nan)
+    return stats.summarize_seeds(values, confidence)
+
+
 def comparison_table(
     runs: pd.DataFrame, reference: dict[str, float], targets: tuple[float, ...], confidence: float
 ) -> pd.DataFrame:
@@ -114,24 +128,28 @@ def comparison_table(
     rows = []
     level = f"{100 * confidence:g}"
     for name, group in runs.groupby("optimizer", sort=False):
-        val = _percent(stats.summarize_seeds(group["val_accuracy"], confidence))
-        test = _percent(stats.summarize_seeds(group["test_accuracy"], confidence))
+        done = trained(group)
+        val = _percent(summary(done["val_accuracy"], confidence))
+        test = _percent(summary(done["test_accuracy"], confidence))
         ref = reference.get(name)
         row = {
             "optimizer": name,
             "learning_rate": group["learning_rate"].iloc[0],
             "seeds": len(group),
+            "diverged": len(group) - len(done),
             "val_accuracy_%": val["mean"],
             "val_std": val["std"],
             f"val_ci{level}_low": val["ci_low"],
             f"val_ci{level}_high": val["ci_high"],
             "reference_val_accuracy_%": ref,
-            "difference_points": None if ref is None else round(val["mean"] - ref, 2),
+            "difference_points": (
+                None if ref is None or val["mean"] is None else round(val["mean"] - ref, 2)
+            ),
             "test_accuracy_%": test["mean"],
             "test_std": test["std"],
             f"test_ci{level}_low": test["ci_low"],
             f"test_ci{level}_high": test["ci_high"],
-            "test_loss": round(group["test_loss"].mean(), 4),
+            "test_loss": round(done["test_loss"].mean(), 4),
             "train_seconds": round(group["train_seconds"].mean(), 1),
         }
         for target in targets:
@@ -144,8 +162,9 @@ def significance_table(runs: pd.DataFrame, confidence: float) -> pd.DataFrame:
     """Every pair of optimizers: the difference of their mean test accuracies in points and
     whether it is significant at 1 - ``confidence`` (Welch's t-test over seeds, Holm)."""
     samples = {
-        name: list(group["test_accuracy"]) for name, group in runs.groupby("optimizer", sort=False)
-    }
+        name: list(group["test_accuracy"])
+        for name, group in trained(runs).groupby("optimizer", sort=False)
+    }  # an optimizer whose every seed diverged has no sample: the comparison says so
     table = stats.pairwise_differences(samples, alpha=1 - confidence)
     return pd.DataFrame(
         {
@@ -198,7 +217,16 @@ def headline(
     differences are."""
     sentences = []
     for setting, table in comparisons.items():
-        ranked = table.sort_values("test_accuracy_%", ascending=False, kind="stable")
+        numbers = table.dropna(subset=["test_accuracy_%"])
+        ranked = numbers.sort_values("test_accuracy_%", ascending=False, kind="stable")
+        lost = table[table["diverged"] > 0] if "diverged" in table else table.iloc[:0]
+        note = "".join(
+            f"; {r.optimizer} diverged in {r.diverged} of {r.seeds} seeds"
+            for r in lost.itertuples()
+        )
+        if ranked.empty:
+            sentences.append(f"{SECTION_TITLES[setting]}: every run diverged{note}.")
+            continue
         best = ranked.iloc[0]
         text = (
             f"{SECTION_TITLES[setting]}: {best['optimizer']} leads on test accuracy "
@@ -221,7 +249,7 @@ def headline(
                 f"; significant differences between optimizers: "
                 f"{int(testable['significant'].sum())} of {len(pairs)}"
             )
-        sentences.append(text + ".")
+        sentences.append(text + note + ".")
     return sentences
 
 
@@ -278,17 +306,15 @@ def per_class_table(runs: list[Run]) -> pd.DataFrame:
     """Test accuracy per digit (rows) for each optimizer and setting (columns), the mean
     over seeds."""
     groups = list(dict.fromkeys((run.optimizer, run.setting) for run in runs))
-    columns = {
-        file_label(name, setting): np.mean(
-            [
-                r.evaluation.per_class_accuracy
-                for r in runs
-                if r.optimizer == name and r.setting == setting
-            ],
-            axis=0,
-        )
-        for name, setting in groups
-    }
+    columns = {}
+    for name, setting in groups:
+        members = [r for r in runs if r.optimizer == name and r.setting == setting]
+        evaluated = [
+            r.evaluation.per_class_accuracy for r in members if not r.evaluation.is_diverged
+        ]
+        columns[file_label(name, setting)] = (
+            np.mean(evaluated, axis=0) if evaluated else members[0].evaluation.per_class_accuracy
+        )  # every seed diverged: NaN
     return pd.DataFrame(columns).rename_axis("digit").reset_index()
 
 
@@ -300,7 +326,9 @@ def confusion_frame(runs: list[Run], y_test: np.ndarray) -> pd.DataFrame:
                 {"seed": run.seed, "actual": y_test, "predicted": run.evaluation.predictions}
             )
             for run in runs
-        ],
+            if not run.evaluation.is_diverged
+        ]
+        or [pd.DataFrame(columns=["seed", "actual", "predicted"])],
         ignore_index=True,
     )
 
@@ -319,6 +347,7 @@ def tuning_table(results: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
                     "val_accuracy": trial["val_accuracy"],
                     "epochs": trial.get("epochs", result["epochs"]),
                     "pruned": trial.get("pruned", False),
+                    "diverged": trial.get("diverged", False),
                     "chosen": trial["learning_rate"] == result["best_learning_rate"],
                     "images": result["images"],
                     "max_epochs": result["epochs"],
@@ -352,19 +381,23 @@ def summary_metrics(
     metrics: dict[str, dict[str, dict[str, float | None]]] = {}
     for setting, runs in by_setting.items():
         for name, group in runs.groupby("optimizer", sort=False):
-            entry = {"learning_rate": float(group["learning_rate"].iloc[0]), "seeds": len(group)}
+            done = trained(group)
+            entry = {"learning_rate": float(group["learning_rate"].iloc[0]), "seeds": len(group),
+                     "diverged": len(group) - len(done)}  # fmt: skip
             for split in ("val", "test"):
-                summary = stats.summarize_seeds(group[f"{split}_accuracy"], confidence)
-                entry[f"{split}_accuracy"] = exact(summary.mean)
-                entry[f"{split}_accuracy_ci_low"] = exact(summary.ci_low)
-                entry[f"{split}_accuracy_ci_high"] = exact(summary.ci_high)
-            entry["test_loss"] = exact(group["test_loss"].mean())
+                seeds = summary(done[f"{split}_accuracy"], confidence)
+                entry[f"{split}_accuracy"] = exact(seeds.mean)
+                entry[f"{split}_accuracy_ci_low"] = exact(seeds.ci_low)
+                entry[f"{split}_accuracy_ci_high"] = exact(seeds.ci_high)
+            entry["test_loss"] = exact(done["test_loss"].mean())
             entry["train_seconds"] = exact(group["train_seconds"].mean())
             metrics.setdefault(setting, {})[name] = entry
     return metrics
 
 
-def _mean_std(mean: float, std: float | None) -> str:
+def _mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None or pd.isna(mean):
+        return "diverged"
     return f"{mean:.2f}" if std is None or pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
 
 
@@ -379,7 +412,8 @@ def readable_table(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
     rows = []
     for row in table.to_dict("records"):
         out = {"optimizer": row["optimizer"], "learning rate": f"{row['learning_rate']:g}"}
-        out["seeds"] = row["seeds"]
+        lost = row.get("diverged", 0)
+        out["seeds"] = f"{row['seeds']} ({lost} diverged)" if lost else row["seeds"]
         for kind in ("val", "test"):
             out[f"{kind} accuracy % (mean ± std)"] = _mean_std(
                 row[f"{kind}_accuracy_%"], row[f"{kind}_std"]
@@ -390,7 +424,9 @@ def readable_table(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
             out[f"{kind} {level}% interval"] = _interval(
                 row[f"{kind}_ci{level}_low"], row[f"{kind}_ci{level}_high"]
             )
-        out["test loss (cross-entropy)"] = f"{row['test_loss']:.4f}"
+        out["test loss (cross-entropy)"] = (
+            "" if pd.isna(row["test_loss"]) else f"{row['test_loss']:.4f}"
+        )
         out["training time (s)"] = f"{row['train_seconds']:.0f}"
         out |= {
             f"time to {k.removeprefix('to_val_')} val accuracy": v

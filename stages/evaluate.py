@@ -27,13 +27,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import keras
 import pandas as pd
 
-from mnist_optimizers import files, mlflow_logs, mlflow_store, paths, plots, runtime, tables
+from mnist_optimizers import files, mlflow_logs, mlflow_store, model, paths, plots, runtime, tables
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.fit import validate_train
-from mnist_optimizers.model import evaluate_model, load_model
+from mnist_optimizers.model import validate_model
 from mnist_optimizers.optimizers import validate_compare, validate_optimizer_names
 from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import FIGURES_DIR, REPORTS_DIR, run_key
@@ -114,25 +113,6 @@ def log_to_mlflow(runs: list[Run], shared_files: list[Path], test_set: list) -> 
             test_logged.add(run_id)
 
 
-def evaluate_models(
-    keys: list[tuple[str, int, bool]], train_metrics: dict, x_test, y_test, config
-) -> dict[tuple[str, int, bool], Any]:
-    """Each run's test evaluation; a tuned run that reused its default run (one MLflow run,
-    one model) is evaluated once."""
-    by_run_id: dict[str, Any] = {}
-    evaluations = {}
-    for k in keys:
-        run_id = train_metrics[k]["mlflow_run_id"]
-        if run_id not in by_run_id:
-            path = paths.MODELS_DIR / f"{run_key(*k)}.keras"
-            model = load_model(path)
-            by_run_id[run_id] = evaluate_model(model, x_test, y_test, config.batch_size, str(path))
-            keras.backend.clear_session()
-        evaluations[k] = by_run_id[run_id]
-        log.info("%s: test accuracy %.4f", run_key(*k), evaluations[k].test_accuracy)
-    return evaluations
-
-
 def evaluate(params: dict[str, Any]) -> list[str]:
     """Evaluate every model (each optimizer, seed and setting), write the reports and log
     them; return the headline, a sentence per setting (who leads, by how much, is it real)."""
@@ -154,7 +134,10 @@ def evaluate(params: dict[str, Any]) -> list[str]:
 
     runs = [
         Run(*k, train_metrics[k], histories[k], evaluation)
-        for k, evaluation in evaluate_models(keys, train_metrics, x_test, y_test, config).items()
+        for k, evaluation in model.evaluate_models(
+            keys, train_metrics, x_test, y_test, config,
+            validate_model(params["model"]).num_classes,
+        ).items()  # fmt: skip
     ]
 
     table = tables.runs_table(runs, config.targets)

@@ -13,54 +13,35 @@ from __future__ import annotations
 
 import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
 import logging
-import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import keras
 import mlflow
 import tensorflow as tf
 
-from mnist_optimizers import mlflow_logs, mlflow_runs, mlflow_store, runtime
+from mnist_optimizers import fit, mlflow_logs, mlflow_runs, mlflow_store, runtime
 from mnist_optimizers.cli import dvc_stage_item, run_stage
-from mnist_optimizers.errors import ParamsError, PipelineError, shown
+from mnist_optimizers.errors import ParamsError, shown
 from mnist_optimizers.files import (copy_atomic, load_training_data, read_json, write_csv,
                                     write_json_atomic)
-from mnist_optimizers.fit import (TrainConfig, checkpoint_dir, configuration_id, fit_model,
-                                  history_frame, run_params, set_precision, timed, validate_train)
+from mnist_optimizers.fit import (checkpoint_dir, configuration_id, diverged_at,
+                                  fit_model, history_frame, run_params, set_precision, timed,
+                                  validate_train)
 from mnist_optimizers.model import build_model, save_model, validate_model
-from mnist_optimizers.optimizers import (build_optimizer, learning_rate, optimizer_spec,
+from mnist_optimizers.optimizers import (build_optimizer, learning_rate, optimizer_spec, tuned_rate,
                                          validate_optimizer_names)
 from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import (DATA_SUMMARY_FILE, HISTORY_DIR, MODELS_DIR, TRAIN_METRICS_DIR,
-                                    TUNED_RATE_DIR, run_key)
+                                    run_key)
 
 log = logging.getLogger(__name__)
 
 # The MLflow tags that say which settings' tables a run stands in: both are "true" on a
 # default run whose tuned rate was the same (filter: tags.tuned_setting = 'true').
 SETTING_TAGS = {False: "default_setting", True: "tuned_setting"}
-
-
-@dataclass
-class Training:
-    """One training run, ready to fit: what `prepare` checked, built and loaded."""
-
-    key: str  # adam-42, adam-42-tuned
-    stage: str  # train@adam-42, train_tuned@adam-42
-    config: TrainConfig
-    optimizer: keras.optimizers.Optimizer
-    model: keras.Model
-    data: dict[str, Any]
-    data_summary: dict[str, Any]
-    logged: dict[str, Any]  # params, with the seed, precision used and thread counts
-    threads: runtime.Threads
-    experiment_id: str
-    seconds: dict[str, float]  # where the stage's time goes, for benchmarks/
-    checkpoint: Path | None  # with `train.resume`: where the epochs are kept
 
 
 def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> None:
@@ -82,7 +63,9 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
     log.info("%s: training on %s in %s", job.stage, tags[mlflow_runs.DEVICE_TAG], precision)
     with mlflow_runs.tracked_run(job.experiment_id, job.key, tags) as run:
         history = fit_and_log(job)
-        last = history[-1]
+        last, diverged = history[-1], diverged_at(history)
+        if diverged is not None:  # its numbers are no result: none is written as one
+            last = dict.fromkeys(last) | {"diverged": True, "diverged_at_epoch": diverged}
         metrics = {
             "optimizer_class": type(job.optimizer).__name__,
             "learning_rate": learning_rate(job.optimizer),
@@ -90,6 +73,8 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
             "threads": asdict(job.threads),
             "epochs": len(history),
             **{k: last[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+            "diverged": last.get("diverged", False),
+            **({"diverged_at_epoch": diverged} if diverged is not None else {}),
             "train_seconds": round(job.seconds["fit"], 2),
             "mlflow_run_id": run.info.run_id,
             "configuration": configuration,
@@ -97,25 +82,18 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
             "date": time.strftime("%Y-%m-%d", time.gmtime()),  # UTC: when its seconds were measured
         }
         save_outputs(job, history, metrics)
+        if diverged is not None:
+            log.warning("%s: the loss went NaN or infinite at epoch %d: recorded as diverged, "
+                        "not as a result (MLflow run FAILED)", job.stage, diverged)  # fmt: skip
+            mlflow_runs.end_diverged(diverged)
     if job.checkpoint is not None:
         shutil.rmtree(job.checkpoint, ignore_errors=True)  # the outputs are complete
-    log.info("%s: val_accuracy %.4f in %.1f s", job.stage, last["val_accuracy"], job.seconds["fit"])
+    if diverged is None:
+        log.info("%s: val_accuracy %.4f in %.1f s", job.stage, last["val_accuracy"],
+                 job.seconds["fit"])  # fmt: skip
 
 
-def tuned_rate(name: str) -> float:
-    """The rate `tune@<name>` chose, checked where it is read (a hand-edited file is named,
-    not `optimizers.<name>.learning_rate`)."""
-    path = TUNED_RATE_DIR / f"{name}.json"
-    rate = read_json(path, "learning_rate")["learning_rate"]
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
-        raise PipelineError(
-            f"{path}: learning_rate: expected a positive number, got {shown(rate)}; rerun "
-            f"the search: dvc repro --force tune@{name}"
-        )
-    return rate
-
-
-def prepare(name: str, seed: int, params: dict[str, Any], tuned: bool) -> Training:
+def prepare(name: str, seed: int, params: dict[str, Any], tuned: bool) -> fit.Training:
     """Check the params and the store, seed everything, load the data, build the model."""
     spec = optimizer_spec(validate_optimizer_names(params["optimizers"]), name)
     if tuned:
@@ -147,11 +125,11 @@ def prepare(name: str, seed: int, params: dict[str, Any], tuned: bool) -> Traini
     stage = f"train_tuned@{run_key(name, seed)}" if tuned else f"train@{key}"
     identity = {"params": run, "seed": seed, "data": data_summary}
     checkpoint = checkpoint_dir(key, identity) if train_config.resume else None
-    return Training(key, stage, train_config, optimizer, model, data, data_summary, logged,
+    return fit.Training(key, stage, train_config, optimizer, model, data, data_summary, logged,
                     threads, experiment_id, seconds, checkpoint)  # fmt: skip
 
 
-def fit_and_log(job: Training) -> list[dict[str, float]]:
+def fit_and_log(job: fit.Training) -> list[dict[str, float]]:
     """Log the params and datasets, fit (from a checkpoint with `train.resume`), log the
     model; return the history, one row per epoch."""
     seconds = job.seconds
@@ -170,7 +148,7 @@ def fit_and_log(job: Training) -> list[dict[str, float]]:
     return tracker.history
 
 
-def save_outputs(job: Training, history: list[dict[str, float]], metrics: dict) -> None:
+def save_outputs(job: fit.Training, history: list[dict[str, float]], metrics: dict) -> None:
     """Model, history, then the metrics file last: a failure leaves no complete-looking set."""
     with timed(job.seconds, "save_model"):
         save_model(job.model, MODELS_DIR / f"{job.key}.keras")
@@ -199,27 +177,13 @@ def reuse_default_run(name: str, seed: int, configuration: str) -> bool:
     return True
 
 
-def matrix_item(item: str, params: dict[str, Any]) -> list[str]:
-    """The optimizer and seed of params.yaml that DVC named the stage after (`adam-42`), as
-    given (checked by ``train``): DVC joins them with '-', which a path in one may hold too."""
-    def listed(value: Any) -> list:
-        return value if isinstance(value, list) else []
-
-    seeds = listed((params.get("train") or {}).get("seeds"))
-    for name in listed(params.get("compare")):
-        for seed in seeds:
-            if f"{name}-{seed}" == item:
-                return [str(name), str(seed)]
-    raise ParamsError(f"$DVC_STAGE: {item!r} is no optimizer and seed of compare and train.seeds")
-
-
 def main(argv: list[str]) -> None:
     usage = "usage: python -m stages.train <optimizer name from params.yaml> <seed> [--tuned]"
     tuned = "--tuned" in argv
     argv = [arg for arg in argv if arg != "--tuned"]
     params = load_params()
     if not argv:  # as DVC runs it
-        argv = matrix_item(dvc_stage_item("train_tuned" if tuned else "train", usage), params)
+        argv = fit.matrix_item(dvc_stage_item("train_tuned" if tuned else "train", usage), params)
     if len(argv) != 2:
         raise ParamsError(usage)
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,7 +71,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
                 "tune.images": len(data["x_train"]),
                 "tune.epochs": config.epochs,
                 "tune.seed": config.seed,
-                "tune.pruner": pruner_name(config),
+                "tune.pruner": search.pruner_name(config),
                 "train.effective_precision": job.precision,
             }
         )
@@ -80,7 +81,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
         study.optimize(lambda trial: run_trial(job, trial), n_trials=len(job.grid),
                        catch=())  # fmt: skip
         trials = job.trials
-        best = search.best_rate(trials)
+        best = search.best_rate(trials, name)
         epochs_trained = round(sum(t["epochs"] for t in trials), 2)
         pruned = sum(t["pruned"] for t in trials)
         mlflow.log_metrics(
@@ -93,7 +94,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
         "trials": trials,
         "images": len(data["x_train"]),
         "epochs": config.epochs,
-        "pruner": pruner_name(config),
+        "pruner": search.pruner_name(config),
         "precision": job.precision,
         "epochs_trained": epochs_trained,
         "seconds": round(sum(t["seconds"] for t in trials), 2),
@@ -162,14 +163,17 @@ def run_trial(job: Search, trial: optuna.Trial) -> float:
             mlflow.log_metric("judged_val_accuracy", judged, step=step)
         mlflow.log_metric("epochs_reached", pruning.epochs_reached)
         mlflow.set_tags({"pruned": str(pruning.pruned_at is not None).lower(), "stopped": reason})
+        if pruning.diverged:  # no result: the search never chooses it
+            mlflow_runs.end_diverged(math.ceil(pruning.epochs_reached))
     _, val_loss, _, value = pruning.reports[-1]
     job.trials.append(
         {
             "learning_rate": rate,
-            "val_accuracy": value,
+            "val_accuracy": None if pruning.diverged else value,
             "val_loss": val_loss,
             "epochs": pruning.epochs_reached,
             "pruned": pruning.pruned_at is not None,
+            "diverged": pruning.diverged,
             "stopped": reason,
             "seconds": round(seconds, 2),
         }
@@ -178,16 +182,6 @@ def run_trial(job: Search, trial: optuna.Trial) -> float:
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(reason)
     return value
-
-
-def pruner_name(config: TuneConfig) -> str:
-    """The pruning, in words: what the tables and MLflow say of the search."""
-    if not config.prune:
-        return "none"
-    return (
-        f"successive halving (first rung after {config.min_epochs:g} epoch(s), "
-        f"reduction factor {config.reduction_factor})"
-    )
 
 
 def main(argv: list[str]) -> None:

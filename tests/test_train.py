@@ -158,6 +158,28 @@ def test_an_experiment_name_a_person_cannot_read_is_refused(
     assert not (project / "mlflow.db").exists()  # refused before the store was opened
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{"optimizers.sgd.learning_rate": 1e6}, {"optimizers.sgd.learning_rate": 1e30}],
+    ids=["lr-1e6", "lr-1e30"],
+)  # fmt: skip
+def test_a_run_whose_loss_went_nan_is_recorded_as_diverged_not_as_a_result(
+    processed: Path, change: dict
+) -> None:
+    """The stage succeeds (the pipeline goes on), stops at the epoch the loss went NaN or
+    infinite, writes no number as its result, and its MLflow run ends FAILED, tagged."""
+    edit_params(change | {"train.epochs": 3})
+    metrics = run_train("sgd")
+    assert metrics["diverged"] is True and metrics["diverged_at_epoch"] == 1
+    assert [metrics[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")] == [None] * 4
+    history = pd.read_csv(HISTORY_DIR / "sgd-42.csv")
+    assert list(history["epoch"]) == [1]  # no epoch trained after it diverged
+    run = mlflow.MlflowClient().get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["pipeline.diverged"] == "loss not finite at epoch 1"
+    assert (MODELS_DIR / "sgd-42.keras").exists()  # DVC's output, marked by its metrics
+
+
 def test_unreachable_tracking_server_fails_before_training(processed: Path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(
