@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import zipfile
@@ -17,7 +18,7 @@ from mnist_optimizers.idx import IMAGE_SHAPE, NUM_CLASSES
 from mnist_optimizers.errors import ParamsError, PipelineError, shown
 from mnist_optimizers.files import atomic_path
 from mnist_optimizers.params import check_keys, int_list, positive_int
-from mnist_optimizers.paths import MODELS_DIR, run_key
+from mnist_optimizers.paths import MODELS_DIR, TRAIN_METRICS_DIR, run_key
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +122,41 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...]) -> keras.Sequ
     return keras.Sequential(layers, name="mnist_cnn")
 
 
-def save_model(model: keras.Model, path: Path) -> None:
-    """Save ``model`` in the `.keras` format, atomically."""
+# A member of the .keras archive that Keras does not read: which training made the model.
+IDENTITY_MEMBER = "pipeline_identity.json"
+
+
+def save_model(model: keras.Model, path: Path, identity: dict[str, str]) -> None:
+    """Save ``model`` in the `.keras` format, atomically, with its ``identity`` (its run,
+    MLflow run and configuration digest) inside."""
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(IDENTITY_MEMBER, json.dumps(identity, sort_keys=True))
+
+
+def check_identity(path: Path, metrics_path: Path, metrics: dict[str, Any]) -> None:
+    """The model at ``path`` must be the one its metrics file describes (same MLflow run
+    and configuration): a model file swapped for another's, or checked out from a
+    hand-edited dvc.lock, is named, not evaluated as this run."""
+    if not zipfile.is_zipfile(path):  # missing or damaged: load_model names it
+        return
+    retrain = f"retrain it: dvc repro --force {training_stage(path)}"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            identity = json.loads(archive.read(IDENTITY_MEMBER))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        raise PipelineError(
+            f"{path}: carries no identity of this pipeline's (a model from elsewhere, or "
+            f"damaged); {retrain}"
+        ) from None
+    for key in ("mlflow_run_id", "configuration"):
+        if identity.get(key) != metrics.get(key):
+            raise PipelineError(
+                f"{path} and {metrics_path} do not belong together: the model is of "
+                f"{identity.get('run')} ({key} {identity.get(key)}), the metrics say "
+                f"{metrics.get(key)}; {retrain}"
+            )
 
 
 def training_stage(path: Path) -> str:
@@ -228,12 +260,13 @@ def evaluate_models(
     evaluations = {}
     for k in keys:
         run_id = train_metrics[k]["mlflow_run_id"]
+        path = MODELS_DIR / f"{run_key(*k)}.keras"
+        check_identity(path, TRAIN_METRICS_DIR / f"{run_key(*k)}.json", train_metrics[k])
         if train_metrics[k].get("diverged"):  # its model holds NaN: nothing to measure
             evaluations[k] = Evaluation.diverged(num_classes)
             log.warning("%s: diverged in training: not evaluated", run_key(*k))
             continue
         if run_id not in by_run_id:
-            path = MODELS_DIR / f"{run_key(*k)}.keras"
             model = load_model(path)
             by_run_id[run_id] = evaluate_model(model, x_test, y_test, config.batch_size, str(path))
             keras.backend.clear_session()

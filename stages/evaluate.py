@@ -41,7 +41,8 @@ from mnist_optimizers.sections.evaluate import validate_evaluate
 
 log = logging.getLogger(__name__)
 # What evaluate reads of each training's and each search's metrics file.
-TRAIN_KEYS = ("learning_rate", "val_accuracy", "train_seconds", "precision", "mlflow_run_id")
+TRAIN_KEYS = ("learning_rate", "val_accuracy", "train_seconds", "precision", "mlflow_run_id",
+              "configuration")  # fmt: skip
 TUNE_KEYS = ("trials", "epochs", "images", "best_learning_rate")
 
 

@@ -151,7 +151,8 @@ def fit_and_log(job: fit.Training) -> list[dict[str, float]]:
 def save_outputs(job: fit.Training, history: list[dict[str, float]], metrics: dict) -> None:
     """Model, history, then the metrics file last: a failure leaves no complete-looking set."""
     with timed(job.seconds, "save_model"):
-        save_model(job.model, MODELS_DIR / f"{job.key}.keras")
+        identity = {k: metrics[k] for k in ("mlflow_run_id", "configuration")}
+        save_model(job.model, MODELS_DIR / f"{job.key}.keras", identity | {"run": job.key})
     write_csv(HISTORY_DIR / f"{job.key}.csv", history_frame(history))
     rounded = {part: round(value, 3) for part, value in job.seconds.items()}
     write_json_atomic(TRAIN_METRICS_DIR / f"{job.key}.json", metrics | {"seconds": rounded})

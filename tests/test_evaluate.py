@@ -4,6 +4,7 @@ conftest's `evaluated_template` trains and evaluates once per session."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import keras
@@ -167,3 +168,27 @@ def test_a_metrics_file_missing_a_key_is_named_before_anything_is_written(
     with pytest.raises(PipelineError, match=f"^{path}: {key} missing: not as the stage"):
         evaluate.main([])
     assert not EVALUATE_METRICS_FILE.exists()
+
+
+def test_a_model_swapped_for_another_runs_is_named_not_evaluated(evaluated: Path) -> None:
+    """adam-42's model file replaced by sgd-42's (as a hand-edited dvc.lock would check it
+    out): the model carries its run and configuration, which its metrics file must match."""
+    shutil.copy2("models/sgd-42.keras", "models/adam-42.keras")
+    EVALUATE_METRICS_FILE.unlink()
+    with pytest.raises(PipelineError) as error:
+        evaluate.main([])
+    message = str(error.value)
+    assert message.startswith(
+        "models/adam-42.keras and metrics/train/adam-42.json do not belong together: the "
+        "model is of sgd-42 (mlflow_run_id "
+    )
+    assert message.endswith("retrain it: dvc repro --force train@adam-42")
+    assert not EVALUATE_METRICS_FILE.exists()
+
+
+def test_a_model_without_the_pipelines_identity_is_refused(evaluated: Path) -> None:
+    """A Keras model from elsewhere (or an older pipeline): no identity, no evaluation."""
+    model = keras.saving.load_model("models/sgd-43.keras")
+    model.save("models/sgd-43.keras")  # plain Keras: what a user's own script writes
+    with pytest.raises(PipelineError, match=r"^models/sgd-43.keras: carries no identity"):
+        evaluate.main([])

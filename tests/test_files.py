@@ -84,7 +84,7 @@ def test_a_model_that_cannot_be_saved_leaves_the_old_one(tmp_path: Path, monkeyp
     monkeypatch.setattr(keras.Model, "save", save_half)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with pytest.raises(WriteError) as error:
-        save_model(model, target)
+        save_model(model, target, {"run": "adam-42"})
     assert str(error.value) == (
         f"{target}: cannot write it: No space left on device; the previous file is unchanged"
     )
