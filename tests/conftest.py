@@ -167,27 +167,34 @@ def evaluated_template(
     """A tiny pipeline run once for the whole session, in process: 2 optimizers x 2 seeds,
     each at its default and its tuned rate, evaluated; and gd_variants. Tests use copies
     (``evaluated``), never this folder."""
-    import keras
-
-    from stages import download, evaluate, gd_variants, preprocess, train, tune
-
     root = tmp_path_factory.mktemp("evaluated")
     mirror, sha256 = tiny_mirror
     with pytest.MonkeyPatch.context() as patch:
         enter_project(patch, root, mirror)
         write_params(root, tiny_params(sha256))
-        edit_params({"compare": ["sgd", "adam"], "train.seeds": [42, 43], "tune.images": 60})
-        download.main([])
-        preprocess.main([])
-        for name in ("sgd", "adam"):
-            tune.main([name])
-            for seed in ("42", "43"):
-                for flags in ([], ["--tuned"]):
-                    keras.backend.clear_session()  # as a stage's own process starts
-                    train.main([name, seed, *flags])
-        evaluate.main([])
-        gd_variants.main([])
+        run_tiny_pipeline()
     return root
+
+
+def run_tiny_pipeline(changes: dict[str, Any] | None = None) -> None:
+    """In the project here, in process, the stages up to evaluate and gd_variants: 2
+    optimizers x 2 seeds, each at its default and its tuned rate; ``changes`` to params."""
+    import keras
+
+    from stages import download, evaluate, gd_variants, preprocess, train, tune
+
+    edit_params({"compare": ["sgd", "adam"], "train.seeds": [42, 43], "tune.images": 60}
+                | (changes or {}))  # fmt: skip
+    download.main([])
+    preprocess.main([])
+    for name in ("sgd", "adam"):
+        tune.main([name])
+        for seed in ("42", "43"):
+            for flags in ([], ["--tuned"]):
+                keras.backend.clear_session()  # as a stage's own process starts
+                train.main([name, seed, *flags])
+    evaluate.main([])
+    gd_variants.main([])
 
 
 @pytest.fixture
