@@ -48,7 +48,7 @@ from pathlib import Path
 import yaml
 
 from mnist_optimizers import mlflow_runs, mlflow_store, parallel_task, proc
-from mnist_optimizers.cli import run_stage
+from mnist_optimizers.cli import hold_signals_in_the_store, run_stage
 from mnist_optimizers.errors import PipelineError
 from mnist_optimizers.files import write_text_atomic
 from mnist_optimizers.params import load_params
@@ -269,6 +269,9 @@ class Cluster:
             self.ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise PipelineError(f"Ray cluster {address}: {exc}") from None
+        # ray.init replaces the SIGTERM handler with sys.exit(15): the runner would exit 15
+        # without its message; SIGTERM stops it as Ctrl-C does (cancel, exit 143).
+        hold_signals_in_the_store()
 
     def check_one_machine(self) -> None:
         """Without a DVC remote the tasks share this machine's cache and store: every node

@@ -14,6 +14,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -236,7 +237,10 @@ def test_ctrl_c_on_the_driver_cancels_its_tasks(setup) -> None:
             "-S", "train.seeds=[11]", "-S", "train.epochs=20"]  # fmt: skip
     client = mlflow.MlflowClient(store(root))
     with tempfile.TemporaryFile() as out:
-        runner = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        runner = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        # (a test run started in the background, `pytest &`, ignores SIGINT, and so would the
+        # runner it starts)
         try:
             deadline = time.monotonic() + RUNNER_TIMEOUT_SECONDS
             running = []
@@ -349,6 +353,29 @@ def test_a_wrong_address_fails_at_once_before_any_work(tmp_path, tiny_mirror) ->
     assert "Ray cluster 127.0.0.2:1: nothing answers there" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (root / "data" / "raw").exists()  # no `dvc repro preprocess` before the check
+
+
+def test_after_joining_the_cluster_sigterm_still_stops_the_runner_as_ctrl_c_does() -> None:
+    """ray.init sets its own SIGTERM handler (sys.exit(15): no cancel message, exit 15);
+    the runner puts its own back, which cancels the tasks and exits 143."""
+    from mnist_optimizers import cli
+
+    class Ray:  # Ray's init, as far as signals go
+        @staticmethod
+        def init(**_):
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        cluster = parallel.Cluster.__new__(parallel.Cluster)
+        cluster.ray = Ray
+        cluster.connect(f"127.0.0.1:{listener.getsockname()[1]}")
+        assert signal.getsignal(signal.SIGTERM) is cli._on_stop_signal
+    finally:
+        listener.close()
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGALRM, before[1])
 
 
 def test_a_task_names_its_runs_for_the_driver_and_runs_only_where_it_can_log() -> None:
