@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 import pytest
 import yaml
@@ -160,19 +161,33 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mirror) -> Pat
     return tmp_path
 
 
+# How long a test process waits for another to build the evaluated template (it takes
+# about a minute and a half here).
+TEMPLATE_WAIT_SECONDS = 900
+
+
 @pytest.fixture(scope="session")
 def evaluated_template(
     tmp_path_factory: pytest.TempPathFactory, tiny_mirror: tuple[Path, dict[str, str]]
 ) -> Path:
-    """A tiny pipeline run once for the whole session, in process: 2 optimizers x 2 seeds,
-    each at its default and its tuned rate, evaluated; and gd_variants. Tests use copies
-    (``evaluated``), never this folder."""
-    root = tmp_path_factory.mktemp("evaluated")
-    mirror, sha256 = tiny_mirror
-    with pytest.MonkeyPatch.context() as patch:
-        enter_project(patch, root, mirror)
-        write_params(root, tiny_params(sha256))
-        run_tiny_pipeline()
+    """A tiny pipeline run once for the whole test run, in process: 2 optimizers x 2 seeds,
+    each at its default and its tuned rate, evaluated; and gd_variants. Under xdist the
+    first test process to need it builds it, under a file lock, in the folder all of them
+    share; the others wait for it. Tests use copies (``evaluated``), never this folder."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each process has its own basetemp below
+        shared = shared.parent
+    root, done = shared / "evaluated", shared / "evaluated.done"
+    with filelock.FileLock(shared / "evaluated.lock", timeout=TEMPLATE_WAIT_SECONDS):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed midway
+            root.mkdir()
+            mirror, sha256 = tiny_mirror
+            with pytest.MonkeyPatch.context() as patch:
+                enter_project(patch, root, mirror)
+                write_params(root, tiny_params(sha256))
+                run_tiny_pipeline()
+            done.touch()
     return root
 
 
