@@ -82,18 +82,28 @@ def inside_the_store(frame: FrameType | None) -> bool:
     return False
 
 
-def inside_an_import_callback(frame: FrameType | None) -> bool:
-    """Whether ``frame`` runs in importlib's own machinery (a module lock's weakref callback
-    among it), where an exception raised by a signal handler is printed as "Exception
-    ignored" and lost: the stage would train on (seen in CI). A held signal waits there."""
-    return frame is not None and frame.f_globals.get("__name__", "").startswith("importlib.")
+def hold(signum: int) -> None:
+    """Hold ``signum``: the hold check raises it in HOLD_CHECK_SECONDS, or later."""
+    global _held
+    _held = (signum, time.monotonic())
+    signal.setitimer(signal.ITIMER_REAL, HOLD_CHECK_SECONDS)
+
+
+def _on_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """A signal's exception raised where Python cannot propagate it (a weakref callback, a
+    `__del__`, importlib's module-lock callback) is printed as "Exception ignored" and lost:
+    the stage would run on (seen in CI: in SQLAlchemy's weakref callback, in importlib's).
+    Such a signal is held again, and raised once the stage is out of there."""
+    if _stopped_by is not None and isinstance(unraisable.exc_value, KeyboardInterrupt | Terminated):
+        hold(_stopped_by)
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
     global _held
-    if _held is None and (inside_the_store(frame) or inside_an_import_callback(frame)):
-        _held = (signum, time.monotonic())
-        signal.setitimer(signal.ITIMER_REAL, HOLD_CHECK_SECONDS)
+    if _held is None and inside_the_store(frame):
+        hold(signum)
         return
     _held = None
     signal.setitimer(signal.ITIMER_REAL, 0)
@@ -105,8 +115,7 @@ def _on_hold_check(signum: int, frame: FrameType | None) -> None:
     if _held is None:
         return
     held, since = _held
-    store = inside_the_store(frame) and time.monotonic() - since < HOLD_AT_MOST_SECONDS
-    if store or inside_an_import_callback(frame):  # importlib's lasts a moment: no deadline
+    if inside_the_store(frame) and time.monotonic() - since < HOLD_AT_MOST_SECONDS:
         signal.setitimer(signal.ITIMER_REAL, HOLD_CHECK_SECONDS)
         return
     _held = None
@@ -122,6 +131,7 @@ def hold_signals_in_the_store() -> None:
     for signum in stops:
         signal.signal(signum, _on_stop_signal)
     signal.signal(signal.SIGALRM, _on_hold_check)
+    sys.unraisablehook = _on_unraisable
 
 
 # The shells DVC runs a stage's cmd in (`$SHELL -c cmd`, /bin/sh without SHELL). Some (dash,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import select
 import shlex
 import signal
 import subprocess
@@ -221,6 +222,62 @@ def test_a_second_signal_during_a_hold_is_raised_at_once(tmp_path: Path) -> None
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
     assert "interrupted (SIGINT)" in err
+
+
+# A stage that spends most of its time in code where Python cannot raise an exception: a
+# `__del__` or a weakref callback (where SQLAlchemy's and importlib's own callbacks ran when a
+# signal was lost in CI). It says so from inside, so that the signal lands there.
+IN_A_CALLBACK = """
+import sys, time, weakref
+from mnist_optimizers.cli import run_stage
+
+class Slow:
+    def __del__(self):
+        slow()
+
+def slow():
+    print("inside", flush=True)
+    time.sleep(0.3)
+
+def make(kind):
+    if kind == "__del__":
+        return Slow()
+    thing = type("Plain", (), {})()
+    return (weakref.ref(thing, lambda ref: slow()), thing)  # freed last to first
+
+def main(argv):
+    while True:
+        made = make(argv[0])
+        del made  # runs the callback
+        time.sleep(0.1)
+
+run_stage(main)
+"""
+
+
+@pytest.mark.parametrize("kind", ["__del__", "weakref"])
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_that_lands_in_a_callback_still_stops_the_stage(
+    tmp_path: Path, kind: str, sig: signal.Signals, status: int
+) -> None:
+    """Raised in a callback, the signal's exception is "ignored" by Python: the stage ran on
+    until killed. It is raised again once the stage is out of the callback."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", IN_A_CALLBACK, kind], cwd=tmp_path, env=ENV,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        assert select.select([process.stdout], [], [], 30)[0], "never inside its callback"
+        assert process.stdout.readline() == "inside\n"
+        process.send_signal(sig)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == status, err[-3000:]
+    assert "no output written" in err and "Exception ignored" not in err, err[-3000:]
 
 
 # A stage logging to a real MLflow SQLite store as fast as it can (most of its time is in
