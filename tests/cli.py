@@ -30,15 +30,12 @@ def dvc(root: Path, env: dict[str, str], *args: str) -> str:
     return run([sys.executable, "-m", "dvc", *args], root, env)
 
 
-def project_repo(root: Path, mirror: Path, params: dict[str, Any]) -> dict[str, str]:
-    """The project with ``params`` in a fresh git repo at ``root``, data from ``mirror``;
-    return the environment to run it in (the venv's tools first on PATH, no MLFLOW_ or
-    DVC_ variables, so each test chooses its own store)."""
-    root.mkdir(parents=True, exist_ok=True)
-    copy_project(root)
-    write_params(root, params)
+def project_env(root: Path, mirror: Path) -> dict[str, str]:
+    """The environment to run the project at ``root`` in: the venv's tools first on PATH,
+    MNIST from ``mirror``, no MLFLOW_ or DVC_ variables (each test chooses its own store),
+    every process it starts tagged with ``root``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env |= {
+    return env | {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         "MNIST_MIRROR": str(mirror),
         processes.TAG_VARIABLE: str(root),
@@ -47,6 +44,15 @@ def project_repo(root: Path, mirror: Path, params: dict[str, Any]) -> dict[str, 
         "GIT_COMMITTER_NAME": "test",
         "GIT_COMMITTER_EMAIL": "test@example.com",
     }
+
+
+def project_repo(root: Path, mirror: Path, params: dict[str, Any]) -> dict[str, str]:
+    """The project with ``params`` in a fresh git repo at ``root``, data from ``mirror``;
+    return the environment to run it in (project_env)."""
+    root.mkdir(parents=True, exist_ok=True)
+    copy_project(root)
+    write_params(root, params)
+    env = project_env(root, mirror)
     run(["git", "init", "-q"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "project"], root, env)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,27 @@ from mnist_optimizers.paths import MNIST_FILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = MNIST_FILES
+
+
+# The modules that take longest, longest first (CI on a fresh 2-core machine): the test
+# processes take whole modules in this order (pyproject: --dist loadscope
+# --no-loadscope-reorder), so that none starts a long one near the end. The rest follow in
+# file order.
+SLOWEST_FIRST = [
+    "test_pipeline",
+    "test_parallel",
+    "test_faults",
+    "test_pipeline_changes",
+    "test_team",
+    "test_train",
+    "test_tune",
+    "test_evaluate",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -161,9 +183,28 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mirror) -> Pat
     return tmp_path
 
 
-# How long a test process waits for another to build the evaluated template (it takes
-# about a minute and a half here).
+# How long a test process waits for another to build a shared folder (the longest, the
+# reproduced pipeline, takes about two minutes here).
 TEMPLATE_WAIT_SECONDS = 900
+
+
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """The folder ``name`` that ``build`` fills, built once for the whole test run: under
+    xdist the first test process to need it builds it, under a file lock, in the folder all
+    of them share; the others wait for it. Tests change copies of it, never the folder."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each process has its own basetemp below
+        shared = shared.parent
+    root, done = shared / name, shared / f"{name}.done"
+    with filelock.FileLock(shared / f"{name}.lock", timeout=TEMPLATE_WAIT_SECONDS):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed midway
+            root.mkdir()
+            build(root)
+            done.touch()
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -171,24 +212,50 @@ def evaluated_template(
     tmp_path_factory: pytest.TempPathFactory, tiny_mirror: tuple[Path, dict[str, str]]
 ) -> Path:
     """A tiny pipeline run once for the whole test run, in process: 2 optimizers x 2 seeds,
-    each at its default and its tuned rate, evaluated; and gd_variants. Under xdist the
-    first test process to need it builds it, under a file lock, in the folder all of them
-    share; the others wait for it. Tests use copies (``evaluated``), never this folder."""
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # each process has its own basetemp below
-        shared = shared.parent
-    root, done = shared / "evaluated", shared / "evaluated.done"
-    with filelock.FileLock(shared / "evaluated.lock", timeout=TEMPLATE_WAIT_SECONDS):
-        if not done.exists():
-            shutil.rmtree(root, ignore_errors=True)  # a build that failed midway
-            root.mkdir()
-            mirror, sha256 = tiny_mirror
-            with pytest.MonkeyPatch.context() as patch:
-                enter_project(patch, root, mirror)
-                write_params(root, tiny_params(sha256))
-                run_tiny_pipeline()
-            done.touch()
-    return root
+    each at its default and its tuned rate, evaluated; and gd_variants. Tests use copies
+    (``evaluated``)."""
+    mirror, sha256 = tiny_mirror
+
+    def build(root: Path) -> None:
+        with pytest.MonkeyPatch.context() as patch:
+            enter_project(patch, root, mirror)
+            write_params(root, tiny_params(sha256))
+            run_tiny_pipeline()
+
+    return built_once(tmp_path_factory, "evaluated", build)
+
+
+# The e2e tests' comparison: two optimizers, not the four of params.yaml: every stage kind,
+# the tuned setting and the significance table are there, at half the stages (and time).
+E2E_OPTIMIZERS = ["sgd", "adam"]
+
+
+@pytest.fixture(scope="session")
+def reproduced(
+    tmp_path_factory: pytest.TempPathFactory, tiny_mirror: tuple[Path, dict[str, str]]
+) -> tuple[Path, dict[str, str], str]:
+    """The project in a git repo, with tiny params for E2E_OPTIMIZERS, after the real
+    `dvc repro` (committed), built once for the whole test run; its environment and the
+    command's output. Tests read it; a test that runs DVC or changes anything copies it
+    (tests/cli.py: copy_repo)."""
+    from .cli import check_no_processes_left, dvc, project_env, project_repo, run
+
+    mirror, sha256 = tiny_mirror
+
+    def build(folder: Path) -> None:
+        root = folder / "project"
+        env = project_repo(root, mirror, tiny_params(sha256) | {"compare": E2E_OPTIMIZERS})
+        try:
+            output = dvc(root, env, "repro")
+            run(["git", "add", "-A"], root, env)
+            run(["git", "commit", "-qm", "repro"], root, env)
+        finally:
+            check_no_processes_left(env)
+        (folder / "repro.log").write_text(output, encoding="utf-8")
+
+    folder = built_once(tmp_path_factory, "reproduced", build)
+    root = folder / "project"
+    return root, project_env(root, mirror), (folder / "repro.log").read_text(encoding="utf-8")
 
 
 def run_tiny_pipeline(changes: dict[str, Any] | None = None) -> None:

@@ -1,9 +1,10 @@
 """End to end: the real `dvc repro` and `dvc exp run` in a temporary git repo, on tiny data,
 asserting what a user would look at: dvc.lock, metrics, reports, plots, and MLflow.
 
-The module reproduces the pipeline once (`reproduced`); tests that only read it share it, and
-each test that changes a repo (params, experiments, stages run) gets its own copy of it
-(`workspace`), so that no test depends on another having run, or on their order.
+The pipeline is reproduced once for the whole test run (conftest's `reproduced`); tests that
+only read it share it, and each test that runs DVC or changes a repo gets its own copy of it
+(`workspace`), so that no test depends on another having run, or on their order. What a
+change to the reproduced pipeline reruns is tests/test_pipeline_changes.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from __future__ import annotations
 import io
 import json
 import shlex
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,60 +25,21 @@ import yaml
 
 from mnist_optimizers.parallel_task import stages_run
 
-from . import processes, servers
-from .cli import check_no_processes_left, copy_repo, dvc, project_repo, run
-from .conftest import edit_params, tiny_params
+from . import servers
+from .cli import check_no_processes_left, copy_repo, dvc, run
+from .conftest import edit_params
+from .pipeline_runs import (
+    AFTER_TRAINING,
+    OPTIMIZERS,
+    TRAINING,
+    client_for,
+    copy_for_a_test,
+    model_stages_run,
+    runs_by_name,
+    runs_by_name_or_empty,
+)
 
 pytestmark = pytest.mark.e2e
-
-# Two optimizers, not the four of params.yaml: every stage kind, the tuned setting and the
-# significance table are there, at half the stages (and half the time).
-OPTIMIZERS = ["sgd", "adam"]
-
-
-@pytest.fixture(scope="module")
-def repo(
-    tmp_path_factory: pytest.TempPathFactory, tiny_mirror
-) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A fresh git repo holding the project, with tiny params; and the environment to run it."""
-    mirror, sha256 = tiny_mirror
-    root = tmp_path_factory.mktemp("project")
-    env = project_repo(root, mirror, tiny_params(sha256) | {"compare": OPTIMIZERS})
-    yield root, env
-    check_no_processes_left(env)
-
-
-def client_for(root: Path) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-
-
-def runs_by_name(root: Path) -> dict[str, list]:
-    client = client_for(root)
-    experiment = client.get_experiment_by_name("mnist-optimizers")
-    result: dict[str, list] = {}
-    for r in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]):
-        result.setdefault(r.info.run_name, []).append(r)
-    return result
-
-
-@pytest.fixture(scope="module")
-def reproduced(repo) -> tuple[Path, dict[str, str], str]:
-    root, env = repo
-    output = dvc(root, env, "repro")
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "repro"], root, env)
-    return root, env, output
-
-
-def copy_for_a_test(
-    source: Path, env: dict[str, str], tmp_path: Path
-) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A copy of the project at ``source`` for one test to change, and its environment; no
-    process started in it outlives the test."""
-    copy = tmp_path / "project"
-    env = copy_repo(source, copy, env)
-    yield copy, env
-    check_no_processes_left(env)
 
 
 @pytest.fixture
@@ -114,25 +73,6 @@ def adam_lr_workspace(adam_lr, tmp_path: Path) -> Iterator[tuple[Path, dict[str,
     yield from copy_for_a_test(root, env, tmp_path)
 
 
-TRAINING = [
-    *(f"train@{n}-42" for n in OPTIMIZERS),
-    *(f"tune@{n}" for n in OPTIMIZERS),
-    *(f"train_tuned@{n}-42" for n in OPTIMIZERS),
-    "gd_variants",
-]
-AFTER_TRAINING = ["evaluate", "report", "register"]
-
-
-def model_stages_run(output: str) -> list[str]:
-    """The stages run after `check_params` (which any edit of params.yaml runs first), but
-    `trajectories`: it depends only on `optimizers` and `trajectories`, and DVC may run it
-    at any point of the order."""
-    ran = stages_run(output)
-    if "check_params" in ran:
-        assert ran[0] == "check_params", ran  # params.yaml is checked before any stage runs
-    return [stage for stage in ran if stage not in ("trajectories", "check_params")]
-
-
 def test_dvc_repro_runs_every_stage(reproduced) -> None:
     root, _, output = reproduced
     assert {"trajectories", "check_params"} <= set(stages_run(output))
@@ -142,6 +82,8 @@ def test_dvc_repro_runs_every_stage(reproduced) -> None:
     # Each optimizer's grid comes before the runs that train its best rate.
     for name in OPTIMIZERS:
         assert ran.index(f"tune@{name}") < ran.index(f"train_tuned@{name}-42")
+    # The commands carry no item: DVC's stage name gives it (`tune@adam`, `train@adam-42`).
+    assert "tune@adam: best learning rate" in output and "train@adam-42: val_accuracy" in output
     # Every stage that trains sized TensorFlow's threads before TensorFlow started (the tune
     # stage once built its optimizers first, and trained with TensorFlow's defaults).
     assert "TensorFlow already started" not in output
@@ -189,35 +131,6 @@ def test_mlflow_holds_one_complete_run_per_training(reproduced) -> None:
         assert {"evaluation", "comparison", "report"} <= artifacts
         assert mlflow.keras.load_model(f"runs:/{r.info.run_id}/model").output_shape == (None, 10)
     assert not (root / "mlruns").exists()
-
-
-def test_the_best_model_by_validation_accuracy_is_registered_once_as_champion(
-    workspace,
-) -> None:
-    root, env = workspace
-    runs = pd.read_csv(root / "reports" / "runs.csv")
-    best = runs.loc[runs["val_accuracy"].idxmax()]  # validation, never test
-    champion = json.loads((root / "reports" / "champion.json").read_text())
-    assert (champion["optimizer"], champion["seed"], champion["setting"]) == (
-        best["optimizer"], best["seed"], best["setting"]
-    )  # fmt: skip
-    client = client_for(root)
-    version = client.get_model_version_by_alias("mnist-cnn", "champion")
-    assert int(version.version) == champion["version"]
-    assert version.run_id == champion["mlflow_run_id"]
-    run = client.get_run(version.run_id)
-    key = f"{best['optimizer']}-{best['seed']}{'-tuned' if best['setting'] == 'tuned' else ''}"
-    assert run.info.run_name == key
-    assert version.tags["optimizer"] == best["optimizer"]
-    assert version.tags["mlflow.run_id"] == run.info.run_id
-    assert version.tags["dvc.experiment"] == "workspace"  # a plain `dvc repro`
-    assert float(version.tags["val_accuracy"]) == pytest.approx(best["val_accuracy"])
-
-    # Nothing changed: DVC skips the stage; forced, it finds the version and adds none.
-    assert "register" not in stages_run(dvc(root, env, "repro", "register"))
-    assert "register" in stages_run(dvc(root, env, "repro", "--force", "--single-item", "register"))
-    versions = client.search_model_versions("name = 'mnist-cnn'")
-    assert [int(v.version) for v in versions] == [int(version.version)]
 
 
 def test_the_served_champion_predicts_real_test_images(reproduced) -> None:
@@ -295,8 +208,8 @@ def test_report_page_holds_both_tables_and_every_figure(reproduced) -> None:
     assert set(variants["variant"]) == {"batch", "stochastic", "mini-batch"}
 
 
-def test_metrics_table_and_plots_are_there_for_a_user(reproduced, tmp_path: Path) -> None:
-    root, env, _ = reproduced
+def test_metrics_table_and_plots_are_there_for_a_user(workspace, tmp_path: Path) -> None:
+    root, env = workspace
     metrics = json.loads(dvc(root, env, "metrics", "show", "--json"))
     (workspace,) = metrics.values()  # keyed by revision: "" (DVC 3.67) or "workspace"
     shown = workspace["data"]["metrics/evaluate.json"]["data"]
@@ -316,81 +229,6 @@ def test_metrics_table_and_plots_are_there_for_a_user(reproduced, tmp_path: Path
     for name in OPTIMIZERS:
         assert f'"optimizer": "{name}"' in page
     assert "Validation accuracy per epoch" in page and "confusion" in page
-
-
-def stale_stages(root: Path, env: dict[str, str]) -> set[str]:
-    """The stages `dvc status` says have changed."""
-    return set(json.loads(dvc(root, env, "status", "--json")))
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{path}: {old!r} not found"
-    path.write_text(text.replace(old, new, 1))
-
-
-def test_an_edit_makes_only_the_stages_that_import_it_stale(workspace) -> None:
-    """Each stage depends on the modules it imports, no more: an edit to one section's
-    validation, or to one library module, reruns only the stages that use it."""
-    root, env = workspace
-    assert stale_stages(root, env) == set()
-    trajectories = root / "mnist_optimizers" / "sections" / "trajectories.py"
-    edit(trajectories, ': expected a positive "', ': expected a positive number "')
-    assert stale_stages(root, env) == {"trajectories", "check_params"}
-    edit(trajectories, ': expected a positive number "', ': expected a positive "')
-    assert stale_stages(root, env) == set()
-
-    edit(root / "mnist_optimizers" / "stats.py", "Holm-Bonferroni", "Holm's step-down")
-    assert stale_stages(root, env) == {
-        *(f"tune@{n}" for n in OPTIMIZERS),
-        "evaluate",
-        "report",
-        "check_params",
-    }
-
-
-def test_a_search_rerun_that_chooses_the_same_rate_trains_nothing_again(workspace) -> None:
-    """train_tuned depends on the rate the search chose, not on the whole search: a search
-    run again (new seconds, new MLflow runs) that chooses the same rate retrains nothing."""
-    root, env = workspace
-    name = OPTIMIZERS[0]
-    before = json.loads((root / "metrics" / "tune" / f"{name}.json").read_text())
-    output = dvc(root, env, "repro", "--force", "--single-item", f"tune@{name}")
-    assert stages_run(output) == [f"tune@{name}"]
-    again = json.loads((root / "metrics" / "tune" / f"{name}.json").read_text())
-    assert again["mlflow_run_id"] != before["mlflow_run_id"]
-    assert again["best_learning_rate"] == before["best_learning_rate"]
-    stale = stale_stages(root, env)
-    assert "evaluate" in stale and not [s for s in stale if s.startswith("train_tuned@")], stale
-    assert f"train_tuned@{name}-42" not in stages_run(dvc(root, env, "repro"))
-
-
-def test_params_yaml_is_checked_whole_before_any_stage_runs(workspace) -> None:
-    """A mistake in a section no stale stage reads still stops `dvc repro`, and an edit that
-    changes no value reruns only the check."""
-    root, env = workspace
-    params = root / "params.yaml"
-    good = params.read_text()
-    # The last: a section renamed away that dvc.yaml interpolates; DVC itself refuses it.
-    for text, message, ran in (
-        (good.replace("  epochs: 1\n", "  epoch: 1\n", 1),
-         "train: unknown key(s) epoch; expected: epochs, batch_size", ["check_params"]),
-        (good + "trian:\n  epochs: 5\n",
-         "params.yaml: unknown key(s) trian; expected: download", ["check_params"]),
-        (good.replace("\ntrain:\n", "\ntrian:\n", 1),
-         "failed to parse 'stages.train.matrix' in 'dvc.yaml': Could not find 'train.seeds'", []),
-    ):  # fmt: skip
-        params.write_text(text)
-        result = subprocess.run(
-            [sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True,
-            text=True, timeout=600,
-        )  # fmt: skip
-        output = result.stdout + result.stderr
-        assert result.returncode != 0 and message in output, output
-        assert stages_run(output) == ran and "Traceback" not in output, output
-    params.write_text(good + "# a comment: no value changes\n")
-    assert stages_run(dvc(root, env, "repro")) == ["check_params"]
-    assert stale_stages(root, env) == set()
 
 
 def test_changing_one_learning_rate_reruns_only_that_optimizer(adam_lr) -> None:
@@ -440,100 +278,6 @@ def test_dvc_exp_show_with_the_readme_options_is_a_table_a_person_reads(adam_lr)
     assert "…" not in shown and "adam-lr" in shown
 
 
-def test_an_added_optimizer_gets_a_stage_in_a_temp_experiment_and_joins_the_table(
-    workspace,
-) -> None:
-    root, env = workspace
-    output = dvc(
-        root,
-        env,
-        "exp",
-        "run",
-        "--temp",
-        "-n",
-        "with-nadam",
-        "-S",
-        f"compare=[{','.join(OPTIMIZERS)},nadam]",
-    )
-    assert model_stages_run(output) == [
-        "train@nadam-42",
-        "tune@nadam",
-        "train_tuned@nadam-42",
-        *AFTER_TRAINING,
-    ]
-    # The temporary copy logged into the project's store, not one of its own.
-    nadam = runs_by_name(root)["nadam-42"]
-    assert len(nadam) == 1 and "test_accuracy" in nadam[0].data.metrics
-    dvc(root, env, "exp", "apply", "with-nadam")
-    table = pd.read_csv(root / "reports" / "comparison.csv")
-    assert list(table[table["setting"] == "default"]["optimizer"]) == [*OPTIMIZERS, "nadam"]
-
-
-def test_adding_a_seed_trains_only_the_new_runs(workspace) -> None:
-    root, env = workspace
-    compare = yaml.safe_load((root / "params.yaml").read_text())["compare"]
-    output = dvc(root, env, "exp", "run", "--temp", "-S", "train.seeds=[42,43]")
-    assert stages_run(output) == [
-        "check_params",
-        *(f"{t}@{n}-43" for t in ("train", "train_tuned") for n in compare),
-        *AFTER_TRAINING,
-    ]
-
-
-def test_a_stage_whose_dvc_parent_is_killed_stops_and_the_rerun_trains_once(workspace) -> None:
-    """`kill` to `dvc repro` (or its terminal closing) mid-training: the stage stops as on
-    Ctrl-C (its MLflow run KILLED, no outputs) instead of training on as an orphan whose
-    FINISHED run dvc.lock never records; the rerun leaves one FINISHED run. DVC runs the
-    cmd in /bin/sh, as where SHELL is unset (CI, cron): Debian's dash forks the stage and
-    outlives dvc, the harder case (a bash exec's it)."""
-    root, env = workspace
-    env = env | {"SHELL": "/bin/sh"}
-    edit_params({"train.epochs": 40}, root)  # long enough to be caught mid-training
-    log = root.parent / "repro.log"
-    with log.open("w") as out:
-        repro = subprocess.Popen(
-            [sys.executable, "-m", "dvc", "repro", "train@sgd-42"],
-            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        running = wait_for_a_running_run(root, "train@sgd-42", repro, log)
-        repro.send_signal(signal.SIGTERM)  # dvc alone, not its process group
-        repro.wait(timeout=30)
-        deadline = time.monotonic() + 30
-        while processes.tagged(env[processes.TAG_VARIABLE]) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not processes.tagged(env[processes.TAG_VARIABLE]), log.read_text()[-3000:]
-    finally:
-        repro.kill()
-        repro.wait()
-    text = log.read_text()
-    assert "stopped: the process that started it" in text and "Traceback" not in text, text
-    assert client_for(root).get_run(running.info.run_id).info.status == "KILLED"
-    assert not (root / "models" / "sgd-42.keras").exists()
-
-    dvc(root, env, "repro", "train@sgd-42")
-    statuses = sorted(
-        r.info.status for r in runs_by_name(root)["sgd-42"] if r.data.params["train.epochs"] == "40"
-    )
-    assert statuses == ["FINISHED", "KILLED"]
-
-
-def wait_for_a_running_run(root: Path, stage: str, process: subprocess.Popen, log: Path):
-    """The RUNNING MLflow run of ``stage`` once it has logged an epoch."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        for runs in runs_by_name(root).values():
-            for r in runs:
-                if r.info.status == "RUNNING" and r.data.tags.get("dvc.stage") == stage:
-                    if client_for(root).get_metric_history(r.info.run_id, "val_accuracy"):
-                        return r
-        time.sleep(0.5)
-    pytest.fail(f"{stage} logged no epoch within 120 s:\n{log.read_text()[-3000:]}")
-
-
-# `dvc` as DVC's queue starts it (`dvc exp queue-worker`, found on PATH), but worker 2
-# stays alive after the real worker has exited: the worker that missed its shutdown in CI.
 def test_a_second_clone_takes_results_from_the_dvc_remote_and_trains_nothing(
     adam_lr_workspace, tmp_path: Path
 ) -> None:
@@ -576,12 +320,3 @@ def test_a_second_clone_takes_results_from_the_dvc_remote_and_trains_nothing(
     assert restored["val_accuracy"] == pytest.approx(trained.data.metrics["val_accuracy"])
     # The clone's own MLflow store saw no training run (the 2-D paths ran: adam's entry changed).
     assert set(runs_by_name_or_empty(clone)) <= {"trajectories"}
-
-
-def runs_by_name_or_empty(root: Path) -> dict[str, list]:
-    if not (root / "mlflow.db").exists():
-        return {}
-    client = client_for(root)
-    if client.get_experiment_by_name("mnist-optimizers") is None:
-        return {}
-    return runs_by_name(root)

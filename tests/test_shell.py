@@ -75,12 +75,3 @@ def test_no_command_in_dvc_yaml_interpolates_a_value() -> None:
     for name, stage in pipeline["stages"].items():
         cmd = stage.get("cmd") or stage["do"]["cmd"]
         assert "${" not in cmd, f"{name}: {cmd}"
-
-
-def test_the_stages_learn_their_item_from_dvc(prepared) -> None:
-    """The commands carry no item: DVC's stage name gives it (`tune@adam`, `train@adam-42`)."""
-    root, env = prepared
-    output = dvc(root, env, "repro", "-s", "tune@adam", "train@adam-42", "train_tuned@adam-42")
-    assert "tune@adam: best learning rate" in output and "train@adam-42: val_accuracy" in output
-    assert (root / "models" / "adam-42.keras").exists()
-    assert (root / "models" / "adam-42-tuned.keras").exists()

@@ -1,0 +1,237 @@
+"""End to end: what a change to the reproduced pipeline (conftest's `reproduced`) makes the
+real DVC CLI run, each test on its own copy of it: an edited module or params.yaml, a search
+rerun, an added optimizer or seed, a `dvc repro` killed mid-training; and the champion's
+registration run again."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from mnist_optimizers.parallel_task import stages_run
+
+from . import processes
+from .cli import dvc
+from .conftest import edit_params
+from .pipeline_runs import (
+    AFTER_TRAINING,
+    OPTIMIZERS,
+    client_for,
+    copy_for_a_test,
+    model_stages_run,
+    runs_by_name,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def workspace(reproduced, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A copy of the reproduced project."""
+    root, env, _ = reproduced
+    yield from copy_for_a_test(root, env, tmp_path)
+
+
+def test_the_best_model_by_validation_accuracy_is_registered_once_as_champion(
+    workspace,
+) -> None:
+    root, env = workspace
+    runs = pd.read_csv(root / "reports" / "runs.csv")
+    best = runs.loc[runs["val_accuracy"].idxmax()]  # validation, never test
+    champion = json.loads((root / "reports" / "champion.json").read_text())
+    assert (champion["optimizer"], champion["seed"], champion["setting"]) == (
+        best["optimizer"], best["seed"], best["setting"]
+    )  # fmt: skip
+    client = client_for(root)
+    version = client.get_model_version_by_alias("mnist-cnn", "champion")
+    assert int(version.version) == champion["version"]
+    assert version.run_id == champion["mlflow_run_id"]
+    run = client.get_run(version.run_id)
+    key = f"{best['optimizer']}-{best['seed']}{'-tuned' if best['setting'] == 'tuned' else ''}"
+    assert run.info.run_name == key
+    assert version.tags["optimizer"] == best["optimizer"]
+    assert version.tags["mlflow.run_id"] == run.info.run_id
+    assert version.tags["dvc.experiment"] == "workspace"  # a plain `dvc repro`
+    assert float(version.tags["val_accuracy"]) == pytest.approx(best["val_accuracy"])
+
+    # Nothing changed: DVC skips the stage; forced, it finds the version and adds none.
+    assert "register" not in stages_run(dvc(root, env, "repro", "register"))
+    assert "register" in stages_run(dvc(root, env, "repro", "--force", "--single-item", "register"))
+    versions = client.search_model_versions("name = 'mnist-cnn'")
+    assert [int(v.version) for v in versions] == [int(version.version)]
+
+
+def stale_stages(root: Path, env: dict[str, str]) -> set[str]:
+    """The stages `dvc status` says have changed."""
+    return set(json.loads(dvc(root, env, "status", "--json")))
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{path}: {old!r} not found"
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_an_edit_makes_only_the_stages_that_import_it_stale(workspace) -> None:
+    """Each stage depends on the modules it imports, no more: an edit to one section's
+    validation, or to one library module, reruns only the stages that use it."""
+    root, env = workspace
+    assert stale_stages(root, env) == set()
+    trajectories = root / "mnist_optimizers" / "sections" / "trajectories.py"
+    edit(trajectories, ': expected a positive "', ': expected a positive number "')
+    assert stale_stages(root, env) == {"trajectories", "check_params"}
+    edit(trajectories, ': expected a positive number "', ': expected a positive "')
+    assert stale_stages(root, env) == set()
+
+    edit(root / "mnist_optimizers" / "stats.py", "Holm-Bonferroni", "Holm's step-down")
+    assert stale_stages(root, env) == {
+        *(f"tune@{n}" for n in OPTIMIZERS),
+        "evaluate",
+        "report",
+        "check_params",
+    }
+
+
+def test_a_search_rerun_that_chooses_the_same_rate_trains_nothing_again(workspace) -> None:
+    """train_tuned depends on the rate the search chose, not on the whole search: a search
+    run again (new seconds, new MLflow runs) that chooses the same rate retrains nothing."""
+    root, env = workspace
+    name = OPTIMIZERS[0]
+    before = json.loads((root / "metrics" / "tune" / f"{name}.json").read_text())
+    output = dvc(root, env, "repro", "--force", "--single-item", f"tune@{name}")
+    assert stages_run(output) == [f"tune@{name}"]
+    again = json.loads((root / "metrics" / "tune" / f"{name}.json").read_text())
+    assert again["mlflow_run_id"] != before["mlflow_run_id"]
+    assert again["best_learning_rate"] == before["best_learning_rate"]
+    stale = stale_stages(root, env)
+    assert "evaluate" in stale and not [s for s in stale if s.startswith("train_tuned@")], stale
+    assert f"train_tuned@{name}-42" not in stages_run(dvc(root, env, "repro"))
+
+
+def test_params_yaml_is_checked_whole_before_any_stage_runs(workspace) -> None:
+    """A mistake in a section no stale stage reads still stops `dvc repro`, and an edit that
+    changes no value reruns only the check."""
+    root, env = workspace
+    params = root / "params.yaml"
+    good = params.read_text()
+    # The last: a section renamed away that dvc.yaml interpolates; DVC itself refuses it.
+    for text, message, ran in (
+        (good.replace("  epochs: 1\n", "  epoch: 1\n", 1),
+         "train: unknown key(s) epoch; expected: epochs, batch_size", ["check_params"]),
+        (good + "trian:\n  epochs: 5\n",
+         "params.yaml: unknown key(s) trian; expected: download", ["check_params"]),
+        (good.replace("\ntrain:\n", "\ntrian:\n", 1),
+         "failed to parse 'stages.train.matrix' in 'dvc.yaml': Could not find 'train.seeds'", []),
+    ):  # fmt: skip
+        params.write_text(text)
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True,
+            text=True, timeout=600,
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and message in output, output
+        assert stages_run(output) == ran and "Traceback" not in output, output
+    params.write_text(good + "# a comment: no value changes\n")
+    assert stages_run(dvc(root, env, "repro")) == ["check_params"]
+    assert stale_stages(root, env) == set()
+
+
+def test_an_added_optimizer_gets_a_stage_in_a_temp_experiment_and_joins_the_table(
+    workspace,
+) -> None:
+    root, env = workspace
+    output = dvc(
+        root,
+        env,
+        "exp",
+        "run",
+        "--temp",
+        "-n",
+        "with-nadam",
+        "-S",
+        f"compare=[{','.join(OPTIMIZERS)},nadam]",
+    )
+    assert model_stages_run(output) == [
+        "train@nadam-42",
+        "tune@nadam",
+        "train_tuned@nadam-42",
+        *AFTER_TRAINING,
+    ]
+    # The temporary copy logged into the project's store, not one of its own.
+    nadam = runs_by_name(root)["nadam-42"]
+    assert len(nadam) == 1 and "test_accuracy" in nadam[0].data.metrics
+    dvc(root, env, "exp", "apply", "with-nadam")
+    table = pd.read_csv(root / "reports" / "comparison.csv")
+    assert list(table[table["setting"] == "default"]["optimizer"]) == [*OPTIMIZERS, "nadam"]
+
+
+def test_adding_a_seed_trains_only_the_new_runs(workspace) -> None:
+    root, env = workspace
+    compare = yaml.safe_load((root / "params.yaml").read_text())["compare"]
+    output = dvc(root, env, "exp", "run", "--temp", "-S", "train.seeds=[42,43]")
+    assert stages_run(output) == [
+        "check_params",
+        *(f"{t}@{n}-43" for t in ("train", "train_tuned") for n in compare),
+        *AFTER_TRAINING,
+    ]
+
+
+def test_a_stage_whose_dvc_parent_is_killed_stops_and_the_rerun_trains_once(workspace) -> None:
+    """`kill` to `dvc repro` (or its terminal closing) mid-training: the stage stops as on
+    Ctrl-C (its MLflow run KILLED, no outputs) instead of training on as an orphan whose
+    FINISHED run dvc.lock never records; the rerun leaves one FINISHED run. DVC runs the
+    cmd in /bin/sh, as where SHELL is unset (CI, cron): Debian's dash forks the stage and
+    outlives dvc, the harder case (a bash exec's it)."""
+    root, env = workspace
+    env = env | {"SHELL": "/bin/sh"}
+    edit_params({"train.epochs": 40}, root)  # long enough to be caught mid-training
+    log = root.parent / "repro.log"
+    with log.open("w") as out:
+        repro = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro", "train@sgd-42"],
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        running = wait_for_a_running_run(root, "train@sgd-42", repro, log)
+        repro.send_signal(signal.SIGTERM)  # dvc alone, not its process group
+        repro.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while processes.tagged(env[processes.TAG_VARIABLE]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not processes.tagged(env[processes.TAG_VARIABLE]), log.read_text()[-3000:]
+    finally:
+        repro.kill()
+        repro.wait()
+    text = log.read_text()
+    assert "stopped: the process that started it" in text and "Traceback" not in text, text
+    assert client_for(root).get_run(running.info.run_id).info.status == "KILLED"
+    assert not (root / "models" / "sgd-42.keras").exists()
+
+    dvc(root, env, "repro", "train@sgd-42")
+    statuses = sorted(
+        r.info.status for r in runs_by_name(root)["sgd-42"] if r.data.params["train.epochs"] == "40"
+    )
+    assert statuses == ["FINISHED", "KILLED"]
+
+
+def wait_for_a_running_run(root: Path, stage: str, process: subprocess.Popen, log: Path):
+    """The RUNNING MLflow run of ``stage`` once it has logged an epoch."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        for runs in runs_by_name(root).values():
+            for r in runs:
+                if r.info.status == "RUNNING" and r.data.tags.get("dvc.stage") == stage:
+                    if client_for(root).get_metric_history(r.info.run_id, "val_accuracy"):
+                        return r
+        time.sleep(0.5)
+    pytest.fail(f"{stage} logged no epoch within 120 s:\n{log.read_text()[-3000:]}")
