@@ -16,6 +16,11 @@ lines of a training stage that are not the pipeline's own):
   (tensorflow/tensorflow#100442) and go straight to file descriptor 2. TensorFlow is
   therefore imported here with descriptor 2 pointed at a temporary file; every captured
   line but those is then written to stderr, so nothing else is lost.
+- Keras imports scikit-learn (for `keras.wrappers`) and matplotlib.pyplot (for
+  `keras.visualization`) at start-up when they are installed, as MLflow has them installed:
+  about a second of every stage's start, for features the pipeline does not use. They are
+  hidden while Keras loads (Keras then leaves those features off), and load as usual for
+  whatever imports them afterwards (the report's figures).
 - Keras' progress bars show only on a terminal: `fit` is verbose only there
   (mnist_optimizers/fit.py; the stage logs one line per epoch anyway), and the `predict` that
   MLflow runs on a logged model's input example runs with Keras' interactive logging off
@@ -26,10 +31,12 @@ lines of a training stage that are not the pipeline's own):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 
 # INFO lines of TensorFlow's C++ log ("I0000 00:00:... port.cc:153] ...") and the notice
 # absl prints before its first line.
@@ -46,6 +53,25 @@ def filter_start_up_log(text: str) -> str:
     )
 
 
+# What Keras imports when installed, for features the pipeline does not use.
+UNUSED_BY_KERAS = ("sklearn", "matplotlib")
+
+
+@contextlib.contextmanager
+def hidden(packages: tuple[str, ...]) -> Iterator[None]:
+    """Within the block, importing one of ``packages`` (or a module in it) raises ImportError,
+    as if it were not installed; afterwards it imports as usual. One already imported stays."""
+    hide = [name for name in packages if name not in sys.modules]
+    for name in hide:
+        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not found"
+    try:
+        yield
+    finally:
+        for name in hide:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
+
+
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow and Keras with descriptor 2 captured, then write what was captured,
     less the start-up noise, to stderr (also when the import fails)."""
@@ -57,7 +83,8 @@ def import_tensorflow_quietly() -> None:
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import keras  # noqa: F401
+            with hidden(UNUSED_BY_KERAS):
+                import keras  # noqa: F401
             import tensorflow  # noqa: F401
         finally:
             os.dup2(saved, 2)
