@@ -240,7 +240,8 @@ def test_ctrl_c_on_the_driver_cancels_its_tasks(setup) -> None:
     exits 130 and nothing of the stage runs on."""
     root, address, env = setup
     argv = [sys.executable, "-m", "mnist_optimizers.parallel", "--address", address,
-            "-S", "train.seeds=[11]", "-S", "train.epochs=20"]  # fmt: skip
+            "-S", "train.seeds=[11]", "-S", "train.epochs=500"]  # fmt: skip
+    # (500 epochs: no training ends before the cancel reaches it, however loaded the machine)
     client = mlflow.MlflowClient(store(root))
     with tempfile.TemporaryFile() as out:
         runner = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
