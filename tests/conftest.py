@@ -35,9 +35,9 @@ SLOWEST_FIRST = [
     "test_pipeline",
     "test_parallel",
     "test_faults",
-    "test_pipeline_changes",
-    "test_team",
     "test_train",
+    "test_pipeline_changes",  # after a first round: it waits for test_pipeline's `reproduced`
+    "test_team",
     "test_tune",
     "test_evaluate",
 ]
