@@ -35,8 +35,8 @@ SLOWEST_FIRST = [
     "test_pipeline",
     "test_parallel",
     "test_faults",
+    "test_pipeline_changes",  # it waits for test_pipeline's `reproduced` at first
     "test_train",
-    "test_pipeline_changes",  # after a first round: it waits for test_pipeline's `reproduced`
     "test_team",
     "test_tune",
     "test_evaluate",
@@ -166,9 +166,15 @@ def enter_project(patch: pytest.MonkeyPatch, root: Path, mirror: Path) -> None:
     """Work in ``root`` as a stage does: it is the working directory, MNIST comes from
     ``mirror``, MLflow logs to root/mlflow.db, and no DVC or MLflow variable of the
     developer's leaks in."""
+    import mlflow
+
     patch.chdir(root)
     patch.setenv("MNIST_MIRROR", str(mirror))
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    # MLflow's own choice for the process, which outranks the variable: a stage run in
+    # process, or an earlier test, set it to another store.
+    mlflow.set_tracking_uri(uri)
     for name in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "MLFLOW_EXPERIMENT_NAME"):
         patch.delenv(name, raising=False)
 
