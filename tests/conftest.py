@@ -30,16 +30,17 @@ TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = MNIST_FILES
 # The modules that take longest, longest first (CI on a fresh 2-core machine): the test
 # processes take whole modules in this order (pyproject: --dist loadscope
 # --no-loadscope-reorder), so that none starts a long one near the end. The rest follow in
-# file order.
+# file order. test_evaluate comes early: the process that takes it builds the evaluated
+# template, which test_diverged, test_report and test_register would otherwise wait for.
 SLOWEST_FIRST = [
     "test_pipeline",
     "test_parallel",
     "test_faults",
     "test_pipeline_changes",  # it waits for test_pipeline's `reproduced` at first
+    "test_evaluate",
     "test_train",
     "test_team",
     "test_tune",
-    "test_evaluate",
 ]
 
 
