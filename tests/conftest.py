@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +263,15 @@ def reproduced(
     folder = built_once(tmp_path_factory, "reproduced", build)
     root = folder / "project"
     return root, project_env(root, mirror), (folder / "repro.log").read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def workspace(reproduced, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A copy of the reproduced project for one test to change, and its environment."""
+    from .pipeline_runs import copy_for_a_test
+
+    root, env, _ = reproduced
+    yield from copy_for_a_test(root, env, tmp_path)
 
 
 def run_tiny_pipeline(changes: dict[str, Any] | None = None) -> None:

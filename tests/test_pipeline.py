@@ -42,13 +42,6 @@ from .pipeline_runs import (
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def workspace(reproduced, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A copy of the reproduced project."""
-    root, env, _ = reproduced
-    yield from copy_for_a_test(root, env, tmp_path)
-
-
 @pytest.fixture(scope="module")
 def adam_lr(
     reproduced, tmp_path_factory: pytest.TempPathFactory

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -25,19 +24,11 @@ from .pipeline_runs import (
     AFTER_TRAINING,
     OPTIMIZERS,
     client_for,
-    copy_for_a_test,
     model_stages_run,
     runs_by_name,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def workspace(reproduced, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A copy of the reproduced project."""
-    root, env, _ = reproduced
-    yield from copy_for_a_test(root, env, tmp_path)
 
 
 def test_the_best_model_by_validation_accuracy_is_registered_once_as_champion(
