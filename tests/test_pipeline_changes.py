@@ -1,6 +1,6 @@
 """End to end: what a change to the reproduced pipeline (conftest's `reproduced`) makes the
 real DVC CLI run, each test on its own copy of it: an edited module or params.yaml, a search
-rerun, an added optimizer or seed, a `dvc repro` killed mid-training; and the champion's
+rerun, an optimizer and a seed added, a `dvc repro` killed mid-training; and the champion's
 registration run again."""
 
 from __future__ import annotations
