@@ -37,7 +37,7 @@ def validate_model(section: Any) -> ModelConfig:
     keys = ("conv_blocks", "kernel_size", "pool_size", "dense_units", "num_classes")
     check_keys(section, keys, "model", keys)
     blocks = section["conv_blocks"]
-    if not isinstance(blocks, list) or not blocks:
+    if not isinstance(blocks, list):  # [] : no convolution, a multilayer perceptron
         raise ParamsError(
             f"model.conv_blocks: expected a list of lists of filters, got {shown(blocks)}"
         )
@@ -45,7 +45,7 @@ def validate_model(section: Any) -> ModelConfig:
         conv_blocks=tuple(int_list(b, f"model.conv_blocks[{i}]") for i, b in enumerate(blocks)),
         kernel_size=positive_int(section["kernel_size"], "model.kernel_size"),
         pool_size=positive_int(section["pool_size"], "model.pool_size"),
-        dense_units=int_list(section["dense_units"], "model.dense_units"),
+        dense_units=int_list(section["dense_units"], "model.dense_units", empty=True),
         num_classes=positive_int(section["num_classes"], "model.num_classes"),
     )
     if config.num_classes < NUM_CLASSES:
@@ -109,6 +109,8 @@ def check_geometry(config: ModelConfig, image_shape: tuple[int, int]) -> None:
 
 def build_model(config: ModelConfig, input_shape: tuple[int, ...]) -> keras.Sequential:
     """The CNN: per block, Conv2D layers then a max pool; then dense layers and a softmax.
+    Without conv blocks it is a multilayer perceptron (DeepOBS' mnist_mlp: dense units
+    1000, 500, 100), and without dense layers either, multinomial logistic regression.
 
     Layers compute in the global dtype policy (see `fit.effective_precision`); the softmax
     always outputs float32, as Keras' mixed-precision guide advises."""

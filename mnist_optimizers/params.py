@@ -177,10 +177,9 @@ def finite_number(value: Any, key: str) -> float:
     return float(value)
 
 
-def int_list(value: Any, key: str) -> tuple[int, ...]:
-    """A non-empty list of positive integers, as a tuple."""
-    if not isinstance(value, list) or not value:
-        raise ParamsError(
-            f"{key}: expected a non-empty list of positive integers, got {shown(value)}"
-        )
+def int_list(value: Any, key: str, empty: bool = False) -> tuple[int, ...]:
+    """A list of positive integers, as a tuple; non-empty unless ``empty``."""
+    if not isinstance(value, list) or not (value or empty):
+        what = "a list" if empty else "a non-empty list"
+        raise ParamsError(f"{key}: expected {what} of positive integers, got {shown(value)}")
     return tuple(positive_int(v, f"{key}[{i}]") for i, v in enumerate(value))

@@ -38,7 +38,8 @@ def performance_ratios(times: pd.DataFrame) -> pd.DataFrame:
     optimizer reached is infinite for all."""
     fastest = times.min(axis=1)
     ratios = times.div(fastest, axis=0)
-    return ratios.where(np.isfinite(fastest.to_numpy())[:, None], math.inf)
+    ratios.loc[~np.isfinite(fastest)] = math.inf  # inf / inf: no one reached it
+    return ratios
 
 
 def profile(ratios: pd.DataFrame, taus: Sequence[float]) -> pd.DataFrame:

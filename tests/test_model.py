@@ -129,8 +129,10 @@ def test_a_damaged_model_file_is_named_with_the_stage_that_rewrites_it(
 @pytest.mark.parametrize(
     "change",
     [{}, {"conv_blocks": [[8], [16, 16]], "dense_units": [8]},
-     {"conv_blocks": [[8], [16]], "kernel_size": 5, "dense_units": [32, 16], "num_classes": 12}],
-    ids=["reference", "three-convs", "wider-kernel"],
+     {"conv_blocks": [[8], [16]], "kernel_size": 5, "dense_units": [32, 16], "num_classes": 12},
+     {"conv_blocks": [], "dense_units": [1000, 500, 100]},
+     {"conv_blocks": [], "dense_units": []}],
+    ids=["reference", "three-convs", "wider-kernel", "mlp", "logistic-regression"],
 )  # fmt: skip
 def test_the_parameter_count_is_what_keras_builds(change: dict) -> None:
     config = validate_model(load_params(PROJECT_ROOT / "params.yaml")["model"] | change)
@@ -156,3 +158,15 @@ def test_a_model_too_large_to_train_is_refused_before_keras_builds_it(
     section = load_params(PROJECT_ROOT / "params.yaml")["model"] | {"dense_units": [10**9]}
     with pytest.raises(ParamsError, match="GiB to train, more than this machine's"):
         validate_model(section)  # on any machine: 15 TiB to train
+
+
+def test_without_conv_blocks_an_mlp_and_without_dense_units_a_logistic_regression() -> None:
+    section = load_params(PROJECT_ROOT / "params.yaml")["model"]
+    mlp_config = validate_model(section | {"conv_blocks": [], "dense_units": [1000, 500, 100]})
+    mlp = build_model(mlp_config, (28, 28, 1))
+    assert [type(layer).__name__ for layer in mlp.layers] == ["Flatten"] + ["Dense"] * 4
+    assert mlp.count_params() == 785 * 1000 + 1001 * 500 + 501 * 100 + 101 * 10  # DeepOBS'
+    logreg_config = validate_model(section | {"conv_blocks": [], "dense_units": []})
+    logreg = build_model(logreg_config, (28, 28, 1))
+    assert [type(layer).__name__ for layer in logreg.layers] == ["Flatten", "Dense"]
+    assert logreg.count_params() == 785 * 10
