@@ -18,6 +18,7 @@ import numpy as np
 
 from mnist_optimizers.errors import ParamsError, PipelineError, shown
 from mnist_optimizers.files import read_json
+from mnist_optimizers.params import selection
 from mnist_optimizers.paths import TUNED_RATE_DIR
 
 CLASS_KEY = "class"
@@ -73,19 +74,7 @@ def optimizer_spec(specs: Mapping[str, dict[str, Any]], name: str) -> dict[str, 
 
 def validate_compare(section: Any, optimizers: Mapping[str, Any]) -> list[str]:
     """Check `compare`: a non-empty list of distinct entries of `optimizers`."""
-    if not isinstance(section, list) or not section:
-        raise ParamsError(
-            f"compare: expected a non-empty list of optimizer names, got {shown(section)}"
-        )
-    unknown = [name for name in section if name not in optimizers]
-    if unknown:
-        raise ParamsError(
-            f"compare: {', '.join(map(str, unknown))} not in `optimizers`; "
-            f"entries: {', '.join(optimizers)}"
-        )
-    if len(set(section)) != len(section):
-        raise ParamsError(f"compare: each optimizer once, got {shown(section)}")
-    return list(section)
+    return selection(section, optimizers, "compare", "optimizers", "optimizer")
 
 
 def optimizer_classes() -> dict[str, type[keras.optimizers.Optimizer]]:

@@ -183,3 +183,19 @@ def int_list(value: Any, key: str, empty: bool = False) -> tuple[int, ...]:
         what = "a list" if empty else "a non-empty list"
         raise ParamsError(f"{key}: expected {what} of positive integers, got {shown(value)}")
     return tuple(positive_int(v, f"{key}[{i}]") for i, v in enumerate(value))
+
+
+def selection(value: Any, catalog: Mapping[str, Any], key: str, where: str, kind: str) -> list[str]:
+    """Check ``value`` (params key ``key``): a non-empty list of distinct entries of
+    ``catalog`` (params section ``where``), each a ``kind``; return it."""
+    if not isinstance(value, list) or not value:
+        raise ParamsError(f"{key}: expected a non-empty list of {kind} names, got {shown(value)}")
+    unknown = [name for name in value if name not in catalog]
+    if unknown:
+        raise ParamsError(
+            f"{key}: {', '.join(map(str, unknown))} not in `{where}`; "
+            f"entries: {', '.join(catalog)}"
+        )
+    if len(set(value)) != len(value):
+        raise ParamsError(f"{key}: each {kind} once, got {shown(value)}")
+    return list(value)
