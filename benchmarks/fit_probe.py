@@ -34,7 +34,8 @@ def main() -> None:
     import tensorflow as tf
 
     from mnist_optimizers.files import load_arrays
-    from mnist_optimizers.model import build_model, validate_model
+    from mnist_optimizers.architecture import validate_model
+    from mnist_optimizers.model import build_model
     from mnist_optimizers.params import load_params
     from mnist_optimizers.paths import PARAMS_FILE
     from mnist_optimizers.runtime import configure_threads

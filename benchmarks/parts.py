@@ -103,7 +103,8 @@ def count_flops() -> dict:
     import keras
     import tensorflow as tf
 
-    from mnist_optimizers.model import build_model, validate_model
+    from mnist_optimizers.architecture import validate_model
+    from mnist_optimizers.model import build_model
 
     model = build_model(validate_model(load_params(ROOT / "params.yaml")["model"]), (28, 28, 1))
     loss_fn = keras.losses.SparseCategoricalCrossentropy()

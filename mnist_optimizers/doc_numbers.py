@@ -1,7 +1,7 @@
 """The numbers of README.md and docs/, written from the committed results.
 
-Every result a page states sits in a marked block that this module fills from `reports/`,
-`metrics/evaluate.json` and params.yaml, so that a page cannot drift from the results:
+Every result a page states sits in a marked block that this module fills from `reports/`
+(the tutorial's workload, mnist_cnn, unless a block names another) and params.yaml, so that a page cannot drift from the results:
 
     <!-- numbers: results-default -->
     ...written here...
@@ -27,7 +27,7 @@ import pandas as pd
 from mnist_optimizers import tables
 from mnist_optimizers.files import read_csv, read_json, write_text_atomic
 from mnist_optimizers.params import load_params
-from mnist_optimizers.paths import GD_VARIANTS_FILE, REPORTS_DIR, RUNS_FILE
+from mnist_optimizers.paths import CHAMPION_NAME, GD_VARIANTS_FILE, reports_dir
 
 PAGES = ("README.md", "docs/*.md")
 BLOCK = re.compile(
@@ -35,6 +35,7 @@ BLOCK = re.compile(
     re.S,
 )
 SETTINGS = ("default", "tuned")
+WORKLOAD = "mnist_cnn"  # the tutorial's, whose numbers the README's tables give
 
 
 class Results:
@@ -42,11 +43,12 @@ class Results:
 
     def __init__(self, root: Path) -> None:
         self.params = load_params(root / "params.yaml")
-        self.runs = read_csv(root / RUNS_FILE)
-        self.comparison = read_csv(root / REPORTS_DIR / "comparison.csv")
-        self.significance = read_csv(root / REPORTS_DIR / "significance.csv")
+        folder = root / reports_dir(WORKLOAD)
+        self.runs = read_csv(folder / "runs.csv")
+        self.comparison = read_csv(folder / "comparison.csv")
+        self.significance = read_csv(folder / "significance.csv")
         self.gd = read_csv(root / GD_VARIANTS_FILE)
-        self.champion = read_json(root / REPORTS_DIR / "champion.json")
+        self.champion = read_json(folder / CHAMPION_NAME)
 
     def by_setting(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         return {s: t for s, t in frame.groupby("setting", sort=False)}

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from mnist_optimizers.errors import PipelineError
-from mnist_optimizers.paths import PROCESSED_DIR
+from mnist_optimizers.paths import processed_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -160,18 +160,21 @@ def load_arrays(data_dir: Path, *names: str) -> list[np.ndarray]:
         except ValueError as exc:
             raise PipelineError(
                 f"{path}: refused, not a plain numeric array ({exc}); "
-                "rerun the preprocess stage: dvc repro --force preprocess"
+                "rerun the preprocess stage of its workload: dvc repro --force preprocess@<workload>"
             ) from None
     return arrays
 
 
-def load_processed(split: str, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The processed images and labels of ``split`` (train, val, test), checked to be what
-    the preprocess stage writes: float32 images (N, height, width, 1) scaled to [0, 1],
-    N integer labels from 0 (below ``num_classes`` when it is given)."""
-    x, y = load_arrays(PROCESSED_DIR, f"x_{split}", f"y_{split}")
-    x_path, y_path = PROCESSED_DIR / f"x_{split}.npy", PROCESSED_DIR / f"y_{split}.npy"
-    rerun = "rerun the preprocess stage: dvc repro --force preprocess"
+def load_processed(
+    workload: str, split: str, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The processed images and labels of ``split`` (train, val, test) of ``workload``'s data,
+    checked to be what the preprocess stage writes: float32 images (N, height, width, 1)
+    scaled to [0, 1], N integer labels from 0 (below ``num_classes`` when it is given)."""
+    folder = processed_dir(workload)
+    x, y = load_arrays(folder, f"x_{split}", f"y_{split}")
+    x_path, y_path = folder / f"x_{split}.npy", folder / f"y_{split}.npy"
+    rerun = f"rerun the preprocess stage: dvc repro --force preprocess@{workload}"
     if x.dtype != np.float32 or x.ndim != 4 or x.shape[-1] != 1 or 0 in x.shape:
         raise PipelineError(
             f"{x_path}: expected float32 images of shape (N, height, width, 1), got "
@@ -189,7 +192,7 @@ def load_processed(split: str, num_classes: int | None = None) -> tuple[np.ndarr
         )
     if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
         expected = (
-            f"0 to {num_classes - 1} (model.num_classes: {num_classes})"
+            f"0 to {num_classes - 1} (workloads.{workload}.model.num_classes: {num_classes})"
             if num_classes
             else "0 or more"
         )
@@ -197,11 +200,14 @@ def load_processed(split: str, num_classes: int | None = None) -> tuple[np.ndarr
     return x, y
 
 
-def load_training_data(num_classes: int, images: int | None = None) -> dict[str, np.ndarray]:
-    """The processed training arrays (the first ``images`` of them, or all) and the whole
-    validation set, checked (``load_processed``), keyed as ``fit.fit_model`` takes them."""
-    x_train, y_train = load_processed("train", num_classes)
-    x_val, y_val = load_processed("val", num_classes)
+def load_training_data(
+    workload: str, num_classes: int, images: int | None = None
+) -> dict[str, np.ndarray]:
+    """``workload``'s processed training arrays (the first ``images`` of them, or all) and
+    the whole validation set, checked (``load_processed``), keyed as ``fit.fit_model`` takes
+    them."""
+    x_train, y_train = load_processed(workload, "train", num_classes)
+    x_val, y_val = load_processed(workload, "val", num_classes)
     return {
         "x_train": x_train[:images],
         "y_train": y_train[:images],

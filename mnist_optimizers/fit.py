@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import shutil
 import logging
@@ -28,7 +29,7 @@ import pandas as pd
 from mnist_optimizers import runtime
 from mnist_optimizers.errors import ParamsError, shown
 from mnist_optimizers.files import atomic_path, write_json_atomic
-from mnist_optimizers.model import ModelConfig
+from mnist_optimizers.architecture import ModelConfig
 from mnist_optimizers.optimizers import logged_config
 from mnist_optimizers.params import check_keys, positive_int, seed
 from mnist_optimizers.paths import CHECKPOINTS_DIR
@@ -287,7 +288,9 @@ def run_params(
 # Logged params that do not change a run's result: the optimizer's name in params.yaml (its
 # class and every argument Keras uses count), the other runs' seeds, checkpointing, and the
 # precision asked for (the one used counts).
-NOT_IN_CONFIGURATION = ("optimizer", "train.seeds", "train.resume", "train.precision")
+# The workload's and data set's names are not either: the model and the data's SHA-256 are.
+NOT_IN_CONFIGURATION = ("optimizer", "train.seeds", "train.resume", "train.precision",
+                        "workload", "data.dataset")  # fmt: skip
 
 
 def configuration_id(logged: dict[str, Any]) -> str:
@@ -298,26 +301,31 @@ def configuration_id(logged: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def matrix_item(item: str, params: dict[str, Any]) -> list[str]:
-    """The optimizer and seed of params.yaml that DVC named the stage after (`adam-42`), as
-    given (checked by ``train``): DVC joins them with '-', which a path in one may hold too."""
+def matrix_item(item: str, params: dict[str, Any], seeds: bool = True) -> list[str]:
+    """The workload, optimizer and seed of params.yaml that DVC named the stage after
+    (`mnist_cnn-adam-42`; without ``seeds``, the workload and optimizer: `mnist_cnn-adam`), as
+    given (checked by the stage): DVC joins them with '-', which a name may hold too."""
     def listed(value: Any) -> list:
         return value if isinstance(value, list) else []
 
-    seeds = listed((params.get("train") or {}).get("seeds"))
-    for name in listed(params.get("compare")):
-        for value in seeds:
-            if f"{name}-{value}" == item:
-                return [str(name), str(value)]
-    raise ParamsError(f"$DVC_STAGE: {item!r} is no optimizer and seed of compare and train.seeds")
+    lists = [listed(params.get("compare_workloads")), listed(params.get("compare"))]
+    if seeds:
+        lists.append(listed((params.get("train") or {}).get("seeds")))
+    for combination in itertools.product(*lists):
+        if "-".join(map(str, combination)) == item:
+            return [str(value) for value in combination]
+    what = "workload, optimizer and seed of compare_workloads, compare and train.seeds" if seeds \
+        else "workload and optimizer of compare_workloads and compare"
+    raise ParamsError(f"$DVC_STAGE: {item!r} is no {what}")
 
 
 @dataclass
 class Training:
     """One training run, ready to fit: what `prepare` checked, built and loaded."""
 
-    key: str  # adam-42, adam-42-tuned
-    stage: str  # train@adam-42, train_tuned@adam-42
+    workload: str  # mnist_cnn
+    key: str  # adam-42, adam-42-tuned: its files in the workload's folders
+    stage: str  # train@mnist_cnn-adam-42, train_tuned@mnist_cnn-adam-42
     config: TrainConfig
     optimizer: keras.optimizers.Optimizer
     model: keras.Model

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from mnist_optimizers.paths import PROCESSED_DIR
+from mnist_optimizers.paths import processed_dir
 from mnist_optimizers.mlflow_store import project_root
 
 if TYPE_CHECKING:
@@ -80,8 +80,8 @@ def log_model(model: keras.Model, example: np.ndarray) -> None:
 def datasets(data: dict[str, np.ndarray], data_summary: dict[str, Any]) -> list[tuple[Any, str]]:
     """Each split in ``data`` (arrays keyed `x_train`, `y_train`, ... as
     `files.load_training_data` returns them) as an MLflow dataset and its context, for the
-    run's Dataset column: named by split and image count (`mnist-train-54000`), its source
-    the processed file, its digest that of the downloaded files' SHA-256, the preprocessing
+    run's Dataset column: named by data set, split and image count (`mnist-train-54000`), its
+    source the processed file (of the workload the summary names), its digest that of the downloaded files' SHA-256, the preprocessing
     settings and the images taken (so runs on different subsets or data differ at a glance,
     without hashing the arrays)."""
     from mlflow.data.dataset_source_registry import get_registered_sources
@@ -103,10 +103,10 @@ def datasets(data: dict[str, np.ndarray], data_summary: dict[str, Any]) -> list[
             "images": len(x),
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-        source = local._resolve((project_root() / PROCESSED_DIR / f"x_{split}.npy").as_uri())
-        dataset = from_numpy(
-            x, targets=y, source=source, name=f"mnist-{split}-{len(x)}", digest=digest
-        )
+        folder = processed_dir(data_summary["workload"])
+        source = local._resolve((project_root() / folder / f"x_{split}.npy").as_uri())
+        name = f"{data_summary['dataset']}-{split}-{len(x)}"
+        dataset = from_numpy(x, targets=y, source=source, name=name, digest=digest)
         inputs.append((dataset, context))
     return inputs
 

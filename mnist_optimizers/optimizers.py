@@ -19,7 +19,7 @@ import numpy as np
 from mnist_optimizers.errors import ParamsError, PipelineError, shown
 from mnist_optimizers.files import read_json
 from mnist_optimizers.params import selection
-from mnist_optimizers.paths import TUNED_RATE_DIR
+from mnist_optimizers.paths import tuned_rate_file
 
 CLASS_KEY = "class"
 # Optimizers that wrap others or need per-variable structure: not usable from params alone.
@@ -197,14 +197,14 @@ def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     return float(float32_text(optimizer.get_config()["learning_rate"]))
 
 
-def tuned_rate(name: str) -> float:
-    """The rate `tune@<name>` chose, checked where it is read (a hand-edited file is named,
-    not `optimizers.<name>.learning_rate`)."""
-    path = TUNED_RATE_DIR / f"{name}.json"
+def tuned_rate(workload: str, name: str) -> float:
+    """The rate `tune@<workload>-<name>` chose, checked where it is read (a hand-edited file
+    is named, not `optimizers.<name>.learning_rate`)."""
+    path = tuned_rate_file(workload, name)
     rate = read_json(path, "learning_rate")["learning_rate"]
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
         raise PipelineError(
             f"{path}: learning_rate: expected a positive number, got {shown(rate)}; rerun "
-            f"the search: dvc repro --force tune@{name}"
+            f"the search: dvc repro --force tune@{workload}-{name}"
         )
     return rate

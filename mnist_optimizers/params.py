@@ -20,8 +20,10 @@ from mnist_optimizers.paths import PARAMS_FILE
 
 SECTIONS = (
     "download",
+    "datasets",
+    "workloads",
+    "compare_workloads",
     "preprocess",
-    "model",
     "train",
     "compare",
     "optimizers",

@@ -189,3 +189,18 @@ def plot_trajectories(
         right.set_yscale("symlog", linthresh=1e-4)
     left.legend(fontsize="small")
     save_figure(fig, path)
+
+
+def plot_profiles(by_setting: dict[str, pd.DataFrame], path: Path, unit: str = "steps") -> None:
+    """AlgoPerf's performance profiles, a panel per setting: rho(tau), the fraction of
+    workloads an optimizer reached the target within tau times the fastest (``by_setting``:
+    profiles.profile's table of each setting)."""
+    panels = len(by_setting)
+    fig, axes = pyplot().subplots(1, panels, figsize=(4.5 * panels, 3.8), dpi=120, squeeze=False)
+    for ax, (setting, table) in zip(axes[0], by_setting.items(), strict=True):
+        for optimizer in table.columns:
+            ax.step(table.index, table[optimizer], where="post", label=optimizer)
+        ax.set(xlabel=f"tau (ratio to the fastest, {unit})", ylabel="fraction of workloads",
+               ylim=(-0.03, 1.03), title=f"Performance profiles ({setting} learning rate)")  # fmt: skip
+        ax.legend(fontsize=8)
+    save_figure(fig, path)

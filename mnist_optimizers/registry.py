@@ -1,6 +1,6 @@
-"""MLflow's model registry: register a trained model as `mnist-cnn` and keep the alias
-`champion` on the best one by validation accuracy (never test accuracy: test stays an
-unbiased estimate)."""
+"""MLflow's model registry: register a workload's trained model under the workload's name
+(`mnist-cnn` for mnist_cnn) and keep the alias `champion` on the best one by validation
+accuracy (never test accuracy: test stays an unbiased estimate)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from mlflow.exceptions import MlflowException
 from mnist_optimizers.errors import PipelineError
 from mnist_optimizers.paths import run_key
 
-MODEL_NAME = "mnist-cnn"
 ALIAS = "champion"
 SELECTION_METRIC = "val_accuracy"
 VAL_SET_TAG, VAL_IMAGES_TAG = "val_set", "val_images"
@@ -30,6 +29,7 @@ log = logging.getLogger(__name__)
 class Candidate:
     """One trained model: which run of the pipeline, and its validation accuracy."""
 
+    workload: str
     optimizer: str
     seed: int
     setting: str  # "default" or "tuned" learning rate
@@ -39,6 +39,15 @@ class Candidate:
     @property
     def key(self) -> str:
         return run_key(self.optimizer, self.seed, self.setting == "tuned")
+
+    @property
+    def model_name(self) -> str:
+        return model_name(self.workload)
+
+
+def model_name(workload: str) -> str:
+    """A workload's name in the registry: mnist_cnn -> mnist-cnn."""
+    return workload.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ def version_tags(candidate: Candidate, run: Run, val_set: ValidationSet) -> dict
     return {
         VAL_SET_TAG: val_set.digest,
         VAL_IMAGES_TAG: str(val_set.images),
+        "workload": candidate.workload,
         "optimizer": candidate.optimizer,
         "setting": candidate.setting,
         "seed": str(candidate.seed),
@@ -85,16 +95,16 @@ def version_tags(candidate: Candidate, run: Run, val_set: ValidationSet) -> dict
     }
 
 
-def existing_version(client: mlflow.MlflowClient, run_id: str) -> ModelVersion | None:
-    """The version of MODEL_NAME already made from ``run_id``, if any."""
-    versions = client.search_model_versions(f"name = '{MODEL_NAME}' and run_id = '{run_id}'")
+def existing_version(client: mlflow.MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The version of model ``name`` already made from ``run_id``, if any."""
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def current_champion(client: mlflow.MlflowClient) -> ModelVersion | None:
-    """The version the alias points to, or None before the first registration."""
+def current_champion(client: mlflow.MlflowClient, name: str) -> ModelVersion | None:
+    """The version of model ``name`` the alias points to, or None before the first one."""
     try:
-        return client.get_model_version_by_alias(MODEL_NAME, ALIAS)
+        return client.get_model_version_by_alias(name, ALIAS)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in exc.message.lower():
             return None
@@ -120,7 +130,7 @@ def keeps_alias(current: ModelVersion, candidate: Candidate, val_set: Validation
         log.warning(
             "@%s stays on %s version %s: %s. To move it anyway: MlflowClient()"
             ".set_registered_model_alias(%r, %r, <version>)",
-            ALIAS, MODEL_NAME, current.version, why, MODEL_NAME, ALIAS,
+            ALIAS, candidate.model_name, current.version, why, candidate.model_name, ALIAS,
         )  # fmt: skip
     return keeps
 
@@ -131,17 +141,17 @@ def register(
     """Register the candidate's model (unless a version from its run exists) and move the
     alias to it unless the current champion keeps it (``keeps_alias``). Return the version,
     whether it is new, and the version the alias points to afterwards."""
-    client = mlflow.MlflowClient()
-    version = existing_version(client, run.info.run_id)
+    client, name = mlflow.MlflowClient(), candidate.model_name
+    version = existing_version(client, name, run.info.run_id)
     created = version is None
     if version is None:
         version = mlflow.register_model(
-            logged_model_uri(run), MODEL_NAME, tags=version_tags(candidate, run, val_set)
+            logged_model_uri(run), name, tags=version_tags(candidate, run, val_set)
         )
-    current = current_champion(client)
+    current = current_champion(client, name)
     if current is not None and int(current.version) == int(version.version):
         return version, created, current
     if current is not None and keeps_alias(current, candidate, val_set):
         return version, created, current
-    client.set_registered_model_alias(MODEL_NAME, ALIAS, version.version)
-    return version, created, client.get_model_version_by_alias(MODEL_NAME, ALIAS)
+    client.set_registered_model_alias(name, ALIAS, version.version)
+    return version, created, client.get_model_version_by_alias(name, ALIAS)

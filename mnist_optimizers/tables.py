@@ -52,9 +52,9 @@ def file_label(name: str, setting: str) -> str:
     return name if setting == "default" else f"{name}-{setting}"
 
 
-def runs_table(runs: list[Run], targets: tuple[float, ...]) -> pd.DataFrame:
+def runs_table(runs: list[Run], targets: tuple[float, ...], steps_per_epoch: int) -> pd.DataFrame:
     """One row per run (setting, optimizer, seed): learning rate, accuracies, loss, seconds,
-    time to each target."""
+    time to each target (the epoch, the training steps to its end, the seconds)."""
     rows = []
     for run in runs:
         diverged = bool(run.train.get("diverged", False))
@@ -73,6 +73,7 @@ def runs_table(runs: list[Run], targets: tuple[float, ...]) -> pd.DataFrame:
             reached = stats.time_to_target(run.history, target)
             label = target_label(target)
             row[f"epoch_to_{label}"] = reached.epoch if reached else None
+            row[f"steps_to_{label}"] = reached.epoch * steps_per_epoch if reached else None
             row[f"seconds_to_{label}"] = round(reached.seconds, 1) if reached else None
         # How, where and when it trained (older runs' metrics do not say where and when).
         row["precision"] = run.train["precision"]
@@ -461,3 +462,69 @@ def comparison_markdown(
         markdown = readable.to_markdown(index=False, disable_numparse=True)
         parts += [f"## {section_title(setting, tuning)}", "", markdown, ""]
     return "\n".join(parts)
+
+
+def across_workloads(
+    comparisons: Mapping[str, pd.DataFrame],
+    significance: Mapping[str, pd.DataFrame],
+    scores: pd.DataFrame,
+) -> list[str]:
+    """What holds on every workload and what does not, a few sentences per setting: who is
+    the most accurate on each, which significant differences point the same way on all,
+    and who scores highest on the performance profile. ``comparisons`` and ``significance``:
+    each workload's comparison.csv and significance.csv; ``scores``: profiles.score_table."""
+    sentences = []
+    settings = dict.fromkeys(s for t in comparisons.values() for s in t["setting"])
+    for setting in settings:
+        title = SECTION_TITLES[setting]
+        leaders = {}
+        for workload, table in comparisons.items():
+            ranked = table[table["setting"] == setting].dropna(subset=["test_accuracy_%"])
+            if not ranked.empty:
+                best = ranked.sort_values("test_accuracy_%", ascending=False, kind="stable").iloc[0]
+                leaders[workload] = (best["optimizer"], best["test_accuracy_%"])
+        named = ", ".join(f"{w} {acc:.2f}%" for w, (_, acc) in leaders.items())
+        winners = {name for name, _ in leaders.values()}
+        if len(winners) == 1 and len(leaders) == len(comparisons):
+            sentences.append(f"{title}: {winners.pop()} is the most accurate on every workload "
+                             f"({named}).")  # fmt: skip
+        else:
+            each = ", ".join(f"{name} on {w}" for w, (name, _) in leaders.items())
+            sentences.append(f"{title}: the most accurate differs by workload: {each}.")
+        sentences.append(f"{title}: " + pair_agreement(
+            {w: t[t["setting"] == setting] for w, t in significance.items()}))
+        ranked = scores[scores["setting"] == setting].sort_values("score_steps", ascending=False)
+        if not ranked.empty:
+            order = ", ".join(f"{r.optimizer} {r.score_steps:.2f}" for r in ranked.itertuples())
+            sentences.append(f"{title}: performance-profile score (steps to each workload's "
+                             f"target, 1 = fastest everywhere): {order}.")  # fmt: skip
+    return sentences
+
+
+def pair_agreement(significance: Mapping[str, pd.DataFrame]) -> str:
+    """Which pairs' test-accuracy differences are significant in the same direction on every
+    workload, and which are on some but not all."""
+    verdicts: dict[tuple[str, str], dict[str, int]] = {}
+    for workload, table in significance.items():
+        for r in table.itertuples():
+            sign = 0
+            if bool(r.significant) and not pd.isna(r.test_difference_points):
+                sign = 1 if r.test_difference_points > 0 else -1
+            verdicts.setdefault((r.optimizer_a, r.optimizer_b), {})[workload] = sign
+
+    def better(pair: tuple[str, str], sign: int) -> str:
+        return f"{pair[0]} > {pair[1]}" if sign > 0 else f"{pair[1]} > {pair[0]}"
+
+    everywhere, somewhere = [], []
+    for pair, signs in verdicts.items():
+        values = set(signs.values())
+        if len(signs) == len(significance) and len(values) == 1 and 0 not in values:
+            everywhere.append(better(pair, values.pop()))
+        elif values - {0}:
+            where = ", ".join(f"{better(pair, s)} on {w}" for w, s in signs.items() if s)
+            somewhere.append(where)
+    text = ("significant on every workload, in the same direction: "
+            + (", ".join(everywhere) or "no difference"))  # fmt: skip
+    if somewhere:
+        text += "; significant on some workloads only: " + "; ".join(somewhere)
+    return text + "."

@@ -21,16 +21,16 @@ from mnist_optimizers import mlflow_store, stats
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.files import write_text_atomic
 from mnist_optimizers.fit import validate_train
-from mnist_optimizers.model import validate_model
 from mnist_optimizers.optimizers import build_optimizer, validate_compare, validate_optimizer_names
 from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import PARAMS_CHECKED_FILE
-from mnist_optimizers.sections.download import validate_download
+from mnist_optimizers.sections.download import validate_datasets, validate_download
 from mnist_optimizers.sections.evaluate import validate_evaluate
 from mnist_optimizers.sections.gd_variants import validate_gd
 from mnist_optimizers.sections.preprocess import validate_preprocess
 from mnist_optimizers.sections.trajectories import validate_trajectories
 from mnist_optimizers.sections.tune import validate_tune
+from mnist_optimizers.workloads import check_workload_name, validate_workload, validate_workloads
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,16 @@ def check_params(params: dict[str, Any]) -> None:
     """Every section, as the stage that reads it checks it; every optimizer entry built by
     Keras, and each compared one at every learning rate of the tuning grid."""
     validate_download(params["download"])
+    datasets = validate_datasets(params["datasets"])
+    for name in params["workloads"] or {}:  # every entry, compared or not
+        validate_workload(check_workload_name(name), params["workloads"][name], datasets)
+    validate_workloads(params["workloads"], params["compare_workloads"], datasets)
     validate_preprocess(params["preprocess"])
-    validate_model(params["model"])
     validate_train(params["train"])
     mlflow_store.validate_mlflow(params["mlflow"])
     optimizers = validate_optimizer_names(params["optimizers"])
     compared = validate_compare(params["compare"], optimizers)
-    validate_gd(params["gd_variants"], optimizers)
+    validate_gd(params["gd_variants"], optimizers, params["workloads"])
     validate_trajectories(params["trajectories"], optimizers)
     validate_evaluate(params["evaluate"])
     tune = validate_tune(params["tune"])

@@ -1,11 +1,13 @@
-"""Stage `download`: fetch the four MNIST IDX files into data/raw/, verified by SHA-256.
+"""Stage `download@<workload>`: fetch the four IDX files of the workload's data set (its
+entry of `datasets` in params.yaml) into data/raw/<workload>/, verified by SHA-256.
 
-Sources are tried in order: `$MNIST_MIRROR` first when set (a local folder or a base URL),
-then `download.mirrors` from params.yaml. A file is accepted only when the SHA-256 of its
-decompressed content matches `download.sha256`, and is written atomically, so data/raw/
-never holds an unverified or half-written file.
+Sources are tried in order: `$<DATASET>_MIRROR` first when set (MNIST_MIRROR,
+FASHION_MNIST_MIRROR: a local folder or a base URL), then the data set's `mirrors`. A file
+is accepted only when the SHA-256 of the file as served or of its decompressed content is
+the data set's, and is written atomically, so data/raw/ never holds an unverified or
+half-written file.
 
-    MNIST_MIRROR=../shared/data/mnist dvc repro download
+    MNIST_MIRROR=../shared/data/mnist dvc repro download@mnist_cnn
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from mnist_optimizers.cli import run_stage
-from mnist_optimizers.errors import PipelineError
+from mnist_optimizers import workloads
+from mnist_optimizers.cli import dvc_stage_item, run_stage
+from mnist_optimizers.errors import ParamsError, PipelineError
 from mnist_optimizers.files import write_atomic
 from mnist_optimizers.params import load_params
-from mnist_optimizers.paths import RAW_DIR
-from mnist_optimizers.sections.download import DownloadConfig, validate_download
-
-MIRROR_ENV = "MNIST_MIRROR"
+from mnist_optimizers.paths import raw_dir
+from mnist_optimizers.sections.download import (Dataset, DownloadConfig, validate_datasets,
+                                                validate_download)
 CHUNK = 1 << 16
-# MNIST's largest file is 9.9 MB, 47 MB unpacked: a source that sends more, or a file that
-# unpacks to more, is not MNIST.
+# MNIST's largest file is 9.9 MB, Fashion-MNIST's 26 MB, each 47 MB unpacked: a source that
+# sends more, or a file that unpacks to more, is no such data set.
 MAX_BYTES = 64 << 20
 MAX_UNPACKED = 64 << 20
 
@@ -156,43 +158,54 @@ def gunzip(data: bytes) -> bytes:
 def fetch_verified(
     name: str, expected: str, sources: list[str], timeout: float, deadline: float = 600.0
 ) -> bytes:
-    """Return the bytes of ``name`` from the first source whose content has SHA-256
-    ``expected``; DownloadError listing every source and its failure otherwise."""
+    """Return the bytes of ``name`` from the first source whose file, or its decompressed
+    content, has SHA-256 ``expected``; DownloadError listing every source and its failure
+    otherwise."""
     failures = []
     for source in sources:
         try:
             data = read_source(source, name, timeout, deadline)
-            actual = hashlib.sha256(gunzip(data)).hexdigest()  # of the content
-            if actual != expected:
-                raise SourceError(f"checksum mismatch: expected SHA-256 {expected}, got {actual}")
+            content = hashlib.sha256(gunzip(data)).hexdigest()  # a valid gzip file, always
+            if expected not in (content, hashlib.sha256(data).hexdigest()):
+                raise SourceError(
+                    f"checksum mismatch: expected SHA-256 {expected}, got {content} (content)"
+                )
         except SourceError as exc:
             log.warning("%s from %s rejected: %s", name, source, exc)
             failures.append(f"  - {source}: {exc}")
             continue
         log.info("%s: verified from %s", name, source)
         return data
-    tried = "\n".join(failures) or "  (no sources: set MNIST_MIRROR or download.mirrors)"
+    tried = "\n".join(failures) or "  (no sources: set the mirror variable or the mirrors)"
     raise DownloadError(f"{name}: no source served a verified copy. Tried:\n{tried}")
 
 
-def download_all(config: DownloadConfig, sources: list[str], out_dir: Path) -> None:
-    """Fetch and verify every file first, then write each atomically into ``out_dir``:
-    when any file fails, nothing is written."""
+def download_all(
+    config: DownloadConfig, dataset: Dataset, sources: list[str], out_dir: Path
+) -> None:
+    """Fetch and verify every file of ``dataset`` first, then write each atomically into
+    ``out_dir``: when any file fails, nothing is written."""
     verified = {
         name: fetch_verified(
             name, expected, sources, config.timeout_seconds, config.deadline_seconds
         )
-        for name, expected in config.sha256.items()
+        for name, expected in dataset.sha256.items()
     }
     for name, data in verified.items():
         write_atomic(out_dir / name, lambda handle, data=data: handle.write(data), binary=True)
 
 
 def main(argv: list[str]) -> None:
-    config = validate_download(load_params()["download"])
+    usage = "usage: python -m stages.download <workload from params.yaml>"
+    if len(argv) > 1:
+        raise ParamsError(usage)
+    name = argv[0] if argv else dvc_stage_item("download", usage)
+    params = load_params()
+    config = validate_download(params["download"])
+    dataset = validate_datasets(params["datasets"])[workloads.workload(params, name).data]
     root = Path(os.environ.get("DVC_ROOT", "."))
-    sources = resolve_sources(config.mirrors, os.environ.get(MIRROR_ENV), root)
-    download_all(config, sources, RAW_DIR)
+    sources = resolve_sources(dataset.mirrors, os.environ.get(dataset.mirror_env), root)
+    download_all(config, dataset, sources, raw_dir(name))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage `gd_variants`: batch, stochastic and mini-batch gradient descent, side by side.
 
 The tutorial's lesson, measured: the same optimizer and model trained on the first
-`gd_variants.images` training images for `gd_variants.epochs` epochs with three batch sizes:
+`gd_variants.images` training images of `gd_variants.workload` for `gd_variants.epochs` epochs with three batch sizes:
 the whole subset (batch gradient descent: one update per epoch), 1 (stochastic) and
 `gd_variants.mini_batch` (mini-batch). Writes reports/gd_variants.csv (per variant and epoch:
 updates so far, seconds so far, validation accuracy and loss) and logs each variant as an
@@ -21,11 +21,11 @@ import mlflow
 import pandas as pd
 import tensorflow as tf
 
-from mnist_optimizers import mlflow_runs, mlflow_store, runtime
+from mnist_optimizers import mlflow_runs, mlflow_store, runtime, workloads
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.files import load_training_data, write_csv
 from mnist_optimizers.fit import fit_model
-from mnist_optimizers.model import build_model, validate_model
+from mnist_optimizers.model import build_model
 from mnist_optimizers.optimizers import build_optimizer, validate_optimizer_names
 from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import GD_VARIANTS_FILE
@@ -47,13 +47,13 @@ def updates_per_epoch(images: int, batch_size: int) -> int:
 def gd_variants(params: dict[str, Any]) -> pd.DataFrame:
     """Train each variant; write and return the per-epoch table."""
     specs = validate_optimizer_names(params["optimizers"])
-    config = validate_gd(params["gd_variants"], specs)
-    model_config = validate_model(params["model"])
+    config = validate_gd(params["gd_variants"], specs, params["workloads"])
+    model_config = workloads.workload(params, config.workload).model
     experiment_name = mlflow_store.validate_mlflow(params["mlflow"])
     runtime.configure_threads()
     tf.config.experimental.enable_op_determinism()
     experiment_id = mlflow_store.setup_experiment(experiment_name)
-    data = load_training_data(model_config.num_classes, config.images)
+    data = load_training_data(config.workload, model_config.num_classes, config.images)
     images = len(data["x_train"])
     rows = []
     for variant, batch_size in batch_sizes(config, images).items():
@@ -65,7 +65,7 @@ def gd_variants(params: dict[str, Any]) -> pd.DataFrame:
         with mlflow_runs.tracked_run(experiment_id, f"gd {variant}", tags):
             mlflow.log_params(
                 {"gd_variant": variant, "batch_size": batch_size, "images": images}
-                | {"optimizer": config.optimizer}
+                | {"optimizer": config.optimizer, "workload": config.workload}
             )
             tracker = fit_model(model, optimizer, data, config.epochs, batch_size)
         seconds = 0.0

@@ -1,10 +1,11 @@
-"""Stage `preprocess`: parse the IDX files, scale to float32 in [0, 1], split, write .npy.
+"""Stage `preprocess@<workload>`: parse the workload's IDX files (data/raw/<workload>/), scale
+to float32 in [0, 1], split, write .npy files to data/processed/<workload>/.
 
 Applies `preprocess.subset` (the first N training and first N test images) and takes the
 validation set as the last `preprocess.val_fraction` of the training set, exactly as Keras'
 `validation_split` does, so results compare with the reference tutorial.
 
-    dvc repro preprocess
+    dvc repro preprocess@mnist_cnn
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_optimizers.cli import run_stage
-from mnist_optimizers.errors import PipelineError
+from mnist_optimizers import workloads
+from mnist_optimizers.cli import dvc_stage_item, run_stage
+from mnist_optimizers.errors import ParamsError, PipelineError
 from mnist_optimizers.files import atomic_path, write_json_atomic
 from mnist_optimizers.idx import load_split
 from mnist_optimizers.params import load_params
-from mnist_optimizers.paths import DATA_SUMMARY_FILE, PROCESSED_DIR, RAW_DIR
+from mnist_optimizers.paths import DATA_SUMMARY_NAME, processed_dir, raw_dir
 from mnist_optimizers.sections.preprocess import PreprocessConfig, validate_preprocess
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,11 @@ def split_train_val(n: int, val_fraction: float) -> int:
     return split_at
 
 
-def preprocess(raw_dir: Path, config: PreprocessConfig) -> tuple[dict[str, np.ndarray], dict]:
-    """Return the arrays to write (x/y for train, val, test) and a summary of the data."""
+def preprocess(
+    raw_dir: Path, config: PreprocessConfig, workload: str, dataset: str
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Return the arrays to write (x/y for train, val, test) and a summary of the data
+    (``workload``'s, from data set ``dataset``)."""
     x_train, y_train, train_sums = load_split(
         raw_dir / "train-images-idx3-ubyte.gz", raw_dir / "train-labels-idx1-ubyte.gz"
     )
@@ -70,6 +75,8 @@ def preprocess(raw_dir: Path, config: PreprocessConfig) -> tuple[dict[str, np.nd
         "y_test": y_test.copy(),
     }
     summary = {
+        "workload": workload,
+        "dataset": dataset,
         "counts": {"train": split_at, "val": len(x_train) - split_at, "test": len(x_test)},
         "subset": config.subset,
         "val_fraction": config.val_fraction,
@@ -83,14 +90,20 @@ def write_arrays(out_dir: Path, arrays: dict[str, np.ndarray], summary: dict) ->
     for name, array in arrays.items():
         with atomic_path(out_dir / f"{name}.npy") as tmp, open(tmp, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
-    write_json_atomic(out_dir / DATA_SUMMARY_FILE.name, summary)
+    write_json_atomic(out_dir / DATA_SUMMARY_NAME, summary)
 
 
 def main(argv: list[str]) -> None:
-    config = validate_preprocess(load_params()["preprocess"])
-    arrays, summary = preprocess(RAW_DIR, config)
-    write_arrays(PROCESSED_DIR, arrays, summary)
-    log.info("wrote %s: %s", PROCESSED_DIR, summary["counts"])
+    usage = "usage: python -m stages.preprocess <workload from params.yaml>"
+    if len(argv) > 1:
+        raise ParamsError(usage)
+    name = argv[0] if argv else dvc_stage_item("preprocess", usage)
+    params = load_params()
+    config = validate_preprocess(params["preprocess"])
+    dataset = workloads.workload(params, name).data
+    arrays, summary = preprocess(raw_dir(name), config, name, dataset)
+    write_arrays(processed_dir(name), arrays, summary)
+    log.info("wrote %s: %s", processed_dir(name), summary["counts"])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Stage `register`: promote the best model to MLflow's model registry.
+"""Stage `register@<workload>`: promote the workload's best model to MLflow's model registry.
 
 After evaluate, the model with the highest validation accuracy (never test accuracy: test
-stays an unbiased estimate) among every optimizer, seed and setting in reports/runs.csv
-whose MLflow run FINISHED is registered as `mnist-cnn`, and the alias `champion` is moved
+stays an unbiased estimate) among every optimizer, seed and setting in
+reports/workloads/<workload>/runs.csv whose MLflow run FINISHED is registered under the workload's
+name (`mnist-cnn` for mnist_cnn, `mnist-mlp`), and the alias `champion` is moved
 to it, unless the version the alias holds has a higher validation accuracy on the same
 validation set (on another, the one validated on more images keeps it). The accuracy in
 runs.csv, the run's metrics file and its MLflow run must agree. The version is tagged with
@@ -10,10 +11,10 @@ its optimizer, setting, seed, learning rate, validation accuracy and set, MLflow
 experiment.
 Registering the same run again adds no version: the existing one is reused.
 
-    dvc repro register
+    dvc repro register@mnist_cnn
     mlflow models serve -m models:/mnist-cnn@champion --env-manager local
 
-It writes reports/champion.json: which run won, and the version the alias points to.
+It writes reports/workloads/<workload>/champion.json: which run won, and the version the alias points to.
 """
 
 from __future__ import annotations
@@ -28,30 +29,35 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from mnist_optimizers import mlflow_store
-from mnist_optimizers.cli import run_stage
-from mnist_optimizers.errors import PipelineError
+from mnist_optimizers.cli import dvc_stage_item, run_stage
+from mnist_optimizers.errors import ParamsError, PipelineError
 from mnist_optimizers.files import read_json, write_json_atomic
-from mnist_optimizers.paths import (CHAMPION_FILE, DATA_SUMMARY_FILE, RUNS_FILE,
-                                    TRAIN_METRICS_DIR, run_key)  # fmt: skip
-from mnist_optimizers.registry import (ALIAS, MODEL_NAME, SELECTION_METRIC, Candidate,
-                                       ValidationSet, register)  # fmt: skip
+from mnist_optimizers.paths import (CHAMPION_NAME, data_summary_file, reports_dir, run_key,
+                                    runs_file, train_metrics_file)  # fmt: skip
+from mnist_optimizers.registry import (ALIAS, SELECTION_METRIC, Candidate, ValidationSet,
+                                       model_name, register)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 
-def ranked_candidates(runs: pd.DataFrame) -> list[Candidate]:
+def ranked_candidates(workload: str, runs: pd.DataFrame) -> list[Candidate]:
     """Every run with a validation accuracy, best first; on a tie the first in the table's
     order (default before tuned, then `compare` order, then seed)."""
     missing = {"setting", "optimizer", "seed", "learning_rate", SELECTION_METRIC} - set(runs)
     if missing:
-        raise PipelineError(f"{RUNS_FILE}: missing columns {', '.join(sorted(missing))}")
+        raise PipelineError(
+            f"{runs_file(workload)}: missing columns {', '.join(sorted(missing))}"
+        )
     ranked = runs.dropna(subset=[SELECTION_METRIC]).sort_values(
         SELECTION_METRIC, ascending=False, kind="stable"
     )
     if ranked.empty:
-        raise PipelineError(f"{RUNS_FILE}: no run with a {SELECTION_METRIC} to choose from")
+        raise PipelineError(
+            f"{runs_file(workload)}: no run with a {SELECTION_METRIC} to choose from"
+        )
     return [
         Candidate(
+            workload=workload,
             optimizer=str(row["optimizer"]),
             seed=int(row["seed"]),
             setting=str(row["setting"]),
@@ -65,9 +71,9 @@ def ranked_candidates(runs: pd.DataFrame) -> list[Candidate]:
 def check_agrees(candidate: Candidate, metrics: dict[str, Any], run: Run) -> None:
     """The validation accuracy reports/runs.csv, the run's metrics file and its MLflow run
     give must be one number: else the files do not belong together."""
-    path = TRAIN_METRICS_DIR / f"{candidate.key}.json"
+    path = train_metrics_file(candidate.workload, candidate.key)
     values = {
-        str(RUNS_FILE): candidate.val_accuracy,
+        str(runs_file(candidate.workload)): candidate.val_accuracy,
         str(path): metrics.get(SELECTION_METRIC),
         f"MLflow run {run.info.run_id}": run.data.metrics.get(SELECTION_METRIC),
     }
@@ -93,18 +99,22 @@ def fetch_run(client: mlflow.MlflowClient, uri: str, run_id: str) -> Run | None:
 
 
 def champion(
-    metrics: dict[str, dict[str, Any]], runs: pd.DataFrame, val_set: ValidationSet
-) -> dict[str, Any]:
-    """Register the best run whose MLflow run FINISHED (``metrics``: each run's metrics
-    file, by key) and describe the outcome for reports/champion.json."""
+    workload: str, metrics: dict[str, dict[str, Any]], runs: pd.DataFrame,
+    val_set: ValidationSet,
+) -> dict[str, Any]:  # fmt: skip
+    """Register the best run of ``workload`` whose MLflow run FINISHED (``metrics``: each
+    run's metrics file, by key) and describe the outcome for its champion.json."""
     uri = mlflow_store.connect()
     client = mlflow.MlflowClient()
-    candidates = ranked_candidates(runs)
+    candidates = ranked_candidates(workload, runs)
+    name = model_name(workload)
     for candidate in candidates:
-        summary: dict[str, Any] = {"model": MODEL_NAME, "alias": ALIAS, **asdict(candidate)}
+        summary: dict[str, Any] = {"model": name, "alias": ALIAS, **asdict(candidate)}
         run_id = metrics.get(candidate.key, {}).get("mlflow_run_id")
         if not run_id:
-            raise PipelineError(f"{TRAIN_METRICS_DIR / candidate.key}.json names no MLflow run")
+            raise PipelineError(
+                f"{train_metrics_file(workload, candidate.key)} names no MLflow run"
+            )
         summary["mlflow_run_id"] = run_id
         run = fetch_run(client, uri, run_id)
         if run is None:  # trained elsewhere and restored from DVC's run cache
@@ -123,7 +133,7 @@ def champion(
         check_agrees(candidate, metrics[candidate.key], run)
         return summary | registered(candidate, run, val_set, uri)
     log.warning("no run of this pipeline FINISHED in MLflow: nothing registered")
-    return {"model": MODEL_NAME, "alias": ALIAS, "registered": False}
+    return {"model": name, "alias": ALIAS, "registered": False}
 
 
 def registered(
@@ -137,25 +147,33 @@ def registered(
     log.info(
         "%s %s (validation accuracy %.4f) as %s version %s; @%s is version %s",
         "registered" if created else "already registered", candidate.key,
-        candidate.val_accuracy, MODEL_NAME, version.version, ALIAS, holder.version,
+        candidate.val_accuracy, candidate.model_name, version.version, ALIAS, holder.version,
     )  # fmt: skip
     return {
         "registered": True,
         "version": int(version.version),
         "champion": int(holder.version) == int(version.version),
         "champion_version": int(holder.version),
-        "model_uri": f"models:/{MODEL_NAME}@{ALIAS}",
+        "model_uri": f"models:/{candidate.model_name}@{ALIAS}",
     }
 
 
 def main(argv: list[str]) -> None:
-    if not RUNS_FILE.exists():
-        raise PipelineError(f"{RUNS_FILE} is missing: run the evaluate stage first")
-    runs = pd.read_csv(RUNS_FILE)
+    usage = "usage: python -m stages.register <workload from params.yaml>"
+    if len(argv) > 1:
+        raise ParamsError(usage)
+    workload = argv[0] if argv else dvc_stage_item("register", usage)
+    if not runs_file(workload).exists():
+        raise PipelineError(
+            f"{runs_file(workload)} is missing: run its evaluate stage first "
+            f"(dvc repro evaluate@{workload})"
+        )
+    runs = pd.read_csv(runs_file(workload))
     keys = {run_key(str(r.optimizer), int(r.seed), r.setting == "tuned") for r in runs.itertuples()}
-    metrics = {k: read_json(TRAIN_METRICS_DIR / f"{k}.json", "mlflow_run_id") for k in keys}
-    val_set = ValidationSet.of(read_json(DATA_SUMMARY_FILE))
-    write_json_atomic(CHAMPION_FILE, champion(metrics, runs, val_set))
+    metrics = {k: read_json(train_metrics_file(workload, k), "mlflow_run_id") for k in keys}
+    val_set = ValidationSet.of(read_json(data_summary_file(workload)))
+    out = reports_dir(workload) / CHAMPION_NAME
+    write_json_atomic(out, champion(workload, metrics, runs, val_set))
 
 
 if __name__ == "__main__":

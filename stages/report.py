@@ -1,10 +1,13 @@
 """Stage `report`: one page a person would rather look at than read.
 
-Builds reports/report.html (self-contained: figures embedded) and reports/report.md from what
-`evaluate` and `gd_variants` wrote (the HTML tables from their CSV files): the default and tuned comparison tables, the significance
-of the differences, and the figures (validation accuracy per epoch with a band over seeds,
-accuracy against learning rate, time to target, the gradient-descent variants). Logs the page
-and its new figures to every training run in MLflow.
+Builds reports/report/report.html (self-contained: figures embedded) and report.md from what
+each workload's `evaluate` and `gd_variants` wrote. First, across workloads: what holds on every
+one and what does not, and AlgoPerf's performance profiles (the steps and seconds to each
+workload's validation target, as a ratio to the fastest optimizer there; rho(tau) and the
+score), as a figure and a table (profiles.csv). Then per workload: the default and tuned
+comparison tables, the significance of the differences, and the figures (validation accuracy
+per epoch with a band over seeds, accuracy against learning rate, time to target). Last, the
+gradient-descent variants. Logs the page and its figures to every training run in MLflow.
 
     python -m stages.report
 """
@@ -20,29 +23,18 @@ from typing import Any
 
 import pandas as pd
 
-from mnist_optimizers import mlflow_logs, mlflow_store, plots, stats, tables
+from mnist_optimizers import mlflow_logs, mlflow_store, paths, plots, profiles, tables, workloads
 from mnist_optimizers.cli import run_stage
-from mnist_optimizers.files import read_csv, read_json, write_text_atomic
+from mnist_optimizers.files import read_csv, read_json, write_csv, write_text_atomic
 from mnist_optimizers.params import load_params
-from mnist_optimizers.paths import (
-    FIGURES_DIR,
-    GD_VARIANTS_FILE,
-    REPORT_DIR,
-    REPORTS_DIR,
-    RUNS_FILE,
-    TRAIN_METRICS_DIR,
-    run_key,
-)
+from mnist_optimizers.paths import GD_VARIANTS_FILE, REPORT_DIR, run_key
+from mnist_optimizers.sections.evaluate import validate_evaluate
 
 REPORT_HTML = REPORT_DIR / "report.html"
 REPORT_MD = REPORT_DIR / "report.md"
-FIGURES = [
-    (FIGURES_DIR / "val_accuracy.png", "Validation accuracy per epoch (rates from params)"),
-    (FIGURES_DIR / "val_accuracy-tuned.png", "Validation accuracy per epoch (tuned rates)"),
-    (FIGURES_DIR / "tuning.png", "Validation accuracy against learning rate"),
-    (REPORT_DIR / "time_to_target.png", "Time to the validation target"),
-    (REPORT_DIR / "gd_variants.png", "Batch, stochastic and mini-batch gradient descent"),
-]
+PROFILES_PNG = REPORT_DIR / "profiles.png"
+PROFILES_CSV = REPORT_DIR / "profiles.csv"
+GD_PNG = REPORT_DIR / "gd_variants.png"
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;}"
     "table{border-collapse:collapse;font-size:0.85em;margin:1em 0;}"
@@ -81,49 +73,86 @@ def significance_html(significance: pd.DataFrame, confidence: float) -> str:
     return "\n".join(parts)
 
 
+def figures(workload: str) -> list[tuple[Path, str]]:
+    """A workload's figures on the page: evaluate's, and the report's time to target."""
+    folder = paths.reports_dir(workload) / paths.FIGURES_NAME
+    return [
+        (folder / "val_accuracy.png", f"{workload}: validation accuracy per epoch (rates from params)"),
+        (folder / "val_accuracy-tuned.png", f"{workload}: validation accuracy per epoch (tuned rates)"),
+        (folder / "tuning.png", f"{workload}: validation accuracy against learning rate"),
+        (REPORT_DIR / f"time_to_target_{workload}.png", f"{workload}: time to the validation target"),
+    ]  # fmt: skip
+
+
 def report(params: dict[str, Any]) -> Path:
     """Draw the report's figures, write the page as Markdown and HTML, log it to MLflow."""
-    section = params["evaluate"]
-    targets = stats.validate_targets(section.get("targets", list(stats.DEFAULT_TARGETS)))
-    confidence = stats.validate_confidence(section.get("confidence", 0.95))
-    runs = read_csv(RUNS_FILE)
+    compared = workloads.compared(params)
+    confidence = validate_evaluate(params["evaluate"]).confidence
+    read = {name: {} for name in ("runs", "comparison", "significance", "tuning")}
+    for w in compared:
+        for name in read:
+            read[name][w.name] = read_csv(paths.reports_dir(w.name) / f"{name}.csv")
+        plots.plot_time_to_target(read["runs"][w.name], w.target,
+                                  REPORT_DIR / f"time_to_target_{w.name}.png")  # fmt: skip
+    targets = {w.name: w.target for w in compared}
+    settings = list(tables.SETTINGS.values())
+    scores = profiles.score_table(read["runs"], targets, settings)
+    write_csv(PROFILES_CSV, scores)
+    plots.plot_profiles({s: profiles.profiles(read["runs"], targets, s) for s in settings},
+                        PROFILES_PNG)  # fmt: skip
     gd = read_csv(GD_VARIANTS_FILE)
-    comparison = read_csv(REPORTS_DIR / "comparison.csv")
-    significance = read_csv(REPORTS_DIR / "significance.csv")
-    plots.plot_time_to_target(runs, targets[0], REPORT_DIR / "time_to_target.png")
-    plots.plot_gd_variants(gd, REPORT_DIR / "gd_variants.png")
-    answer = tables.headline(
-        dict(list(comparison.groupby("setting", sort=False))),
-        dict(list(significance.groupby("setting", sort=False))),
-    )
+    plots.plot_gd_variants(gd, GD_PNG)
+    across = tables.across_workloads(read["comparison"], read["significance"], scores)
+    seeds = max(int(t["seeds"].max()) for t in read["comparison"].values())
     lead = (
-        f"Mean test accuracy over {int(comparison['seeds'].max())} seeds; significance by "
-        f"Welch's t-test on test accuracy, Holm-corrected over the pairs, at {1 - confidence:g}."
+        f"Mean test accuracy over {seeds} seeds; significance by Welch's t-test on test "
+        f"accuracy, Holm-corrected over the pairs, at {1 - confidence:g}. Performance profiles "
+        f"as MLCommons AlgoPerf's: the median over seeds of the training steps to each "
+        f"workload's target ({', '.join(f'{w} {t:g}' for w, t in targets.items())}), as a "
+        f"ratio to the fastest optimizer on that workload; the score is the area under the "
+        f"profile from 1 to {profiles.MAX_RATIO:g}, divided by {profiles.MAX_RATIO - 1:g}."
     )
     gd_last = gd_variants_table(gd)
-    write_text_atomic(REPORT_MD, report_markdown(answer, lead, gd_last))
-    tuning = read_csv(REPORTS_DIR / "tuning.csv")
+    sections = {w.name: workload_parts(w.name, read, confidence) for w in compared}
+    write_text_atomic(REPORT_MD, report_markdown(across, lead, scores, sections, gd_last))
     body = [
         "<h1>Optimizer comparison</h1>",
+        "<h2>Across workloads</h2>",
         "<ul class='answer'>"
-        + "".join(f"<li>{html.escape(sentence)}</li>" for sentence in answer)
+        + "".join(f"<li>{html.escape(sentence)}</li>" for sentence in across)
         + "</ul>",
         f"<p>{html.escape(lead)}</p>",
-        comparison_html(comparison, tuning, confidence),
-        "<h2>Which differences are real</h2>",
-        significance_html(significance, confidence),
-        "<h2>Figures</h2>",
-        *(embedded(path, alt) for path, alt in FIGURES),
-        "<h2>Gradient-descent variants</h2>",
-        gd_last.to_html(index=False, border=0),
+        scores.to_html(index=False, border=0),
+        embedded(PROFILES_PNG, "Performance profiles"),
     ]
+    for name, part in sections.items():
+        body += [
+            f"<h2>{html.escape(name)}</h2>",
+            "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in part["answer"]) + "</ul>",
+            comparison_html(read["comparison"][name], read["tuning"][name], confidence),
+            "<h3>Which differences are real</h3>",
+            significance_html(read["significance"][name], confidence),
+            *(embedded(path, alt) for path, alt in figures(name)),
+        ]
+    body += ["<h2>Gradient-descent variants</h2>", embedded(GD_PNG, "Gradient-descent variants"),
+             gd_last.to_html(index=False, border=0)]  # fmt: skip
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>Optimizer comparison</title>"
         f"<style>{STYLE}</style></head><body>" + "\n".join(body) + "</body></html>\n"
     )
     write_text_atomic(REPORT_HTML, page)
-    log_to_mlflow(runs)
+    log_to_mlflow(read["runs"])
     return REPORT_HTML
+
+
+def workload_parts(name: str, read: dict[str, dict[str, pd.DataFrame]], confidence: float) -> dict:
+    """A workload's headline sentences, from its comparison and significance tables."""
+    comparison, significance = read["comparison"][name], read["significance"][name]
+    answer = tables.headline(
+        dict(list(comparison.groupby("setting", sort=False))),
+        dict(list(significance.groupby("setting", sort=False))),
+    )
+    return {"answer": answer}
 
 
 def gd_variants_table(gd: pd.DataFrame) -> pd.DataFrame:
@@ -136,39 +165,46 @@ def gd_variants_table(gd: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def report_markdown(answer: list[str], lead: str, gd_last: pd.DataFrame) -> str:
-    """The page in Markdown: the answer, the tables evaluate wrote, the figures."""
-    return "\n".join(
-        [
-            "# Optimizer comparison",
+def report_markdown(across: list[str], lead: str, scores: pd.DataFrame,
+                    sections: dict[str, dict], gd_last: pd.DataFrame) -> str:  # fmt: skip
+    """The page in Markdown: across workloads, then each workload's tables (as evaluate wrote
+    them) and figures, then the gradient-descent variants."""
+    def image(path: Path, alt: str) -> str:
+        return f"![{alt}]({os.path.relpath(path, REPORT_DIR)})"
+
+    lines = ["# Optimizer comparison", "", "## Across workloads", "",
+             *(f"- {sentence}" for sentence in across), "", lead, "",
+             scores.to_markdown(index=False), "", image(PROFILES_PNG, "Performance profiles"), ""]  # fmt: skip
+    for name, part in sections.items():
+        folder = paths.reports_dir(name)
+        lines += [
+            f"## {name}",
             "",
-            *(f"- {sentence}" for sentence in answer),
+            *(f"- {sentence}" for sentence in part["answer"]),
             "",
-            lead,
+            (folder / "comparison.md").read_text(encoding="utf-8").replace("## ", "### "),
+            f"### Which differences are real ({name})",
             "",
-            (REPORTS_DIR / "comparison.md").read_text(encoding="utf-8"),
-            "## Which differences are real",
-            "",
-            (REPORTS_DIR / "significance.md").read_text(encoding="utf-8").replace("## ", "### "),
-            "## Gradient-descent variants",
-            "",
-            gd_last.to_markdown(index=False),
-            "",
-            *(f"![{alt}]({os.path.relpath(path, REPORT_DIR)})" for path, alt in FIGURES),
+            (folder / "significance.md").read_text(encoding="utf-8").replace("## ", "#### "),
+            *(image(path, alt) for path, alt in figures(name)),
             "",
         ]
-    )
+    lines += ["## Gradient-descent variants", "", gd_last.to_markdown(index=False), "",
+              image(GD_PNG, "Batch, stochastic and mini-batch gradient descent"), ""]  # fmt: skip
+    return "\n".join(lines)
 
 
-def log_to_mlflow(runs: pd.DataFrame) -> None:
-    """The page and its two new figures into every training run, under `report/`; a run
-    missing from the store is skipped with a warning (mlflow_logs.log_to_run)."""
+def log_to_mlflow(runs: dict[str, pd.DataFrame]) -> None:
+    """The page and its figures into every training run of every workload, under `report/`;
+    a run missing from the store is skipped with a warning (mlflow_logs.log_to_run)."""
     mlflow_store.connect()
     files = {path: "report" for path in sorted(REPORT_DIR.iterdir()) if path.is_file()}
-    for row in runs.itertuples():
-        key = run_key(row.optimizer, row.seed, row.setting == "tuned")
-        run_id = read_json(TRAIN_METRICS_DIR / f"{key}.json", "mlflow_run_id")["mlflow_run_id"]
-        mlflow_logs.log_to_run(key, run_id, {}, files)
+    for workload, table in runs.items():
+        for row in table.itertuples():
+            key = run_key(row.optimizer, row.seed, row.setting == "tuned")
+            run_id = read_json(paths.train_metrics_file(workload, key),
+                               "mlflow_run_id")["mlflow_run_id"]  # fmt: skip
+            mlflow_logs.log_to_run(f"{workload}/{key}", run_id, {}, files)
 
 
 def main(argv: list[str]) -> None:

@@ -1,12 +1,15 @@
-"""Stage `train@<optimizer>-<seed>`: train the CNN with one optimizer (a key of `optimizers`
-in params.yaml) from one seed (one of `train.seeds`), log the run to MLflow. Writes
-models/<run>.keras, metrics/history/<run>.csv (per epoch) and metrics/train/<run>.json (with
-the MLflow run id and the run's configuration id). With `--tuned` (stage `train_tuned@<optimizer>-<seed>`) it trains with the
-best rate of `tune@<optimizer>` and writes the same files with a `-tuned` suffix; where that
-rate makes the same configuration as the default run (the search kept the default rate), it
-trains nothing: it copies the default run's files and tags its MLflow run as both settings'.
+"""Stage `train@<workload>-<optimizer>-<seed>`: train one workload's model (an entry of
+`workloads` in params.yaml) with one optimizer (of `optimizers`) from one seed (of
+`train.seeds`), log the run to MLflow. Writes, in the workload's folders,
+models/<workload>/<run>.keras, metrics/history/<workload>/<run>.csv (per epoch) and
+metrics/train/<workload>/<run>.json (with the MLflow run id and the run's configuration id).
+With `--tuned` (stage `train_tuned@<workload>-<optimizer>-<seed>`) it trains with the best
+rate of `tune@<workload>-<optimizer>` and writes the same files with a `-tuned` suffix; where
+that rate makes the same configuration as the default run (the search kept the default
+rate), it trains nothing: it copies the default run's files and tags its MLflow run as both
+settings'.
 
-    python -m stages.train adam 42     # what `dvc repro train@adam-42` runs
+    python -m stages.train mnist_cnn adam 42   # what `dvc repro train@mnist_cnn-adam-42` runs
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import keras
 import mlflow
 import tensorflow as tf
 
-from mnist_optimizers import fit, mlflow_logs, mlflow_runs, mlflow_store, runtime
+from mnist_optimizers import fit, mlflow_logs, mlflow_runs, mlflow_store, paths, runtime, workloads
 from mnist_optimizers.cli import dvc_stage_item, run_stage
 from mnist_optimizers.errors import ParamsError, shown
 from mnist_optimizers.files import (copy_atomic, load_training_data, read_json, write_csv,
@@ -30,12 +33,11 @@ from mnist_optimizers.files import (copy_atomic, load_training_data, read_json, 
 from mnist_optimizers.fit import (checkpoint_dir, configuration_id, diverged_at,
                                   fit_model, history_frame, run_params, set_precision, timed,
                                   validate_train)
-from mnist_optimizers.model import build_model, save_model, validate_model
+from mnist_optimizers.model import build_model, save_model
 from mnist_optimizers.optimizers import (build_optimizer, learning_rate, optimizer_spec, tuned_rate,
                                          validate_optimizer_names)
 from mnist_optimizers.params import load_params
-from mnist_optimizers.paths import (DATA_SUMMARY_FILE, HISTORY_DIR, MODELS_DIR, TRAIN_METRICS_DIR,
-                                    run_key)
+from mnist_optimizers.paths import run_key, stage_item
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,16 @@ log = logging.getLogger(__name__)
 SETTING_TAGS = {False: "default_setting", True: "tuned_setting"}
 
 
-def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> None:
+def train(workload: str, name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> None:
     """Validate everything, check the tracking store, then train, log and save. ``tuned``
-    trains with the best learning rate of `tune@<name>` (metrics/tuned_rate/<name>.json)."""
-    job = prepare(name, seed, params, tuned)
+    trains with the best learning rate of `tune@<workload>-<name>`
+    (metrics/tuned_rate/<workload>/<name>.json)."""
+    job = prepare(workload, name, seed, params, tuned)
     configuration = configuration_id(job.logged)
-    if tuned and reuse_default_run(name, seed, configuration):
+    if tuned and reuse_default_run(workload, name, seed, configuration):
         return
     tags = mlflow_runs.run_tags(job.stage) | {
+        "workload": workload,
         "optimizer": name,
         "seed": str(seed),
         SETTING_TAGS[False]: str(not tuned).lower(),
@@ -61,12 +65,13 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
     }
     precision = job.logged["train.effective_precision"]
     log.info("%s: training on %s in %s", job.stage, tags[mlflow_runs.DEVICE_TAG], precision)
-    with mlflow_runs.tracked_run(job.experiment_id, job.key, tags) as run:
+    with mlflow_runs.tracked_run(job.experiment_id, f"{workload}/{job.key}", tags) as run:
         history = fit_and_log(job)
         last, diverged = history[-1], diverged_at(history)
         if diverged is not None:  # its numbers are no result: none is written as one
             last = dict.fromkeys(last) | {"diverged": True, "diverged_at_epoch": diverged}
         metrics = {
+            "workload": workload,
             "optimizer_class": type(job.optimizer).__name__,
             "learning_rate": learning_rate(job.optimizer),
             "precision": precision,
@@ -93,12 +98,14 @@ def train(name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> 
                  job.seconds["fit"])  # fmt: skip
 
 
-def prepare(name: str, seed: int, params: dict[str, Any], tuned: bool) -> fit.Training:
+def prepare(
+    workload: str, name: str, seed: int, params: dict[str, Any], tuned: bool
+) -> fit.Training:
     """Check the params and the store, seed everything, load the data, build the model."""
     spec = optimizer_spec(validate_optimizer_names(params["optimizers"]), name)
+    model_config = workloads.workload(params, workload).model
     if tuned:
-        spec = spec | {"learning_rate": tuned_rate(name)}
-    model_config = validate_model(params["model"])
+        spec = spec | {"learning_rate": tuned_rate(workload, name)}
     train_config = validate_train(params["train"])
     if seed not in train_config.seeds:
         raise ParamsError(f"train.seeds: {seed} is not one of {list(train_config.seeds)}")
@@ -111,21 +118,23 @@ def prepare(name: str, seed: int, params: dict[str, Any], tuned: bool) -> fit.Tr
     key = run_key(name, seed, tuned)
     seconds: dict[str, float] = {}
     with timed(seconds, "load_data"):
-        data = load_training_data(model_config.num_classes)
-        data_summary = read_json(DATA_SUMMARY_FILE)
+        data = load_training_data(workload, model_config.num_classes)
+        data_summary = read_json(paths.data_summary_file(workload))
     precision = set_precision(train_config.precision)
     model = build_model(model_config, data["x_train"].shape[1:])
     run = run_params(name, optimizer, model_config, train_config, model, data_summary)
     logged = run | {
+        "workload": workload,
+        "data.dataset": data_summary["dataset"],
         "train.seed": seed,
         "train.effective_precision": precision,
         "runtime.intra_op_threads": threads.intra_op,
         "runtime.inter_op_threads": threads.inter_op,
     }
-    stage = f"train_tuned@{run_key(name, seed)}" if tuned else f"train@{key}"
+    stage = f"{'train_tuned' if tuned else 'train'}@{stage_item(workload, name, seed)}"
     identity = {"params": run, "seed": seed, "data": data_summary}
-    checkpoint = checkpoint_dir(key, identity) if train_config.resume else None
-    return fit.Training(key, stage, train_config, optimizer, model, data, data_summary, logged,
+    checkpoint = checkpoint_dir(f"{workload}-{key}", identity) if train_config.resume else None
+    return fit.Training(workload, key, stage, train_config, optimizer, model, data, data_summary, logged,
                     threads, experiment_id, seconds, checkpoint)  # fmt: skip
 
 
@@ -152,46 +161,48 @@ def save_outputs(job: fit.Training, history: list[dict[str, float]], metrics: di
     """Model, history, then the metrics file last: a failure leaves no complete-looking set."""
     with timed(job.seconds, "save_model"):
         identity = {k: metrics[k] for k in ("mlflow_run_id", "configuration")}
-        save_model(job.model, MODELS_DIR / f"{job.key}.keras", identity | {"run": job.key})
-    write_csv(HISTORY_DIR / f"{job.key}.csv", history_frame(history))
+        save_model(job.model, paths.model_file(job.workload, job.key), identity | {"run": job.key})
+    write_csv(paths.history_file(job.workload, job.key), history_frame(history))
     rounded = {part: round(value, 3) for part, value in job.seconds.items()}
-    write_json_atomic(TRAIN_METRICS_DIR / f"{job.key}.json", metrics | {"seconds": rounded})
+    write_json_atomic(paths.train_metrics_file(job.workload, job.key), metrics | {"seconds": rounded})
 
 
-def reuse_default_run(name: str, seed: int, configuration: str) -> bool:
+def reuse_default_run(workload: str, name: str, seed: int, configuration: str) -> bool:
     """Where the tuned run of ``name`` and ``seed`` would be the same configuration as its
     default run, take the default run's model, history and metrics as the tuned run's,
     tag its MLflow run as the tuned setting's too, and return True; else return False."""
     default_key, key = run_key(name, seed), run_key(name, seed, tuned=True)
     default = read_json(
-        TRAIN_METRICS_DIR / f"{default_key}.json", "mlflow_run_id", "learning_rate"
+        paths.train_metrics_file(workload, default_key), "mlflow_run_id", "learning_rate"
     )
     if default.get("configuration") != configuration:
         return False
-    mlflow_logs.log_to_run(default_key, default["mlflow_run_id"], {}, {}, {SETTING_TAGS[True]: "true"})
-    copy_atomic(MODELS_DIR / f"{default_key}.keras", MODELS_DIR / f"{key}.keras")
-    copy_atomic(HISTORY_DIR / f"{default_key}.csv", HISTORY_DIR / f"{key}.csv")
-    write_json_atomic(TRAIN_METRICS_DIR / f"{key}.json", default | {"reused": default_key})
+    label = f"{workload}/{default_key}"
+    mlflow_logs.log_to_run(label, default["mlflow_run_id"], {}, {}, {SETTING_TAGS[True]: "true"})
+    for file in (paths.model_file, paths.history_file):
+        copy_atomic(file(workload, default_key), file(workload, key))
+    write_json_atomic(paths.train_metrics_file(workload, key), default | {"reused": default_key})
     log.info("train_tuned@%s: the tuned rate %g is the default run's configuration: %s's model "
-             "and MLflow run %s reused, nothing trained", default_key, default["learning_rate"],
-             default_key, default["mlflow_run_id"])  # fmt: skip
+             "and MLflow run %s reused, nothing trained", stage_item(workload, name, seed),
+             default["learning_rate"], label, default["mlflow_run_id"])  # fmt: skip
     return True
 
 
 def main(argv: list[str]) -> None:
-    usage = "usage: python -m stages.train <optimizer name from params.yaml> <seed> [--tuned]"
+    usage = ("usage: python -m stages.train <workload> <optimizer> <seed> [--tuned] (names and "
+             "seed from params.yaml)")  # fmt: skip
     tuned = "--tuned" in argv
     argv = [arg for arg in argv if arg != "--tuned"]
     params = load_params()
     if not argv:  # as DVC runs it
         argv = fit.matrix_item(dvc_stage_item("train_tuned" if tuned else "train", usage), params)
-    if len(argv) != 2:
+    if len(argv) != 3:
         raise ParamsError(usage)
     try:
-        seed = int(argv[1])
+        seed = int(argv[2])
     except ValueError:
-        raise ParamsError(f"{usage}; got seed {shown(argv[1])}") from None
-    train(argv[0], seed, params, tuned)
+        raise ParamsError(f"{usage}; got seed {shown(argv[2])}") from None
+    train(argv[0], argv[1], seed, params, tuned)
 
 
 if __name__ == "__main__":

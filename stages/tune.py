@@ -1,16 +1,17 @@
-"""Stage `tune@<optimizer>`: a learning-rate search for one optimizer, on a budget.
+"""Stage `tune@<workload>-<optimizer>`: a learning-rate search for one optimizer on one
+workload, on a budget.
 
 Tries every rate of the log-spaced grid in `tune` (params.yaml), each on the first
 `tune.images` training images for up to `tune.epochs` epochs, judged on the whole validation
 split: never on the test set, which would make the reported test accuracies optimistic.
 Optuna's successive-halving pruner stops the weak trials after `tune.min_epochs`
 (mnist_optimizers/search.py). Every trial is an MLflow run nested under one parent run per
-optimizer (`tune adam`), with its rate, the epochs it reached and why it stopped. Writes
-metrics/tune/<optimizer>.json: the trials and the best learning rate; and
-metrics/tuned_rate/<optimizer>.json: the best rate alone, which the `train_tuned` stages
-train with (a rerun that chooses the same rate leaves them up to date).
+optimizer and workload (`tune mnist_cnn/adam`), with its rate, the epochs it reached and why
+it stopped. Writes metrics/tune/<workload>/<optimizer>.json: the trials and the best learning
+rate; and metrics/tuned_rate/<workload>/<optimizer>.json: the best rate alone, which the
+`train_tuned` stages train with (a rerun that chooses the same rate leaves them up to date).
 
-    python -m stages.tune adam       # what `dvc repro tune@adam` runs
+    python -m stages.tune mnist_cnn adam   # what `dvc repro tune@mnist_cnn-adam` runs
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ import mlflow
 import optuna
 import tensorflow as tf
 
-from mnist_optimizers import mlflow_logs, mlflow_runs, mlflow_store, runtime, search, stats
+from mnist_optimizers import (mlflow_logs, mlflow_runs, mlflow_store, paths, runtime, search, stats,
+                              workloads)
 from mnist_optimizers.cli import dvc_stage_item, run_stage
 from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.files import load_training_data, read_json, write_json_atomic
-from mnist_optimizers.fit import fit_model, set_precision, validate_train
-from mnist_optimizers.model import ModelConfig, build_model, validate_model
+from mnist_optimizers.fit import fit_model, matrix_item, set_precision, validate_train
+from mnist_optimizers.architecture import ModelConfig
+from mnist_optimizers.model import build_model
 from mnist_optimizers.optimizers import build_optimizer, optimizer_spec, validate_optimizer_names
 from mnist_optimizers.params import load_params
-from mnist_optimizers.paths import DATA_SUMMARY_FILE, TUNE_DIR, TUNED_RATE_DIR
+from mnist_optimizers.paths import stage_item
 from mnist_optimizers.sections.tune import TuneConfig, validate_tune
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,8 @@ log = logging.getLogger(__name__)
 class Search:
     """One optimizer's search, checked and loaded: what every trial shares."""
 
-    name: str
+    item: str  # mnist_cnn-adam, as in the stage's name
+    name: str  # the optimizer
     spec: dict[str, Any]
     model_config: ModelConfig
     batch_size: int
@@ -59,13 +63,15 @@ class Search:
     trials: list[dict[str, Any]] = field(default_factory=list)
 
 
-def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run the search for optimizer ``name``; write and return its result."""
-    job = prepare(name, params)
+def tune(workload: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run the search for optimizer ``name`` on ``workload``; write and return its result."""
+    job = prepare(workload, name, params)
     config, data = job.config, job.data
-    with mlflow_runs.tracked_run(job.experiment_id, f"tune {name}", job.tags) as parent:
+    run_name = f"tune {workload}/{name}"
+    with mlflow_runs.tracked_run(job.experiment_id, run_name, job.tags) as parent:
         mlflow.log_params(
             {
+                "workload": workload,
                 "optimizer": name,
                 "tune.grid": job.grid,
                 "tune.images": len(data["x_train"]),
@@ -75,7 +81,8 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
                 "train.effective_precision": job.precision,
             }
         )
-        mlflow_logs.log_datasets(mlflow_logs.datasets(data, read_json(DATA_SUMMARY_FILE)))
+        summary = read_json(paths.data_summary_file(workload))
+        mlflow_logs.log_datasets(mlflow_logs.datasets(data, summary))
         per_epoch = search.batches_per_epoch(len(data["x_train"]), job.batch_size)
         study = search.create_study(config, job.grid, per_epoch)
         study.optimize(lambda trial: run_trial(job, trial), n_trials=len(job.grid),
@@ -89,6 +96,7 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
         )
         mlflow.set_tag("best_learning_rate", f"{best:g}")
     result = {
+        "workload": workload,
         "optimizer": name,
         "best_learning_rate": best,
         "trials": trials,
@@ -100,19 +108,20 @@ def tune(name: str, params: dict[str, Any]) -> dict[str, Any]:
         "seconds": round(sum(t["seconds"] for t in trials), 2),
         "mlflow_run_id": parent.info.run_id,
     }
-    write_json_atomic(TUNE_DIR / f"{name}.json", result)
-    write_json_atomic(TUNED_RATE_DIR / f"{name}.json", {"optimizer": name, "learning_rate": best})
+    write_json_atomic(paths.tune_file(workload, name), result)
+    write_json_atomic(paths.tuned_rate_file(workload, name),
+                      {"optimizer": name, "learning_rate": best})  # fmt: skip
     log.info(
         "tune@%s: best learning rate %g; %d of %d trials pruned, %g epochs trained of %d",
-        name, best, pruned, len(trials), epochs_trained, len(trials) * config.epochs,
+        job.item, best, pruned, len(trials), epochs_trained, len(trials) * config.epochs,
     )  # fmt: skip
     return result
 
 
-def prepare(name: str, params: dict[str, Any]) -> Search:
+def prepare(workload: str, name: str, params: dict[str, Any]) -> Search:
     """Check the params (every rate of the grid builds) and the store; load the subset."""
     spec = optimizer_spec(validate_optimizer_names(params["optimizers"]), name)
-    model_config = validate_model(params["model"])
+    model_config = workloads.workload(params, workload).model
     train_config = validate_train(params["train"])
     config = validate_tune(params["tune"])
     experiment_name = mlflow_store.validate_mlflow(params["mlflow"])
@@ -123,13 +132,15 @@ def prepare(name: str, params: dict[str, Any]) -> Search:
         build_optimizer(name, spec | {"learning_rate": rate})
     tf.config.experimental.enable_op_determinism()
     experiment_id = mlflow_store.setup_experiment(experiment_name)
-    data = load_training_data(model_config.num_classes, config.images)
+    data = load_training_data(workload, model_config.num_classes, config.images)
     precision = set_precision(train_config.precision)
-    tags = mlflow_runs.run_tags(f"tune@{name}") | {
+    item = stage_item(workload, name)
+    tags = mlflow_runs.run_tags(f"tune@{item}") | {
+        "workload": workload,
         "optimizer": name,
         mlflow_runs.DEVICE_TAG: runtime.training_device(),
     }
-    return Search(name, spec, model_config, train_config.batch_size, config, grid, data,
+    return Search(item, name, spec, model_config, train_config.batch_size, config, grid, data,
                   precision, experiment_id, tags)  # fmt: skip
 
 
@@ -148,6 +159,7 @@ def run_trial(job: Search, trial: optuna.Trial) -> float:
     with mlflow_runs.tracked_run(job.experiment_id, f"{name} lr={rate:g}", tags, nested=True):
         mlflow.log_params(
             {
+                "workload": job.tags["workload"],
                 "optimizer": name,
                 "optimizer.learning_rate": rate,
                 "train.effective_precision": model.dtype_policy.name,  # what it trains in
@@ -178,17 +190,20 @@ def run_trial(job: Search, trial: optuna.Trial) -> float:
             "seconds": round(seconds, 2),
         }
     )
-    log.info("tune@%s: lr %g -> val_accuracy %.4f, %s", name, rate, value, reason)
+    log.info("tune@%s: lr %g -> val_accuracy %.4f, %s", job.item, rate, value, reason)
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(reason)
     return value
 
 
 def main(argv: list[str]) -> None:
-    usage = "usage: python -m stages.tune <optimizer name from params.yaml>"
-    if len(argv) > 1:
+    usage = "usage: python -m stages.tune <workload> <optimizer> (names from params.yaml)"
+    params = load_params()
+    if not argv:  # as DVC runs it
+        argv = matrix_item(dvc_stage_item("tune", usage), params, seeds=False)
+    if len(argv) != 2:
         raise ParamsError(usage)
-    tune(argv[0] if argv else dvc_stage_item("tune", usage), load_params())
+    tune(argv[0], argv[1], params)
 
 
 if __name__ == "__main__":

@@ -102,11 +102,15 @@ def tiny_mirror(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     return folder, write_mirror(folder, tiny_mnist_contents())
 
 
+# The workload the tests train (the tutorial's CNN): each test that adds one says so.
+WORKLOAD = "mnist_cnn"
+
+
 def tiny_params(sha256: dict[str, str]) -> dict[str, Any]:
     """The project's params.yaml, pointed at tiny data: 1 epoch, small batches."""
     params = copy.deepcopy(load_params(PROJECT_ROOT / "params.yaml"))
-    params["download"]["mirrors"] = []
-    params["download"]["sha256"] = dict(sha256)
+    params["datasets"]["mnist"] = {"mirrors": [], "sha256": dict(sha256)}
+    params["compare_workloads"] = [WORKLOAD]
     params["train"]["epochs"] = 1
     params["train"]["batch_size"] = 32
     params["train"]["seeds"] = [42]
@@ -283,15 +287,15 @@ def run_tiny_pipeline(changes: dict[str, Any] | None = None) -> None:
 
     edit_params({"compare": ["sgd", "adam"], "train.seeds": [42, 43], "tune.images": 60}
                 | (changes or {}))  # fmt: skip
-    download.main([])
-    preprocess.main([])
+    download.main([WORKLOAD])
+    preprocess.main([WORKLOAD])
     for name in ("sgd", "adam"):
-        tune.main([name])
+        tune.main([WORKLOAD, name])
         for seed in ("42", "43"):
             for flags in ([], ["--tuned"]):
                 keras.backend.clear_session()  # as a stage's own process starts
-                train.main([name, seed, *flags])
-    evaluate.main([])
+                train.main([WORKLOAD, name, seed, *flags])
+    evaluate.main([WORKLOAD])
     gd_variants.main([])
 
 
@@ -320,8 +324,8 @@ def processed(project: Path) -> Path:
     """The project after the download and preprocess stages ran on the tiny data."""
     from stages import download, preprocess
 
-    download.main([])
-    preprocess.main([])
+    download.main([WORKLOAD])
+    preprocess.main([WORKLOAD])
     return project
 
 

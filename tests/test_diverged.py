@@ -13,7 +13,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from .conftest import edit_params
+from .conftest import WORKLOAD, edit_params
 
 pytestmark = pytest.mark.e2e
 
@@ -27,10 +27,10 @@ def diverged_pipeline(evaluated: Path) -> Path:
     edit_params({"optimizers.sgd.learning_rate": 1e6})
     for seed in ("42", "43"):
         keras.backend.clear_session()  # as a stage's own process starts
-        train.main(["sgd", seed])
-    evaluate.main([])
+        train.main([WORKLOAD, "sgd", seed])
+    evaluate.main([WORKLOAD])
     report.main([])
-    register.main([])
+    register.main([WORKLOAD])
     return evaluated
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import gzip
 import http.server
 import os
@@ -15,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from mnist_optimizers.paths import MNIST_FILES, RAW_DIR
+from mnist_optimizers.paths import MNIST_FILES, raw_dir
 from stages import download
-from mnist_optimizers.sections.download import DownloadConfig
+from mnist_optimizers.sections.download import Dataset, DownloadConfig
 
-from .conftest import TRAIN_LABELS, tiny_mnist_contents, write_mirror
+from .conftest import WORKLOAD, TRAIN_LABELS, tiny_mnist_contents, write_mirror
 
 
 def serve(handler: Any) -> Iterator[str]:
@@ -45,14 +46,12 @@ def http_mirror(tiny_mirror) -> Iterator[str]:
 
 
 def config(
-    sha256: dict[str, str],
-    mirrors: tuple[str, ...] = (),
-    timeout: float = 5,
-    deadline: float = 600,
-) -> DownloadConfig:
-    return DownloadConfig(
-        mirrors=mirrors, sha256=sha256, timeout_seconds=timeout, deadline_seconds=deadline
-    )
+    sha256: dict[str, str], timeout: float = 5, deadline: float = 600
+) -> tuple[DownloadConfig, Dataset]:
+    """The download settings and a data set with ``sha256``: download_all's first two
+    arguments."""
+    return (DownloadConfig(timeout_seconds=timeout, deadline_seconds=deadline),
+            Dataset("mnist", (), sha256))  # fmt: skip
 
 
 def test_env_mirror_comes_first_and_relative_folders_resolve_against_the_root(
@@ -66,15 +65,15 @@ def test_env_mirror_comes_first_and_relative_folders_resolve_against_the_root(
 
 def test_main_copies_verified_files_from_the_env_mirror(project: Path, tiny_mirror) -> None:
     folder, _ = tiny_mirror
-    download.main([])
-    assert sorted(p.name for p in RAW_DIR.iterdir()) == sorted(MNIST_FILES)
+    download.main([WORKLOAD])
+    assert sorted(p.name for p in raw_dir(WORKLOAD).iterdir()) == sorted(MNIST_FILES)
     for name in MNIST_FILES:
-        assert (RAW_DIR / name).read_bytes() == (folder / name).read_bytes()
+        assert (raw_dir(WORKLOAD) / name).read_bytes() == (folder / name).read_bytes()
 
 
 def test_downloads_over_http(tmp_path: Path, tiny_mirror, http_mirror: str) -> None:
     _, sha256 = tiny_mirror
-    download.download_all(config(sha256), [http_mirror], tmp_path)
+    download.download_all(*config(sha256), [http_mirror], tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(MNIST_FILES)
 
 
@@ -85,7 +84,7 @@ def test_a_corrupt_source_is_rejected_and_the_next_one_used(
     wrong = tmp_path / "wrong"
     write_mirror(wrong, tiny_mnist_contents(seed=1))  # valid IDX files, other content
     out = tmp_path / "raw"
-    download.download_all(config(sha256), [str(wrong), str(good)], out)
+    download.download_all(*config(sha256), [str(wrong), str(good)], out)
     assert (out / TRAIN_LABELS).read_bytes() == (good / TRAIN_LABELS).read_bytes()
     assert (
         f"{TRAIN_LABELS} from {wrong} rejected: checksum mismatch: expected SHA-256 {sha256[TRAIN_LABELS]}"
@@ -109,7 +108,7 @@ def test_when_every_source_fails_nothing_is_written_and_each_reason_is_listed(
     out = tmp_path / "raw"
     sources = [str(truncated), str(html), str(missing), http_mirror + "nothing-here/"]
     with pytest.raises(download.DownloadError) as error:
-        download.download_all(config(sha256), sources, out)
+        download.download_all(*config(sha256), sources, out)
     message = str(error.value)
     first = MNIST_FILES[0]
     assert message.startswith(f"{first}: no source served a verified copy. Tried:")
@@ -122,8 +121,8 @@ def test_when_every_source_fails_nothing_is_written_and_each_reason_is_listed(
 
 def test_no_sources_at_all_says_how_to_add_one(tmp_path: Path, tiny_mirror) -> None:
     _, sha256 = tiny_mirror
-    with pytest.raises(download.DownloadError, match="set MNIST_MIRROR or download.mirrors"):
-        download.download_all(config(sha256), [], tmp_path)
+    with pytest.raises(download.DownloadError, match="set the mirror variable or the mirrors"):
+        download.download_all(*config(sha256), [], tmp_path)
 
 
 def test_checksum_is_of_the_decompressed_content() -> None:
@@ -134,6 +133,21 @@ def test_checksum_is_of_the_decompressed_content() -> None:
     assert download.gunzip(wrapped_twice[0] + wrapped_twice[1]) == 2 * content  # two members
     with pytest.raises(download.SourceError, match=r"not a valid gzip file \(cut short\)"):
         download.gunzip(wrapped_twice[0][:-4])
+
+
+def test_a_checksum_of_the_archive_as_published_is_accepted_too(tmp_path: Path, tiny_mirror) -> None:
+    """Fashion-MNIST and KMNIST publish the SHA-256 of their .gz files, MNIST's entry gives
+    the content's: either verifies a file; neither of another file does."""
+    good, content_sums = tiny_mirror
+    archive_sums = {name: hashlib.sha256((good / name).read_bytes()).hexdigest()
+                    for name in MNIST_FILES}  # fmt: skip
+    assert archive_sums != content_sums
+    download.download_all(*config(archive_sums), [str(good)], tmp_path / "raw")
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(MNIST_FILES)
+    other = tmp_path / "other"
+    write_mirror(other, tiny_mnist_contents(seed=1))
+    with pytest.raises(download.DownloadError, match="checksum mismatch"):
+        download.download_all(*config(archive_sums), [str(other)], tmp_path / "raw2")
 
 
 @pytest.fixture
@@ -154,7 +168,7 @@ def test_a_mirror_that_times_out_is_skipped_for_the_next(
     good, sha256 = tiny_mirror
     out = tmp_path / "raw"
     started = time.monotonic()
-    download.download_all(config(sha256, timeout=0.5), [hanging_mirror, str(good)], out)
+    download.download_all(*config(sha256, timeout=0.5), [hanging_mirror, str(good)], out)
     assert time.monotonic() - started < 4 * 0.5 * len(MNIST_FILES) + 5
     for name in MNIST_FILES:
         assert (out / name).read_bytes() == (good / name).read_bytes()
@@ -172,7 +186,7 @@ def test_a_corrupted_byte_is_caught_and_nothing_unverified_is_kept(
         (corrupt / name).write_bytes(bytes(data))
     out = tmp_path / "raw"
     with pytest.raises(download.DownloadError) as error:
-        download.download_all(config(sha256), [str(corrupt)], out)
+        download.download_all(*config(sha256), [str(corrupt)], out)
     assert f"{corrupt}: " in str(error.value)
     assert not out.exists() or not any(out.iterdir())
 
@@ -214,8 +228,7 @@ def test_a_mirror_that_drips_is_given_up_at_its_deadline_for_the_next(
 ) -> None:
     good, sha256 = tiny_mirror
     started = time.monotonic()
-    download.download_all(
-        config(sha256, timeout=1, deadline=1.5), [dripping_mirror, str(good)], tmp_path / "raw"
+    download.download_all(*config(sha256, timeout=1, deadline=1.5), [dripping_mirror, str(good)], tmp_path / "raw"
     )
     assert time.monotonic() - started < len(MNIST_FILES) * (1.5 + 1) + 5
     assert "not complete after 1.5 s" in caplog.text and "download.deadline_seconds" in caplog.text
@@ -264,7 +277,7 @@ def test_a_folder_mirror_whose_files_never_end_is_given_up_at_once_for_the_next(
         bad_file(bad / name, kind)
     out = tmp_path / "raw"
     worker = threading.Thread(
-        target=download.download_all, args=(config(sha256), [str(bad), str(good)], out),
+        target=download.download_all, args=(*config(sha256), [str(bad), str(good)], out),
         daemon=True,  # a download that hangs must not hang the test run too
     )  # fmt: skip
     worker.start()

@@ -15,7 +15,7 @@ import yaml
 from mnist_optimizers import params as params_module
 from mnist_optimizers.errors import ParamsError, PipelineError
 
-from .conftest import set_key
+from .conftest import WORKLOAD, set_key
 
 ERRORS_DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 # | 3 | `train.epochs: 0` | train | `` train.epochs: expected a positive integer, got 0 `` |
@@ -81,7 +81,7 @@ def test_each_bad_input_stops_its_stage_with_the_documented_message(
 ) -> None:
     from stages import check_params, download
 
-    download.main([])  # the tiny data, so that data-dependent checks see real files
+    download.main([WORKLOAD])  # the tiny data, so that data-dependent checks see real files
     params = yaml.safe_load((project / "params.yaml").read_text())
     (project / "params.yaml").write_text(params_text(params, change))
     assert stage_message(stage, stage_args(stage, change, params)) == message

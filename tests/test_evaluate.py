@@ -17,6 +17,7 @@ from mnist_optimizers import runtime
 from mnist_optimizers.errors import PipelineError
 from mnist_optimizers.paths import EVALUATE_METRICS_FILE, REPORTS_DIR, SUMMARY_FILE
 from stages import evaluate
+from .conftest import WORKLOAD
 
 
 def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(evaluated: Path) -> None:
@@ -136,7 +137,7 @@ def test_a_run_missing_from_the_store_is_skipped_with_a_warning(
     before = EVALUATE_METRICS_FILE.read_text()
     EVALUATE_METRICS_FILE.unlink()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{evaluated / 'other.db'}")
-    evaluate.main([])
+    evaluate.main([WORKLOAD])
     assert EVALUATE_METRICS_FILE.read_text() == before
     missing = [line for line in caplog.text.splitlines() if "is not in sqlite:///" in line]
     assert len(missing) == 8  # 2 optimizers x 2 seeds x (default, tuned)
@@ -149,7 +150,7 @@ def test_a_missing_model_names_the_stage_to_run(evaluated: Path) -> None:
     with pytest.raises(
         PipelineError, match="models/adam-43.keras: not found; run its training stage"
     ):
-        evaluate.main([])
+        evaluate.main([WORKLOAD])
     assert not EVALUATE_METRICS_FILE.exists()
 
 
@@ -166,7 +167,7 @@ def test_a_metrics_file_missing_a_key_is_named_before_anything_is_written(
     Path(path).write_text(json.dumps({k: v for k, v in content.items() if k != key}))
     EVALUATE_METRICS_FILE.unlink()
     with pytest.raises(PipelineError, match=f"^{path}: {key} missing: not as the stage"):
-        evaluate.main([])
+        evaluate.main([WORKLOAD])
     assert not EVALUATE_METRICS_FILE.exists()
 
 
@@ -176,7 +177,7 @@ def test_a_model_swapped_for_another_runs_is_named_not_evaluated(evaluated: Path
     shutil.copy2("models/sgd-42.keras", "models/adam-42.keras")
     EVALUATE_METRICS_FILE.unlink()
     with pytest.raises(PipelineError) as error:
-        evaluate.main([])
+        evaluate.main([WORKLOAD])
     message = str(error.value)
     assert message.startswith(
         "models/adam-42.keras and metrics/train/adam-42.json do not belong together: the "
@@ -191,4 +192,4 @@ def test_a_model_without_the_pipelines_identity_is_refused(evaluated: Path) -> N
     model = keras.saving.load_model("models/sgd-43.keras")
     model.save("models/sgd-43.keras")  # plain Keras: what a user's own script writes
     with pytest.raises(PipelineError, match=r"^models/sgd-43.keras: carries no identity"):
-        evaluate.main([])
+        evaluate.main([WORKLOAD])

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from . import servers
-from .conftest import edit_params
+from .conftest import WORKLOAD, edit_params
 
 pytestmark = pytest.mark.e2e
 
@@ -101,8 +101,8 @@ def train_uninterrupted(folder: Path, tiny_mirror, **train: Any) -> tuple[dict, 
 
         write_params(folder, tiny_params(sha256))
         long_training(folder, **train)
-        download.main([])
-        preprocess.main([])
+        download.main([WORKLOAD])
+        preprocess.main([WORKLOAD])
         metrics = train_to_the_end(folder)
     weights = keras.models.load_model(folder / "models" / "adam-42.keras").get_weights()
     return metrics, weights
@@ -173,7 +173,7 @@ def test_after_sigkill_the_next_run_marks_the_orphan_failed(processed: Path) -> 
     statuses = [
         r.info.status
         for r in store_client().search_runs(
-            [ended.info.experiment_id], "tags.`dvc.stage` = 'train@adam-42'"
+            [ended.info.experiment_id], "tags.`dvc.stage` = 'train@mnist_cnn-adam-42'"
         )
     ]
     assert sorted(statuses) == ["FAILED", "FINISHED"]
@@ -190,18 +190,18 @@ def test_a_running_run_of_a_live_process_is_left_alone(processed: Path) -> None:
         c = mlflow.MlflowClient()
         live = c.create_run(
             experiment_id,
-            tags={"dvc.stage": "train@adam-42", "pipeline.host": os.uname().nodename,
+            tags={"dvc.stage": "train@mnist_cnn-adam-42", "pipeline.host": os.uname().nodename,
                   "pipeline.pid": str(sleeper.pid)},
         )  # fmt: skip
         other_host = c.create_run(
             experiment_id,
-            tags={"dvc.stage": "train@adam-42", "pipeline.host": "elsewhere", "pipeline.pid": "1"},
+            tags={"dvc.stage": "train@mnist_cnn-adam-42", "pipeline.host": "elsewhere", "pipeline.pid": "1"},
         )
-        assert mlflow_runs.end_orphaned_runs(experiment_id, "train@adam-42") == []
+        assert mlflow_runs.end_orphaned_runs(experiment_id, "train@mnist_cnn-adam-42") == []
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert mlflow_runs.end_orphaned_runs(experiment_id, "train@adam-42") == [live.info.run_id]
+    assert mlflow_runs.end_orphaned_runs(experiment_id, "train@mnist_cnn-adam-42") == [live.info.run_id]
     assert c.get_run(other_host.info.run_id).info.status == "RUNNING"
 
 

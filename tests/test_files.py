@@ -141,9 +141,9 @@ PROCESSED = {
 def test_processed_arrays_that_preprocess_would_not_write_are_refused(
     project: Path, name: str, array: np.ndarray, message: str
 ) -> None:
-    folder = project / "data" / "processed"
+    folder = project / "data" / "processed" / "mnist_cnn"
     folder.mkdir(parents=True, exist_ok=True)
     for key, value in (PROCESSED | {name: array}).items():
         np.save(folder / f"{key}.npy", value)
     with pytest.raises(PipelineError, match=message):
-        load_training_data(num_classes=10)
+        load_training_data("mnist_cnn", num_classes=10)

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from mnist_optimizers import files, fit, runtime
-from mnist_optimizers.model import ModelConfig, build_model
+from mnist_optimizers.architecture import ModelConfig
+from mnist_optimizers.model import build_model
 
 from .conftest import random_images
 

@@ -11,9 +11,10 @@ import keras
 import numpy as np
 import pytest
 
-from mnist_optimizers import model
+from mnist_optimizers import architecture, model
 from mnist_optimizers.errors import ParamsError, PipelineError
-from mnist_optimizers.model import build_model, evaluate_model, load_model, validate_model
+from mnist_optimizers.architecture import validate_model
+from mnist_optimizers.model import build_model, evaluate_model, load_model
 from mnist_optimizers.params import load_params
 
 from .conftest import PROJECT_ROOT
@@ -21,7 +22,7 @@ from .conftest import PROJECT_ROOT
 
 def test_model_is_the_reference_cnn() -> None:
     model = build_model(
-        validate_model(load_params(PROJECT_ROOT / "params.yaml")["model"]), (28, 28, 1)
+        validate_model(load_params(PROJECT_ROOT / "params.yaml")["workloads"]["mnist_cnn"]["model"]), (28, 28, 1)
     )
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == [
@@ -135,8 +136,8 @@ def test_a_damaged_model_file_is_named_with_the_stage_that_rewrites_it(
     ids=["reference", "three-convs", "wider-kernel", "mlp", "logistic-regression"],
 )  # fmt: skip
 def test_the_parameter_count_is_what_keras_builds(change: dict) -> None:
-    config = validate_model(load_params(PROJECT_ROOT / "params.yaml")["model"] | change)
-    counts = model.parameter_counts(config, (28, 28))
+    config = validate_model(load_params(PROJECT_ROOT / "params.yaml")["workloads"]["mnist_cnn"]["model"] | change)
+    counts = architecture.parameter_counts(config, (28, 28))
     assert sum(counts.values()) == build_model(config, (28, 28, 1)).count_params()
 
 
@@ -154,14 +155,14 @@ def test_a_model_too_large_to_train_is_refused_before_keras_builds_it(
     memory is the bound (here 8 GiB)."""
     config = model.ModelConfig(tuple(map(tuple, blocks)), 3, 2, tuple(dense), 10)
     with pytest.raises(ParamsError, match=re.escape(key) + r": the model has [\d,]+ param"):
-        model.check_size(config, (28, 28), memory=8 << 30)
-    section = load_params(PROJECT_ROOT / "params.yaml")["model"] | {"dense_units": [10**9]}
+        architecture.check_size(config, (28, 28), memory=8 << 30)
+    section = load_params(PROJECT_ROOT / "params.yaml")["workloads"]["mnist_cnn"]["model"] | {"dense_units": [10**9]}
     with pytest.raises(ParamsError, match="GiB to train, more than this machine's"):
         validate_model(section)  # on any machine: 15 TiB to train
 
 
 def test_without_conv_blocks_an_mlp_and_without_dense_units_a_logistic_regression() -> None:
-    section = load_params(PROJECT_ROOT / "params.yaml")["model"]
+    section = load_params(PROJECT_ROOT / "params.yaml")["workloads"]["mnist_cnn"]["model"]
     mlp_config = validate_model(section | {"conv_blocks": [], "dense_units": [1000, 500, 100]})
     mlp = build_model(mlp_config, (28, 28, 1))
     assert [type(layer).__name__ for layer in mlp.layers] == ["Flatten"] + ["Dense"] * 4

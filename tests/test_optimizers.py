@@ -14,7 +14,8 @@ import pytest
 
 from mnist_optimizers import optimizers
 from mnist_optimizers.errors import ParamsError
-from mnist_optimizers.model import build_model, validate_model
+from mnist_optimizers.architecture import validate_model
+from mnist_optimizers.model import build_model
 from mnist_optimizers.params import load_params
 
 from .conftest import PROJECT_ROOT
@@ -97,7 +98,7 @@ def test_every_catalog_entry_trains_the_reference_cnn(name: str) -> None:
     loss, every trainable weight moved."""
     keras.utils.set_random_seed(0)
     model = build_model(
-        validate_model(load_params(PROJECT_ROOT / "params.yaml")["model"]), (28, 28, 1)
+        validate_model(load_params(PROJECT_ROOT / "params.yaml")["workloads"]["mnist_cnn"]["model"]), (28, 28, 1)
     )
     before = [w.numpy().copy() for w in model.trainable_weights]
     optimizer = optimizers.build_optimizer(name, CATALOG[name])

@@ -64,7 +64,7 @@ def forget_outputs(root: Path, env: dict[str, str], stages: list[str], keep: Pat
 
 
 # The stages the fixture runs one after the other before the runner: sgd's whole chain.
-SEQUENTIAL = ["train@sgd-42", "tune@sgd", "train_tuned@sgd-42"]
+SEQUENTIAL = ["train@mnist_cnn-sgd-42", "tune@mnist_cnn-sgd", "train_tuned@mnist_cnn-sgd-42"]
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +129,8 @@ def test_on_one_machine_it_trains_on_both_nodes_and_equals_a_sequential_dvc_repr
     output = run_runner(root, env, address)
 
     tasks = finished_tasks(output)
-    expected = {"train@sgd-42", "train@adam-42", "tune@sgd", "tune@adam",
-                "train_tuned@sgd-42", "train_tuned@adam-42"}  # fmt: skip
+    expected = {"train@mnist_cnn-sgd-42", "train@mnist_cnn-adam-42", "tune@mnist_cnn-sgd", "tune@mnist_cnn-adam",
+                "train_tuned@mnist_cnn-sgd-42", "train_tuned@mnist_cnn-adam-42"}  # fmt: skip
     assert set(tasks) == expected, output[-6000:]
     assert len(set(tasks.values())) == 2, f"tasks ran on one node only: {tasks}"
     # The runner's own `dvc repro` restored every stage from the run cache: it ran none of them.
@@ -143,7 +143,7 @@ def test_on_one_machine_it_trains_on_both_nodes_and_equals_a_sequential_dvc_repr
         stage: [r for r in runs if mlflow_runs.PARALLEL_TASK_TAG in r.data.tags]
         for stage, runs in by_stage.items()
     }  # the fixture's own `dvc repro` of sgd's stages logged to the same store, untagged
-    for stage in ("train@sgd-42", "train@adam-42", "tune@sgd", "tune@adam"):
+    for stage in ("train@mnist_cnn-sgd-42", "train@mnist_cnn-adam-42", "tune@mnist_cnn-sgd", "tune@mnist_cnn-adam"):
         assert [r.info.status for r in tasks_runs[stage]] == ["FINISHED"], stage
         (r,) = tasks_runs[stage]
         assert r.data.tags[mlflow_runs.DEVICE_TAG].startswith("CPU (")
@@ -151,7 +151,7 @@ def test_on_one_machine_it_trains_on_both_nodes_and_equals_a_sequential_dvc_repr
         assert [r.info.status for r in tasks_runs.get(f"train_tuned@{name}-42", [])] in (
             [], ["FINISHED"]
         )  # fmt: skip
-    assert tasks_runs["train@adam-42"][0].data.params["runtime.intra_op_threads"] == "1"
+    assert tasks_runs["train@mnist_cnn-adam-42"][0].data.params["runtime.intra_op_threads"] == "1"
 
     # The cluster's sgd chain is what `dvc repro` made of it, one stage after the other
     # (the fixture): the same dvc.lock entries, the same outputs.
@@ -227,7 +227,7 @@ def test_a_stage_that_fails_by_itself_fails_once_with_its_message(setup, tmp_pat
     commit = run(["git", "rev-parse", "HEAD"], root, env).strip()
     message = f"commit {commit[:12]} is not in {elsewhere}: push it there first"
     submitted = output.split("on the cluster: ")[1].splitlines()[0].split(", ")
-    assert {"train@sgd-9", "train@adam-9"} <= set(submitted)
+    assert {"train@mnist_cnn-sgd-9", "train@mnist_cnn-adam-9"} <= set(submitted)
     assert f"{len(submitted)} of {len(submitted)} stages failed on the cluster" in output
     for stage in submitted:  # once each: no retry
         assert output.count(f"{stage} failed: {message}") == 1, output[-6000:]
@@ -311,7 +311,7 @@ def test_through_a_remote_and_a_server_killing_the_second_node_still_finishes_ev
             by_stage = runs_by_stage(url)
             killed = mlflow.MlflowClient(url).get_run(found["run"]) if "run" in found else None
     assert found.get("killed"), f"no training ran on the second node:\n{output[-6000:]}"
-    assert {"train@sgd-7", "train@adam-7"} <= set(finished_tasks(output)), output[-6000:]
+    assert {"train@mnist_cnn-sgd-7", "train@mnist_cnn-adam-7"} <= set(finished_tasks(output)), output[-6000:]
     assert "Data and pipelines are up to date" in dvc(root, env, "status")
     assert list((remote / "runs").iterdir()), "no run cache in the remote"
     assert killed.info.status == "FAILED"
@@ -386,7 +386,7 @@ def test_after_joining_the_cluster_sigterm_still_stops_the_runner_as_ctrl_c_does
 
 
 def test_a_task_names_its_runs_for_the_driver_and_runs_only_where_it_can_log() -> None:
-    spec = parallel_task.TaskSpec("train@adam-42", "t1", "u", "c", "", "", "r", 60.0, cpus=3)
+    spec = parallel_task.TaskSpec("train@mnist_cnn-adam-42", "t1", "u", "c", "", "", "r", 60.0, cpus=3)
     env = parallel_task.stage_env(spec)
     assert env[mlflow_runs.PARALLEL_TASK_ENV] == "t1"
     assert (env["TF_NUM_INTRAOP_THREADS"], env["TF_NUM_INTEROP_THREADS"]) == ("3", "1")

@@ -12,7 +12,7 @@ import pytest
 from mnist_optimizers import params
 from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.fit import TrainConfig, validate_train
-from mnist_optimizers.model import validate_model
+from mnist_optimizers.architecture import validate_model
 from mnist_optimizers.optimizers import build_optimizer, validate_compare
 from mnist_optimizers.params import load_params
 from mnist_optimizers.sections.preprocess import PreprocessConfig, validate_preprocess
@@ -27,7 +27,7 @@ def test_project_params_are_valid_and_match_the_reference_setup() -> None:
         epochs=5, batch_size=128, seeds=(42, 43, 44), precision="auto"
     )
     assert validate_preprocess(DEFAULTS["preprocess"]) == PreprocessConfig(0.1, None)
-    model = validate_model(DEFAULTS["model"])
+    model = validate_model(DEFAULTS["workloads"]["mnist_cnn"]["model"])
     assert model.conv_blocks == ((32, 64), (64,)) and model.dense_units == (128,)
     compared = validate_compare(DEFAULTS["compare"], DEFAULTS["optimizers"])
     assert {name: DEFAULTS["optimizers"][name]["learning_rate"] for name in compared} == {

@@ -27,7 +27,7 @@ from mnist_optimizers.parallel_task import stages_run
 
 from . import servers
 from .cli import check_no_processes_left, copy_repo, dvc, run
-from .conftest import edit_params
+from .conftest import WORKLOAD, edit_params
 from .pipeline_runs import (
     AFTER_TRAINING,
     OPTIMIZERS,
@@ -76,13 +76,13 @@ def test_dvc_repro_runs_every_stage(reproduced) -> None:
     for name in OPTIMIZERS:
         assert ran.index(f"tune@{name}") < ran.index(f"train_tuned@{name}-42")
     # The commands carry no item: DVC's stage name gives it (`tune@adam`, `train@adam-42`).
-    assert "tune@adam: best learning rate" in output and "train@adam-42: val_accuracy" in output
+    assert "tune@mnist_cnn-adam: best learning rate" in output and "train@mnist_cnn-adam-42: val_accuracy" in output
     # Every stage that trains sized TensorFlow's threads before TensorFlow started (the tune
     # stage once built its optimizers first, and trained with TensorFlow's defaults).
     assert "TensorFlow already started" not in output
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted([*ran, "trajectories", "check_params"])
-    assert lock["stages"]["train@adam-42"]["params"]["params.yaml"]["optimizers.adam"] == {
+    assert lock["stages"]["train@mnist_cnn-adam-42"]["params"]["params.yaml"]["optimizers.adam"] == {
         "learning_rate": 0.001
     }
 
@@ -140,7 +140,7 @@ def test_the_served_champion_predicts_real_test_images(reproduced) -> None:
     y_test = np.load(root / "data" / "processed" / "y_test.npy")[:20]
     champion = json.loads((root / "reports" / "champion.json").read_text())
     key = run_key(champion["optimizer"], champion["seed"], champion["setting"] == "tuned")
-    expected = keras.models.load_model(root / MODELS_DIR / f"{key}.keras").predict(
+    expected = keras.models.load_model(root / MODELS_DIR / WORKLOAD / f"{key}.keras").predict(
         x_test, verbose=0
     )
     port = servers.free_port()
@@ -229,9 +229,9 @@ def test_changing_one_learning_rate_reruns_only_that_optimizer(adam_lr) -> None:
     # Adam's entry is also its grid's and its tuned runs' definition, and its 2-D paths'.
     assert stages_run(output)[0] == "check_params" and "trajectories" in stages_run(output)
     assert model_stages_run(output) == [
-        "train@adam-42",
-        "tune@adam",
-        "train_tuned@adam-42",
+        "train@mnist_cnn-adam-42",
+        "tune@mnist_cnn-adam",
+        "train_tuned@mnist_cnn-adam-42",
         *AFTER_TRAINING,
     ]
     adam_runs = runs_by_name(root)["adam-42"]
@@ -303,7 +303,7 @@ def test_a_second_clone_takes_results_from_the_dvc_remote_and_trains_nothing(
     edit_params({"optimizers.adam.learning_rate": 0.002}, clone)
     output = dvc(clone, env, "repro", "--pull")
     assert model_stages_run(output) == AFTER_TRAINING, output
-    for stage in ("train@adam-42", "tune@adam", "train_tuned@adam-42"):
+    for stage in ("train@mnist_cnn-adam-42", "tune@mnist_cnn-adam", "train_tuned@mnist_cnn-adam-42"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output
     restored = json.loads((clone / "metrics" / "train" / "adam-42.json").read_text())
     (trained,) = [

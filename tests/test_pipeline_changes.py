@@ -156,11 +156,11 @@ def test_an_added_optimizer_and_seed_train_only_their_runs_in_a_temp_experiment(
         "train.seeds=[42,43]",
     )
     new_runs = [f"{t}@{n}-43" for t in ("train", "train_tuned") for n in OPTIMIZERS]
-    nadam = ["train@nadam-42", "train@nadam-43", "tune@nadam", "train_tuned@nadam-42",
-             "train_tuned@nadam-43"]  # fmt: skip
+    nadam = ["train@mnist_cnn-nadam-42", "train@mnist_cnn-nadam-43", "tune@mnist_cnn-nadam", "train_tuned@mnist_cnn-nadam-42",
+             "train_tuned@mnist_cnn-nadam-43"]  # fmt: skip
     ran = model_stages_run(output)
     assert sorted(ran[:-3]) == sorted(new_runs + nadam) and ran[-3:] == AFTER_TRAINING, ran
-    assert ran.index("tune@nadam") < ran.index("train_tuned@nadam-42")
+    assert ran.index("tune@mnist_cnn-nadam") < ran.index("train_tuned@mnist_cnn-nadam-42")
     # The temporary copy logged into the project's store, not one of its own.
     trained = runs_by_name(root)
     assert len(trained["nadam-42"]) == 1 and "test_accuracy" in trained["nadam-42"][0].data.metrics
@@ -182,11 +182,11 @@ def test_a_stage_whose_dvc_parent_is_killed_stops_and_the_rerun_trains_once(work
     log = root.parent / "repro.log"
     with log.open("w") as out:
         repro = subprocess.Popen(
-            [sys.executable, "-m", "dvc", "repro", "train@sgd-42"],
+            [sys.executable, "-m", "dvc", "repro", "train@mnist_cnn-sgd-42"],
             cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
-        running = wait_for_a_running_run(root, "train@sgd-42", repro, log)
+        running = wait_for_a_running_run(root, "train@mnist_cnn-sgd-42", repro, log)
         repro.send_signal(signal.SIGTERM)  # dvc alone, not its process group
         repro.wait(timeout=30)
         deadline = time.monotonic() + 30
@@ -201,7 +201,7 @@ def test_a_stage_whose_dvc_parent_is_killed_stops_and_the_rerun_trains_once(work
     assert client_for(root).get_run(running.info.run_id).info.status == "KILLED"
     assert not (root / "models" / "sgd-42.keras").exists()
 
-    dvc(root, env, "repro", "train@sgd-42")
+    dvc(root, env, "repro", "train@mnist_cnn-sgd-42")
     statuses = sorted(
         r.info.status for r in runs_by_name(root)["sgd-42"] if r.data.params["train.epochs"] == "40"
     )

@@ -11,11 +11,12 @@ import pytest
 
 from mnist_optimizers import idx
 from mnist_optimizers.files import load_arrays
-from mnist_optimizers.paths import PROCESSED_DIR
+from mnist_optimizers.paths import processed_dir
 from stages import preprocess
 from mnist_optimizers.sections.preprocess import PreprocessConfig
 
 from .conftest import (
+    WORKLOAD,
     TEST_IMAGES,
     TEST_LABELS,
     TRAIN_IMAGES,
@@ -42,7 +43,7 @@ def raw_arrays(contents: dict[str, bytes]) -> dict[str, np.ndarray]:
 def test_arrays_are_scaled_float32_split_like_keras(tmp_path: Path) -> None:
     contents = tiny_mnist_contents(n_train=200, n_test=50)
     arrays, summary = preprocess.preprocess(
-        write_raw(tmp_path, contents), PreprocessConfig(0.1, None)
+        write_raw(tmp_path, contents), PreprocessConfig(0.1, None), "w", "mnist"
     )
     raw = raw_arrays(contents)
     assert arrays["x_train"].dtype == np.float32 and arrays["x_train"].shape == (180, 28, 28, 1)
@@ -54,6 +55,7 @@ def test_arrays_are_scaled_float32_split_like_keras(tmp_path: Path) -> None:
     np.testing.assert_array_equal(arrays["y_test"], raw[TEST_LABELS])
     assert summary["counts"] == {"train": 180, "val": 20, "test": 50}
     assert set(summary["sha256"]) == {TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS}
+    assert summary["workload"] == "w" and summary["dataset"] == "mnist"
 
 
 def test_split_index_matches_keras_rounding() -> None:
@@ -67,7 +69,7 @@ def test_split_index_matches_keras_rounding() -> None:
 def test_subset_keeps_the_first_images_of_train_and_test(tmp_path: Path) -> None:
     contents = tiny_mnist_contents(n_train=200, n_test=50)
     arrays, summary = preprocess.preprocess(
-        write_raw(tmp_path, contents), PreprocessConfig(0.2, 100)
+        write_raw(tmp_path, contents), PreprocessConfig(0.2, 100), "w", "mnist"
     )
     raw = raw_arrays(contents)
     assert summary["counts"] == {"train": 80, "val": 20, "test": 50}
@@ -80,11 +82,11 @@ def test_subset_larger_than_the_data_is_an_error(tmp_path: Path) -> None:
         preprocess.PipelineError,
         match="preprocess.subset: 500 is larger than the 200 training images",
     ):
-        preprocess.preprocess(raw, PreprocessConfig(0.1, 500))
+        preprocess.preprocess(raw, PreprocessConfig(0.1, 500), "w", "mnist")
 
 
 def test_main_writes_npy_files_and_a_data_summary(processed: Path) -> None:
-    names = sorted(p.name for p in PROCESSED_DIR.iterdir())
+    names = sorted(p.name for p in processed_dir(WORKLOAD).iterdir())
     assert names == [
         "data.json",
         "x_test.npy",
@@ -94,9 +96,9 @@ def test_main_writes_npy_files_and_a_data_summary(processed: Path) -> None:
         "y_train.npy",
         "y_val.npy",
     ]
-    x_train, y_val = load_arrays(PROCESSED_DIR, "x_train", "y_val")
+    x_train, y_val = load_arrays(processed_dir(WORKLOAD), "x_train", "y_val")
     assert x_train.dtype == np.float32 and y_val.dtype == np.uint8
-    assert json.loads((PROCESSED_DIR / "data.json").read_text())["counts"]["val"] == 20
+    assert json.loads((processed_dir(WORKLOAD) / "data.json").read_text())["counts"]["val"] == 20
 
 
 def _bad(name: str, content: bytes | None) -> dict[str, bytes]:
@@ -138,7 +140,7 @@ def test_malformed_input_gives_one_clear_message_naming_the_file(
 ) -> None:
     raw = write_raw(tmp_path / "raw", _bad(name, content))
     with pytest.raises(idx.DataError) as error:
-        preprocess.preprocess(raw, PreprocessConfig(0.1, None))
+        preprocess.preprocess(raw, PreprocessConfig(0.1, None), "w", "mnist")
     assert str(error.value).startswith(f"{raw / name}{message}")
 
 
@@ -146,4 +148,4 @@ def test_a_file_that_is_not_gzip_is_named(tmp_path: Path) -> None:
     raw = write_raw(tmp_path, tiny_mnist_contents(n_train=30, n_test=10))
     (raw / TEST_LABELS).write_bytes(b"<html>404</html>")
     with pytest.raises(idx.DataError, match=f"{TEST_LABELS}: not a valid gzip file"):
-        preprocess.preprocess(raw, PreprocessConfig(0.1, None))
+        preprocess.preprocess(raw, PreprocessConfig(0.1, None), "w", "mnist")

@@ -12,6 +12,7 @@ import pytest
 from mnist_optimizers import registry
 from mnist_optimizers.errors import PipelineError
 from stages import register
+from .conftest import WORKLOAD
 
 
 def runs_table(rows: list[tuple[str, str, int, float, float]]) -> pd.DataFrame:
@@ -80,7 +81,7 @@ def test_a_table_without_validation_accuracy_is_refused() -> None:
 
 def test_without_evaluate_the_stage_says_what_to_run(project: Path) -> None:
     with pytest.raises(PipelineError, match="run the evaluate stage first"):
-        register.main([])
+        register.main([WORKLOAD])
 
 
 def test_a_run_from_another_store_is_reported_not_registered(project: Path) -> None:
@@ -185,5 +186,5 @@ def test_files_that_disagree_with_the_run_are_refused_naming_them(
     assert message.startswith("sgd-42: the val_accuracy of its files and of its MLflow run differ")
     assert "reports/runs.csv: 0.999" in message and "MLflow run" in message
     assert f"metrics/train/sgd-42.json: {metrics['sgd-42']['val_accuracy']!r}" in message
-    assert "they do not belong together" in message and "train@sgd-42 evaluate" in message
+    assert "they do not belong together" in message and "train@mnist_cnn-sgd-42 evaluate" in message
     assert mlflow.MlflowClient().search_registered_models() == []

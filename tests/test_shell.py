@@ -37,7 +37,7 @@ def params_with(root: Path, marker: Path, where: str) -> str:
         stage = f"train@adam;{command}-42"
     else:
         params["train"]["seeds"] = [f"42;{command}"]
-        stage = f"train@adam-42;{command}"
+        stage = f"train@mnist_cnn-adam-42;{command}"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return stage
 

@@ -170,7 +170,7 @@ from mnist_optimizers.cli import run_stage
 
 def main(argv):
     experiment_id = mlflow_store.setup_experiment("secrets-check")
-    with mlflow_runs.tracked_run(experiment_id, "sgd-42", mlflow_runs.run_tags("train@sgd-42")):
+    with mlflow_runs.tracked_run(experiment_id, "sgd-42", mlflow_runs.run_tags("train@mnist_cnn-sgd-42")):
         mlflow.log_metric("val_accuracy", 0.5)
 
 run_stage(main)

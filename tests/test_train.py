@@ -19,7 +19,7 @@ from mnist_optimizers.paths import HISTORY_DIR, MODELS_DIR, TRAIN_METRICS_DIR
 from mnist_optimizers.mlflow_store import TrackingError
 from stages import train
 
-from .conftest import edit_params
+from .conftest import WORKLOAD, edit_params
 from .servers import free_port
 
 
@@ -31,16 +31,16 @@ def fresh_keras_session():
 
 
 def run_train(name: str, seed: int = 42) -> dict:
-    train.main([name, str(seed)])
-    return json.loads((TRAIN_METRICS_DIR / f"{name}-{seed}.json").read_text())
+    train.main([WORKLOAD, name, str(seed)])
+    return json.loads((TRAIN_METRICS_DIR / WORKLOAD / f"{name}-{seed}.json").read_text())
 
 
 def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path) -> None:
     metrics = run_train("adam")
-    history = pd.read_csv(HISTORY_DIR / "adam-42.csv")
+    history = pd.read_csv(HISTORY_DIR / WORKLOAD / "adam-42.csv")
     assert list(history.columns) == list(fit.HISTORY_FIELDS) and list(history["epoch"]) == [1]
     assert metrics["val_accuracy"] == pytest.approx(history["val_accuracy"].iloc[-1])
-    model = keras.saving.load_model(MODELS_DIR / "adam-42.keras")
+    model = keras.saving.load_model(MODELS_DIR / WORKLOAD / "adam-42.keras")
     assert model.count_params() == 261_962
 
     client = mlflow.MlflowClient()
@@ -83,7 +83,7 @@ def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path)
         "epoch_seconds",
         "train_seconds",
     } <= set(run.data.metrics)
-    assert run.data.tags["dvc.stage"] == "train@adam-42"
+    assert run.data.tags["dvc.stage"] == "train@mnist_cnn-adam-42"
     assert run.data.tags["optimizer"] == "adam" and run.data.tags["seed"] == "42"
     # The thread counts change the weights' last bits: both the run and the metrics say them.
     cores = runtime.available_cores()
@@ -102,10 +102,10 @@ def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path)
 
 def test_same_params_give_identical_results(processed: Path) -> None:
     run_train("sgd")
-    first = pd.read_csv(HISTORY_DIR / "sgd-42.csv")
+    first = pd.read_csv(HISTORY_DIR / WORKLOAD / "sgd-42.csv")
     keras.backend.clear_session()
     run_train("sgd")
-    second = pd.read_csv(HISTORY_DIR / "sgd-42.csv")
+    second = pd.read_csv(HISTORY_DIR / WORKLOAD / "sgd-42.csv")
     columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
     pd.testing.assert_frame_equal(first[columns], second[columns], check_exact=True)
 
@@ -116,13 +116,13 @@ def test_each_seed_is_its_own_run(processed: Path) -> None:
     keras.backend.clear_session()
     run_train("sgd", 7)
     columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
-    assert not pd.read_csv(HISTORY_DIR / "sgd-42.csv")[columns].equals(
-        pd.read_csv(HISTORY_DIR / "sgd-7.csv")[columns]
+    assert not pd.read_csv(HISTORY_DIR / WORKLOAD / "sgd-42.csv")[columns].equals(
+        pd.read_csv(HISTORY_DIR / WORKLOAD / "sgd-7.csv")[columns]
     )
     with pytest.raises(ParamsError, match=r"train.seeds: 8 is not one of \[42, 7\]"):
-        train.main(["sgd", "8"])
+        train.main([WORKLOAD, "sgd", "8"])
     with pytest.raises(ParamsError, match="usage: python -m stages.train"):
-        train.main(["sgd"])
+        train.main([WORKLOAD, "sgd"])
 
 
 def test_experiment_name_comes_from_params_or_the_environment(processed: Path, monkeypatch) -> None:
@@ -172,12 +172,12 @@ def test_a_run_whose_loss_went_nan_is_recorded_as_diverged_not_as_a_result(
     metrics = run_train("sgd")
     assert metrics["diverged"] is True and metrics["diverged_at_epoch"] == 1
     assert [metrics[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")] == [None] * 4
-    history = pd.read_csv(HISTORY_DIR / "sgd-42.csv")
+    history = pd.read_csv(HISTORY_DIR / WORKLOAD / "sgd-42.csv")
     assert list(history["epoch"]) == [1]  # no epoch trained after it diverged
     run = mlflow.MlflowClient().get_run(metrics["mlflow_run_id"])
     assert run.info.status == "FAILED"
     assert run.data.tags["pipeline.diverged"] == "loss not finite at epoch 1"
-    assert (MODELS_DIR / "sgd-42.keras").exists()  # DVC's output, marked by its metrics
+    assert (MODELS_DIR / WORKLOAD / "sgd-42.keras").exists()  # DVC's output, marked by its metrics
 
 
 def test_unreachable_tracking_server_fails_before_training(processed: Path, monkeypatch) -> None:
@@ -185,7 +185,7 @@ def test_unreachable_tracking_server_fails_before_training(processed: Path, monk
     with pytest.raises(
         TrackingError, match="is unreachable .*unset it to log to the local store mlflow.db"
     ):
-        train.main(["adam", "42"])
+        train.main([WORKLOAD, "adam", "42"])
     assert not MODELS_DIR.exists() and not TRAIN_METRICS_DIR.exists()
 
 
@@ -194,12 +194,12 @@ def test_bad_params_fail_before_loading_any_data(project: Path) -> None:
     with pytest.raises(
         ParamsError, match="optimizers.nosuch: no such entry; entries: sgd, sgd_momentum, "
     ):
-        train.main(["nosuch", "42"])
+        train.main([WORKLOAD, "nosuch", "42"])
     edit_params({"optimizers.adagrad.learning_rate": "1e-3x"})
     with pytest.raises(
         ParamsError, match="optimizers.adagrad.learning_rate: expected a number, got '1e-3x'"
     ):
-        train.main(["adagrad", "42"])
+        train.main([WORKLOAD, "adagrad", "42"])
 
 
 def test_mixed_bfloat16_trains_in_bf16_with_a_float32_softmax(processed: Path, monkeypatch) -> None:
@@ -210,7 +210,7 @@ def test_mixed_bfloat16_trains_in_bf16_with_a_float32_softmax(processed: Path, m
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert metrics["precision"] == "mixed_bfloat16"
-    model = keras.saving.load_model(MODELS_DIR / "adam-42.keras")
+    model = keras.saving.load_model(MODELS_DIR / WORKLOAD / "adam-42.keras")
     assert model.layers[0].compute_dtype == "bfloat16" and model.layers[0].dtype == "float32"
     assert model.layers[-1].compute_dtype == "float32"
     run = mlflow.MlflowClient().get_run(metrics["mlflow_run_id"])
@@ -242,7 +242,7 @@ def test_a_store_mlflow_cannot_use_is_named_before_training(
     (processed / "damaged.db").write_bytes(b"not a database " * 100)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.format(root=processed))
     with pytest.raises(TrackingError) as error:
-        train.main(["adam", "42"])
+        train.main([WORKLOAD, "adam", "42"])
     assert str(error.value).startswith(message.format(root=processed))
     assert not MODELS_DIR.exists() and not TRAIN_METRICS_DIR.exists()
 
@@ -254,7 +254,7 @@ def test_an_experiment_deleted_in_the_ui_is_named_with_how_to_restore_it(process
     experiment_id = client.create_experiment("mnist-optimizers")
     client.delete_experiment(experiment_id)
     with pytest.raises(TrackingError) as error:
-        train.main(["adam", "42"])
+        train.main([WORKLOAD, "adam", "42"])
     assert str(error.value) == (
         f"MLflow experiment 'mnist-optimizers' (id {experiment_id}) is deleted: restore it "
         f"(mlflow experiments restore --experiment-id {experiment_id}, or in the UI), or set "
@@ -264,8 +264,8 @@ def test_an_experiment_deleted_in_the_ui_is_named_with_how_to_restore_it(process
 
 
 def write_tune_result(name: str, rate: float) -> None:
-    """metrics/tuned_rate/<name>.json as the search writes it, choosing ``rate``."""
-    path = Path("metrics/tuned_rate") / f"{name}.json"
+    """metrics/tuned_rate/<workload>/<name>.json as the search writes it, choosing ``rate``."""
+    path = Path("metrics/tuned_rate") / WORKLOAD / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"optimizer": name, "learning_rate": rate}))
 
@@ -276,9 +276,9 @@ def test_a_tuned_rate_equal_to_the_default_reuses_the_default_run(processed: Pat
     default = run_train("adam")
     write_tune_result("adam", 0.001)
     keras.backend.clear_session()
-    train.main(["adam", "42", "--tuned"])
+    train.main([WORKLOAD, "adam", "42", "--tuned"])
 
-    tuned = json.loads((TRAIN_METRICS_DIR / "adam-42-tuned.json").read_text())
+    tuned = json.loads((TRAIN_METRICS_DIR / WORKLOAD / "adam-42-tuned.json").read_text())
     assert tuned == default | {"reused": "adam-42"}
     assert len(default["configuration"]) == 64
     for folder, suffix in ((MODELS_DIR, ".keras"), (HISTORY_DIR, ".csv")):
@@ -295,9 +295,9 @@ def test_a_tuned_rate_that_differs_trains_its_own_run(processed: Path) -> None:
     default = run_train("adam")
     write_tune_result("adam", 0.01)
     keras.backend.clear_session()
-    train.main(["adam", "42", "--tuned"])
+    train.main([WORKLOAD, "adam", "42", "--tuned"])
 
-    tuned = json.loads((TRAIN_METRICS_DIR / "adam-42-tuned.json").read_text())
+    tuned = json.loads((TRAIN_METRICS_DIR / WORKLOAD / "adam-42-tuned.json").read_text())
     assert "reused" not in tuned and tuned["learning_rate"] == pytest.approx(0.01)
     assert tuned["mlflow_run_id"] != default["mlflow_run_id"]
     assert tuned["configuration"] != default["configuration"]
@@ -379,8 +379,8 @@ def test_a_training_stage_prints_only_its_own_lines(processed: Path) -> None:
     lines = stage_output("stages.train", "adam", "42")
     assert [line for line in lines if not OWN_LINE.match(line)] == []
     assert sum(" mnist_optimizers.fit INFO epoch " in line for line in lines) == 2
-    assert "train@adam-42: training on CPU (" in lines[1]
-    assert "train@adam-42: val_accuracy" in lines[-1]
+    assert "train@mnist_cnn-adam-42: training on CPU (" in lines[1]
+    assert "train@mnist_cnn-adam-42: val_accuracy" in lines[-1]
     assert len(lines) == 5, lines  # the threads, the device, 2 epochs, the result
 
 

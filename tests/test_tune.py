@@ -18,7 +18,7 @@ from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import TRAIN_METRICS_DIR, TUNE_DIR, TUNED_RATE_DIR
 from stages import train, tune
 
-from .conftest import edit_params, random_images
+from .conftest import WORKLOAD, edit_params, random_images
 
 
 def set_tune(**values: object) -> dict:
@@ -31,8 +31,8 @@ def test_search_runs_nested_under_one_parent_prunes_weak_trials_and_picks_the_be
     set_tune(
         low=0.0001, high=1.0, points=5, images=100, epochs=2, min_epochs=0.5, reduction_factor=3
     )
-    tune.main(["adam"])
-    result = json.loads((TUNE_DIR / "adam.json").read_text())
+    tune.main([WORKLOAD, "adam"])
+    result = json.loads((TUNE_DIR / WORKLOAD / "adam.json").read_text())
     trials = result["trials"]
     assert sorted(t["learning_rate"] for t in trials) == [0.0001, 0.001, 0.01, 0.1, 1.0]
     # 100 images in batches of 32: 4 batches an epoch. The rungs: half an epoch (2 batches,
@@ -53,7 +53,7 @@ def test_search_runs_nested_under_one_parent_prunes_weak_trials_and_picks_the_be
     complete = [t for t in trials if not t["pruned"]]
     best = max(sorted(complete, key=lambda t: t["learning_rate"]), key=lambda t: t["val_accuracy"])
     assert result["best_learning_rate"] == best["learning_rate"]
-    chosen = json.loads((TUNED_RATE_DIR / "adam.json").read_text())  # what train_tuned reads
+    chosen = json.loads((TUNED_RATE_DIR / WORKLOAD / "adam.json").read_text())  # what train_tuned reads
     assert chosen == {"optimizer": "adam", "learning_rate": best["learning_rate"]}
     assert result["images"] == 100 and result["pruner"].startswith("successive halving")
 
@@ -89,14 +89,14 @@ def test_the_search_is_reproducible_and_without_pruning_trains_every_trial(
     processed: Path,
 ) -> None:
     set_tune(low=0.0001, high=1.0, points=5, images=100, epochs=2)
-    first = tune.tune("sgd", load_params())
-    again = tune.tune("sgd", load_params())
+    first = tune.tune(WORKLOAD, "sgd", load_params())
+    again = tune.tune(WORKLOAD, "sgd", load_params())
     keep = ("learning_rate", "val_accuracy", "epochs", "pruned")
     assert [{k: t[k] for k in keep} for t in again["trials"]] == [
         {k: t[k] for k in keep} for t in first["trials"]
     ]
     set_tune(prune=False)
-    full = tune.tune("sgd", load_params())
+    full = tune.tune(WORKLOAD, "sgd", load_params())
     assert [t["epochs"] for t in full["trials"]] == [2] * 5 and full["pruner"] == "none"
     assert full["epochs_trained"] == 10
     # A trial that ran to the end has the same accuracy with or without pruning.
@@ -115,7 +115,7 @@ def test_every_trial_trains_in_the_precision_the_search_logs(
     edit_params({"train.precision": "mixed_bfloat16"})
     set_tune(low=0.001, high=0.01, points=2, images=100, epochs=1, prune=False)
     try:
-        result = tune.tune("adam", load_params())
+        result = tune.tune(WORKLOAD, "adam", load_params())
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert result["precision"] == "mixed_bfloat16"
@@ -132,22 +132,22 @@ def test_every_trial_trains_in_the_precision_the_search_logs(
 
 def test_tuned_training_uses_the_best_rate(processed: Path) -> None:
     set_tune(low=0.001, high=0.1, points=3, images=100, epochs=2)
-    best = tune.tune("sgd", load_params())["best_learning_rate"]
+    best = tune.tune(WORKLOAD, "sgd", load_params())["best_learning_rate"]
     edit_params({"optimizers.sgd.learning_rate": 0.5})  # not in the grid: the tuned run trains
-    train.main(["sgd", "42"])
-    train.main(["sgd", "42", "--tuned"])
-    metrics = json.loads((TRAIN_METRICS_DIR / "sgd-42-tuned.json").read_text())
+    train.main([WORKLOAD, "sgd", "42"])
+    train.main([WORKLOAD, "sgd", "42", "--tuned"])
+    metrics = json.loads((TRAIN_METRICS_DIR / WORKLOAD / "sgd-42-tuned.json").read_text())
     run = mlflow.MlflowClient().get_run(metrics["mlflow_run_id"])
     assert float(run.data.params["optimizer.learning_rate"]) == pytest.approx(best)
-    assert run.data.tags["dvc.stage"] == "train_tuned@sgd-42"
+    assert run.data.tags["dvc.stage"] == "train_tuned@mnist_cnn-sgd-42"
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{}", "metrics/tuned_rate/sgd.json: learning_rate missing: not as the stage that writes"),
-     ("[0.01]", "metrics/tuned_rate/sgd.json: learning_rate missing"),
+    [("{}", "metrics/tuned_rate/mnist_cnn/sgd.json: learning_rate missing: not as the stage that writes"),
+     ("[0.01]", "metrics/tuned_rate/mnist_cnn/sgd.json: learning_rate missing"),
      ('{"learning_rate": -0.01}',
-      "metrics/tuned_rate/sgd.json: learning_rate: expected a positive number, got -0.01; "
+      "metrics/tuned_rate/mnist_cnn/sgd.json: learning_rate: expected a positive number, got -0.01; "
       "rerun the search: dvc repro --force tune@sgd"),
      ('{"learning_rate": "0.01"}', "learning_rate: expected a positive number, got '0.01'"),
      ('{"learning_rate": true}', "learning_rate: expected a positive number, got True")],
@@ -156,22 +156,22 @@ def test_tuned_training_uses_the_best_rate(processed: Path) -> None:
 def test_a_tuned_rate_file_that_is_not_the_searchs_is_named(
     processed: Path, content: str, message: str
 ) -> None:
-    """A hand-edited or foreign metrics/tuned_rate/<name>.json: the file is named, not
+    """A hand-edited or foreign metrics/tuned_rate/<workload>/<name>.json: the file is named, not
     `optimizers.sgd.learning_rate`, and nothing trains."""
     from mnist_optimizers.errors import PipelineError
     from mnist_optimizers.paths import TUNED_RATE_DIR
 
     TUNED_RATE_DIR.mkdir(parents=True, exist_ok=True)
-    (TUNED_RATE_DIR / "sgd.json").write_text(content)
+    (TUNED_RATE_DIR / WORKLOAD / "sgd.json").write_text(content)
     with pytest.raises(PipelineError, match=re.escape(message)):
-        train.main(["sgd", "42", "--tuned"])
-    assert not (TRAIN_METRICS_DIR / "sgd-42-tuned.json").exists()
+        train.main([WORKLOAD, "sgd", "42", "--tuned"])
+    assert not (TRAIN_METRICS_DIR / WORKLOAD / "sgd-42-tuned.json").exists()
 
 
 def test_a_bad_grid_fails_before_any_training(project: Path) -> None:
     set_tune(low=0.1, high=0.01)
     with pytest.raises(ParamsError, match="tune: expected 0 < low < high"):
-        tune.main(["adam"])
+        tune.main([WORKLOAD, "adam"])
     assert not TUNE_DIR.exists()
 
 
@@ -199,7 +199,8 @@ def test_judging_mid_epoch_leaves_the_training_as_it_would_have_been(project: Pa
 
     from mnist_optimizers import search
     from mnist_optimizers.fit import fit_model
-    from mnist_optimizers.model import build_model, validate_model
+    from mnist_optimizers.architecture import validate_model
+    from mnist_optimizers.model import build_model
     from mnist_optimizers.sections.tune import validate_tune
 
     class NeverPrune:  # an Optuna trial whose pruner lets everything go on
@@ -219,7 +220,7 @@ def test_judging_mid_epoch_leaves_the_training_as_it_would_have_been(project: Pa
     def history(callbacks: list) -> list[dict]:
         keras.backend.clear_session()
         keras.utils.set_random_seed(7)
-        model = build_model(validate_model(params["model"]), (28, 28, 1))
+        model = build_model(validate_model(params["workloads"]["mnist_cnn"]["model"]), (28, 28, 1))
         with mlflow.start_run():
             tracker = fit_model(model, keras.optimizers.SGD(0.1), data, 2, 16, callbacks=callbacks)
         return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in tracker.history]

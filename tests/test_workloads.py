@@ -26,12 +26,13 @@ CATALOG = {
 DATASETS = ("mnist", "fashion_mnist")
 
 
-def test_the_compared_workloads_in_their_order_with_sorted_targets() -> None:
+def test_the_compared_workloads_in_their_order_and_the_first_target_the_profiles() -> None:
     workloads = validate_workloads(CATALOG, ["mnist_mlp", "mnist_cnn"], DATASETS)
     assert [w.name for w in workloads] == ["mnist_mlp", "mnist_cnn"]
     mlp, cnn = workloads
     assert mlp.model.conv_blocks == () and mlp.model.dense_units == (1000, 500, 100)
-    assert cnn.model.conv_blocks == ((32, 64), (64,)) and cnn.targets == (0.97, 0.98)
+    assert cnn.model.conv_blocks == ((32, 64), (64,)) and cnn.targets == (0.98, 0.97)
+    assert cnn.target == 0.98 and cnn.reference_val_accuracy == {}
     (logreg,) = validate_workloads(CATALOG, ["mnist_logreg"], DATASETS)
     assert logreg.model.dense_units == () and logreg.data == "mnist"
 
