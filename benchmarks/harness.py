@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 OPTIMIZERS = ("sgd", "adagrad", "adam", "rmsprop")
 
-SEED = 42  # the seed of the runs timed one at a time: train@adam-42
+SEED = 42  # the seed of the runs timed one at a time: train@mnist_cnn-adam-42
+WORKLOAD = "mnist_cnn"  # the tutorial's CNN
 
-ADAM = f"train@{run_key('adam', SEED)}"
+ADAM = f"train@{WORKLOAD}-{run_key('adam', SEED)}"
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,11 @@ def set_params(clone: Path, **changes: object) -> None:
 
 
 def train_metrics(clone: Path, name: str) -> dict:
-    return json.loads((clone / "metrics" / "train" / f"{name}.json").read_text())
+    return json.loads((clone / "metrics" / "train" / WORKLOAD / f"{name}.json").read_text())
 
 
 def epoch_seconds(clone: Path, name: str) -> list[float]:
-    lines = (clone / "metrics" / "history" / f"{name}.csv").read_text().splitlines()
+    lines = (clone / "metrics" / "history" / WORKLOAD / f"{name}.csv").read_text().splitlines()
     header = lines[0].split(",")
     column = header.index("epoch_seconds")
     return [float(line.split(",")[column]) for line in lines[1:]]

@@ -16,6 +16,7 @@ from benchmarks.harness import (
     OPTIMIZERS,
     ROOT,
     SEED,
+    WORKLOAD,
     dvc,
     dvc_command,
     epoch_seconds,
@@ -43,7 +44,7 @@ def bench_noop(clone: Path, runs: int, log: Path) -> dict:
 
 def bench_memory(clone: Path, log: Path) -> dict:
     """Peak resident memory of each stage, forced, on the clone's (full) data."""
-    stages = ["download", "preprocess", ADAM, "evaluate"]
+    stages = [f"download@{WORKLOAD}", f"preprocess@{WORKLOAD}", ADAM, f"evaluate@{WORKLOAD}"]
     return {
         stage: measure(dvc_command("repro", "-f", "-s", stage), clone, log).max_rss_mib
         for stage in stages
@@ -106,7 +107,8 @@ def count_flops() -> dict:
     from mnist_optimizers.architecture import validate_model
     from mnist_optimizers.model import build_model
 
-    model = build_model(validate_model(load_params(ROOT / "params.yaml")["model"]), (28, 28, 1))
+    config = validate_model(load_params(ROOT / "params.yaml")["workloads"][WORKLOAD]["model"])
+    model = build_model(config, (28, 28, 1))
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
 
     @tf.function
@@ -137,7 +139,8 @@ def count_flops() -> dict:
 def achieved_flops(clone: Path, flops: dict) -> dict:
     """FLOP/s of train@adam's median float32 epoch: its training images forward and backward,
     its validation images forward."""
-    counts = json.loads((clone / "data" / "processed" / "data.json").read_text())["counts"]
+    summary = clone / "data" / "processed" / WORKLOAD / "data.json"
+    counts = json.loads(summary.read_text())["counts"]
     seconds = statistics.median(epoch_seconds(clone, run_key("adam", SEED)))
     work = (
         counts["train"] * flops["train_flops_per_image"]

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import atexit
 import gc
+import itertools
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import psutil
 
@@ -198,14 +200,43 @@ def watch_parent(parent: int, poll: float = PARENT_POLL_SECONDS) -> None:
 _parent_gone: int | None = None
 
 
-def dvc_stage_item(kind: str, usage: str) -> str:
-    """The item of the matrix or foreach stage DVC is running (`adam-42` of `train@adam-42`),
-    from $DVC_STAGE: dvc.yaml's commands carry no params value, which the shell would run
-    (a `compare` entry `adam;touch x` in `${item}`); the stage checks the name itself."""
+# Where the values of a stage's item come from in params.yaml, by the name its usage gives.
+ITEM_LISTS = {"workload": ("compare_workloads",), "optimizer": ("compare",),
+              "seed": ("train", "seeds")}  # fmt: skip
+
+
+def stage_args(
+    kind: str, argv: list[str], names: tuple[str, ...], params: Mapping[str, Any]
+) -> list[str]:
+    """A stage's arguments (``names``: `workload`, `optimizer`, `seed`): as given on the
+    command line, or, as DVC runs it, its item in $DVC_STAGE (`mnist_cnn-adam-42` of
+    `train@mnist_cnn-adam-42`). dvc.yaml's commands carry no params value, which the shell
+    would run (a `compare` entry `adam;touch x` in `${item}`): the item is matched against
+    the lists of params.yaml it was made of, as given (the stage checks the values)."""
+    module = kind.removesuffix("_tuned")
+    flag = " --tuned" if kind.endswith("_tuned") else ""
+    usage = (f"usage: python -m stages.{module} {' '.join(f'<{n}>' for n in names)}{flag} "
+             "(from params.yaml)")  # fmt: skip
+    if argv:
+        if len(argv) != len(names):
+            raise ParamsError(usage)
+        return argv
     stage = os.environ.get("DVC_STAGE", "")
     if not stage.startswith(f"{kind}@"):
         raise ParamsError(f"{usage} (or run it as a DVC stage {kind}@...: $DVC_STAGE names it)")
-    return stage[len(kind) + 1 :]
+    item = stage[len(kind) + 1 :]
+
+    def listed(keys: tuple[str, ...]) -> list:
+        value: Any = params
+        for key in keys:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        return value if isinstance(value, list) else []
+
+    for combination in itertools.product(*(listed(ITEM_LISTS[name]) for name in names)):
+        if "-".join(map(str, combination)) == item:
+            return [str(value) for value in combination]
+    lists = ", ".join(".".join(ITEM_LISTS[name]) for name in names)
+    raise ParamsError(f"$DVC_STAGE: {item!r} is no {', '.join(names)} of {lists}")
 
 
 def run_stage(main: Callable[[list[str]], None]) -> None:

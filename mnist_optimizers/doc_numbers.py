@@ -24,10 +24,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from mnist_optimizers import tables
+from mnist_optimizers import tables, workloads
+from mnist_optimizers.architecture import ModelConfig, parameter_counts
+from mnist_optimizers.idx import IMAGE_SHAPE
 from mnist_optimizers.files import read_csv, read_json, write_text_atomic
 from mnist_optimizers.params import load_params
-from mnist_optimizers.paths import CHAMPION_NAME, GD_VARIANTS_FILE, reports_dir
+from mnist_optimizers.paths import CHAMPION_NAME, GD_VARIANTS_FILE, REPORT_DIR, reports_dir
+
+PROFILES_FILE = REPORT_DIR / "profiles.csv"  # the report's score table
 
 PAGES = ("README.md", "docs/*.md")
 BLOCK = re.compile(
@@ -49,6 +53,13 @@ class Results:
         self.significance = read_csv(folder / "significance.csv")
         self.gd = read_csv(root / GD_VARIANTS_FILE)
         self.champion = read_json(folder / CHAMPION_NAME)
+        self.workloads = [w.name for w in workloads.compared(self.params)]
+        self.targets = {w.name: w.target for w in workloads.compared(self.params)}
+        self.comparisons = {w: read_csv(root / reports_dir(w) / "comparison.csv")
+                            for w in self.workloads}  # fmt: skip
+        self.significances = {w: read_csv(root / reports_dir(w) / "significance.csv")
+                              for w in self.workloads}  # fmt: skip
+        self.scores = read_csv(root / PROFILES_FILE)
 
     def by_setting(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         return {s: t for s, t in frame.groupby("setting", sort=False)}
@@ -168,7 +179,68 @@ def cost(results: Results) -> str:
     )
 
 
+def describe_model(config: ModelConfig) -> str:
+    """`conv 32, 64, pool; conv 64, pool; dense 128` ('logistic regression' for neither)."""
+    parts = [f"conv {', '.join(map(str, block))}, pool" for block in config.conv_blocks]
+    if config.dense_units:
+        parts.append(f"dense {', '.join(map(str, config.dense_units))}")
+    return "; ".join(parts) or "softmax on the pixels"
+
+
+def catalog(results: Results) -> str:
+    """The workloads of params.yaml: data set, model, trainable parameters, targets."""
+    lines = ["| workload | data set | model | parameters | targets | compared |",
+             "|---|---|---|---:|---|---|"]  # fmt: skip
+    for name in results.params["workloads"]:
+        w = workloads.workload(results.params, name)
+        count = sum(parameter_counts(w.model, IMAGE_SHAPE).values())
+        lines.append(f"| `{name}` | {w.data} | {describe_model(w.model)} | {count:,} | "
+                     f"{', '.join(f'{t:g}' for t in w.targets)} | "
+                     f"{'yes' if name in results.workloads else 'no'} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def per_workload(results: Results) -> str:
+    """Mean test accuracy (%) of every optimizer on every workload, a row per workload and
+    setting: the headline of each workload side by side."""
+    names = list(dict.fromkeys(o for t in results.comparisons.values() for o in t["optimizer"]))
+    lines = ["| workload | learning rates | " + " | ".join(names) + " |",
+             "|---|---|" + "---:|" * len(names)]  # fmt: skip
+    for setting in SETTINGS:
+        for workload, table in results.comparisons.items():
+            rows = table[table["setting"] == setting].set_index("optimizer")["test_accuracy_%"]
+            cells = ["" if pd.isna(rows.get(n)) else f"{rows[n]:.2f}" for n in names]
+            lines.append(f"| {workload} | {setting} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def profile_scores(results: Results) -> str:
+    """The performance-profile scores per setting and optimizer, on steps and on seconds,
+    and each workload's target."""
+    scores = results.scores
+    lines = ["| learning rates | optimizer | score (steps) | score (seconds) | "
+             + " | ".join(f"{w} steps to {results.targets[w]:g}" for w in results.workloads) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(results.workloads)]  # fmt: skip
+    for r in scores.to_dict("records"):
+        steps = [("never" if r[f"{w}_steps"] == float("inf") else f"{r[f'{w}_steps']:.0f}")
+                 for w in results.workloads]  # fmt: skip
+        lines.append(f"| {r['setting']} | {r['optimizer']} | {r['score_steps']:.2f} | "
+                     f"{r['score_seconds']:.2f} | " + " | ".join(steps) + " |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def across(results: Results) -> str:
+    """The report's sentences on what holds on every workload and what does not."""
+    sentences = tables.across_workloads(results.comparisons, results.significances,
+                                        results.scores)  # fmt: skip
+    return "\n".join(f"- {s}" for s in sentences) + "\n"
+
+
 BLOCKS: dict[str, Callable[[Results], str]] = {
+    "workload-catalog": catalog,
+    "per-workload": per_workload,
+    "profile-scores": profile_scores,
+    "across-workloads": across,
     "results-setup": setup,
     "results-default": lambda r: results_table(r, "default"),
     "results-tuned": lambda r: results_table(r, "tuned"),

@@ -160,7 +160,7 @@ def load_arrays(data_dir: Path, *names: str) -> list[np.ndarray]:
         except ValueError as exc:
             raise PipelineError(
                 f"{path}: refused, not a plain numeric array ({exc}); "
-                "rerun the preprocess stage of its workload: dvc repro --force preprocess@<workload>"
+                "rerun its workload's preprocess stage: dvc repro --force preprocess@<workload>"
             ) from None
     return arrays
 

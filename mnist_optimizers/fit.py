@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import shutil
 import logging
@@ -299,24 +298,6 @@ def configuration_id(logged: dict[str, Any]) -> str:
     precision used, seed, thread counts). Two runs with one id give the same model."""
     identity = {k: v for k, v in logged.items() if k not in NOT_IN_CONFIGURATION}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def matrix_item(item: str, params: dict[str, Any], seeds: bool = True) -> list[str]:
-    """The workload, optimizer and seed of params.yaml that DVC named the stage after
-    (`mnist_cnn-adam-42`; without ``seeds``, the workload and optimizer: `mnist_cnn-adam`), as
-    given (checked by the stage): DVC joins them with '-', which a name may hold too."""
-    def listed(value: Any) -> list:
-        return value if isinstance(value, list) else []
-
-    lists = [listed(params.get("compare_workloads")), listed(params.get("compare"))]
-    if seeds:
-        lists.append(listed((params.get("train") or {}).get("seeds")))
-    for combination in itertools.product(*lists):
-        if "-".join(map(str, combination)) == item:
-            return [str(value) for value in combination]
-    what = "workload, optimizer and seed of compare_workloads, compare and train.seeds" if seeds \
-        else "workload and optimizer of compare_workloads and compare"
-    raise ParamsError(f"$DVC_STAGE: {item!r} is no {what}")
 
 
 @dataclass

@@ -201,6 +201,6 @@ def plot_profiles(by_setting: dict[str, pd.DataFrame], path: Path, unit: str = "
         for optimizer in table.columns:
             ax.step(table.index, table[optimizer], where="post", label=optimizer)
         ax.set(xlabel=f"tau (ratio to the fastest, {unit})", ylabel="fraction of workloads",
-               ylim=(-0.03, 1.03), title=f"Performance profiles ({setting} learning rate)")  # fmt: skip
+               ylim=(-0.03, 1.03), title=f"Performance profiles ({setting} rates)")  # fmt: skip
         ax.legend(fontsize=8)
     save_figure(fig, path)

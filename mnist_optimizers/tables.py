@@ -7,6 +7,7 @@ and write the files.
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -528,3 +529,23 @@ def pair_agreement(significance: Mapping[str, pd.DataFrame]) -> str:
     if somewhere:
         text += "; significant on some workloads only: " + "; ".join(somewhere)
     return text + "."
+
+
+def comparison_html(comparison: pd.DataFrame, tuning: pd.DataFrame, confidence: float) -> str:
+    """Per setting (comparison.csv's `setting` column), a heading and the readable table."""
+    parts = []
+    for setting, table in comparison.groupby("setting", sort=False):
+        parts.append(f"<h3>{html.escape(section_title(setting, tuning))}</h3>")
+        parts.append(readable_table(table, confidence).to_html(index=False, border=0))
+    return "\n".join(parts)
+
+
+def significance_html(significance: pd.DataFrame, confidence: float) -> str:
+    """Per setting, a heading, the sentence that says what is significant, and the table."""
+    parts = []
+    for setting, table in significance.groupby("setting", sort=False):
+        table = table.drop(columns="setting")
+        parts.append(f"<h3>{html.escape(SECTION_TITLES[setting])}</h3>")
+        parts.append(f"<p>{html.escape(significance_lead(table, confidence))}</p>")
+        parts.append(readable_significance(table, confidence).to_html(index=False, border=0))
+    return "\n".join(parts)

@@ -1,9 +1,9 @@
 """Stage `evaluate@<workload>`: test every trained model of one workload and write the
 side-by-side comparison.
 
-For each optimizer named in `compare` and each of `train.seeds` it loads
-models/<workload>/<name>-<seed>.keras (Keras safe mode) and metrics/train/<workload>/<name>-<seed>.json,
-predicts the test set in large batches, and writes, in reports/workloads/<workload>/:
+For each optimizer named in `compare` and each of `train.seeds` it loads the workload's
+models/<workload>/<name>-<seed>.keras (Keras safe mode) and its metrics file, predicts the test
+set in large batches, and writes, in reports/workloads/<workload>/:
 
 - metrics/evaluate/<workload>.json: the headline `dvc metrics show` and `dvc exp show` print,
   the mean test accuracy (%) per setting and optimizer; summary.json: the rest, per optimizer
@@ -32,8 +32,7 @@ import pandas as pd
 
 from mnist_optimizers import (files, mlflow_logs, mlflow_store, model, paths, plots, runtime,
                               tables, workloads)
-from mnist_optimizers.cli import dvc_stage_item, run_stage
-from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.cli import run_stage, stage_args
 from mnist_optimizers.fit import validate_train
 from mnist_optimizers.optimizers import validate_compare, validate_optimizer_names
 from mnist_optimizers.params import load_params
@@ -179,11 +178,9 @@ def evaluate(name: str, params: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    usage = "usage: python -m stages.evaluate <workload from params.yaml>"
-    if len(argv) > 1:
-        raise ParamsError(usage)
-    name = argv[0] if argv else dvc_stage_item("evaluate", usage)
-    for sentence in evaluate(name, load_params()):
+    params = load_params()
+    (name,) = stage_args("evaluate", argv, ("workload",), params)
+    for sentence in evaluate(name, params):
         log.info("%s: %s", name, sentence)
     log.info("tables: %s; the page: dvc repro report", paths.reports_dir(name) / "comparison.md")
 

@@ -1,7 +1,8 @@
 """Stage `gd_variants`: batch, stochastic and mini-batch gradient descent, side by side.
 
-The tutorial's lesson, measured: the same optimizer and model trained on the first
-`gd_variants.images` training images of `gd_variants.workload` for `gd_variants.epochs` epochs with three batch sizes:
+The tutorial's lesson, measured: the same optimizer and model (of `gd_variants.workload`)
+trained on its first `gd_variants.images` training images for `gd_variants.epochs` epochs
+with three batch sizes:
 the whole subset (batch gradient descent: one update per epoch), 1 (stochastic) and
 `gd_variants.mini_batch` (mini-batch). Writes reports/gd_variants.csv (per variant and epoch:
 updates so far, seconds so far, validation accuracy and loss) and logs each variant as an
@@ -61,7 +62,8 @@ def gd_variants(params: dict[str, Any]) -> pd.DataFrame:
         keras.utils.set_random_seed(config.seed)
         model = build_model(model_config, data["x_train"].shape[1:])
         optimizer = build_optimizer(config.optimizer, specs[config.optimizer])
-        tags = mlflow_runs.run_tags("gd_variants") | {"gd_variant": variant}
+        tags = mlflow_runs.run_tags("gd_variants") | {"gd_variant": variant,
+                                                      "workload": config.workload}  # fmt: skip
         with mlflow_runs.tracked_run(experiment_id, f"gd {variant}", tags):
             mlflow.log_params(
                 {"gd_variant": variant, "batch_size": batch_size, "images": images}

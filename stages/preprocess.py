@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from mnist_optimizers import workloads
-from mnist_optimizers.cli import dvc_stage_item, run_stage
-from mnist_optimizers.errors import ParamsError, PipelineError
+from mnist_optimizers.cli import run_stage, stage_args
+from mnist_optimizers.errors import PipelineError
 from mnist_optimizers.files import atomic_path, write_json_atomic
 from mnist_optimizers.idx import load_split
 from mnist_optimizers.params import load_params
@@ -94,11 +94,8 @@ def write_arrays(out_dir: Path, arrays: dict[str, np.ndarray], summary: dict) ->
 
 
 def main(argv: list[str]) -> None:
-    usage = "usage: python -m stages.preprocess <workload from params.yaml>"
-    if len(argv) > 1:
-        raise ParamsError(usage)
-    name = argv[0] if argv else dvc_stage_item("preprocess", usage)
     params = load_params()
+    (name,) = stage_args("preprocess", argv, ("workload",), params)
     config = validate_preprocess(params["preprocess"])
     dataset = workloads.workload(params, name).data
     arrays, summary = preprocess(raw_dir(name), config, name, dataset)

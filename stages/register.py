@@ -14,7 +14,8 @@ Registering the same run again adds no version: the existing one is reused.
     dvc repro register@mnist_cnn
     mlflow models serve -m models:/mnist-cnn@champion --env-manager local
 
-It writes reports/workloads/<workload>/champion.json: which run won, and the version the alias points to.
+It writes reports/workloads/<workload>/champion.json: which run won, and the version the alias
+points to.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from mnist_optimizers import mlflow_store
-from mnist_optimizers.cli import dvc_stage_item, run_stage
-from mnist_optimizers.errors import ParamsError, PipelineError
+from mnist_optimizers.cli import run_stage, stage_args
+from mnist_optimizers.errors import PipelineError
 from mnist_optimizers.files import read_json, write_json_atomic
+from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import (CHAMPION_NAME, data_summary_file, reports_dir, run_key,
                                     runs_file, train_metrics_file)  # fmt: skip
 from mnist_optimizers.registry import (ALIAS, SELECTION_METRIC, Candidate, ValidationSet,
@@ -159,10 +161,7 @@ def registered(
 
 
 def main(argv: list[str]) -> None:
-    usage = "usage: python -m stages.register <workload from params.yaml>"
-    if len(argv) > 1:
-        raise ParamsError(usage)
-    workload = argv[0] if argv else dvc_stage_item("register", usage)
+    (workload,) = stage_args("register", argv, ("workload",), load_params())
     if not runs_file(workload).exists():
         raise PipelineError(
             f"{runs_file(workload)} is missing: run its evaluate stage first "

@@ -52,35 +52,14 @@ def embedded(path: Path, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
 
 
-def comparison_html(comparison: pd.DataFrame, tuning: pd.DataFrame, confidence: float) -> str:
-    """Per setting (comparison.csv's `setting` column), a heading and the readable table."""
-    parts = []
-    for setting, table in comparison.groupby("setting", sort=False):
-        parts.append(f"<h3>{html.escape(tables.section_title(setting, tuning))}</h3>")
-        parts.append(tables.readable_table(table, confidence).to_html(index=False, border=0))
-    return "\n".join(parts)
-
-
-def significance_html(significance: pd.DataFrame, confidence: float) -> str:
-    """Per setting, a heading, the sentence that says what is significant, and the table."""
-    parts = []
-    for setting, table in significance.groupby("setting", sort=False):
-        table = table.drop(columns="setting")
-        parts.append(f"<h3>{html.escape(tables.SECTION_TITLES[setting])}</h3>")
-        parts.append(f"<p>{html.escape(tables.significance_lead(table, confidence))}</p>")
-        readable = tables.readable_significance(table, confidence)
-        parts.append(readable.to_html(index=False, border=0))
-    return "\n".join(parts)
-
-
 def figures(workload: str) -> list[tuple[Path, str]]:
     """A workload's figures on the page: evaluate's, and the report's time to target."""
     folder = paths.reports_dir(workload) / paths.FIGURES_NAME
     return [
-        (folder / "val_accuracy.png", f"{workload}: validation accuracy per epoch (rates from params)"),
-        (folder / "val_accuracy-tuned.png", f"{workload}: validation accuracy per epoch (tuned rates)"),
+        (folder / "val_accuracy.png", f"{workload}: validation accuracy per epoch (default rates)"),
+        (folder / "val_accuracy-tuned.png", f"{workload}: validation accuracy per epoch (tuned)"),
         (folder / "tuning.png", f"{workload}: validation accuracy against learning rate"),
-        (REPORT_DIR / f"time_to_target_{workload}.png", f"{workload}: time to the validation target"),
+        (REPORT_DIR / f"time_to_target_{workload}.png", f"{workload}: time to the target"),
     ]  # fmt: skip
 
 
@@ -113,7 +92,13 @@ def report(params: dict[str, Any]) -> Path:
         f"profile from 1 to {profiles.MAX_RATIO:g}, divided by {profiles.MAX_RATIO - 1:g}."
     )
     gd_last = gd_variants_table(gd)
-    sections = {w.name: workload_parts(w.name, read, confidence) for w in compared}
+    def by_setting(kind: str, workload: str) -> dict[str, pd.DataFrame]:
+        return dict(list(read[kind][workload].groupby("setting", sort=False)))
+
+    sections = {
+        w.name: tables.headline(by_setting("comparison", w.name), by_setting("significance", w.name))
+        for w in compared
+    }
     write_text_atomic(REPORT_MD, report_markdown(across, lead, scores, sections, gd_last))
     body = [
         "<h1>Optimizer comparison</h1>",
@@ -128,10 +113,10 @@ def report(params: dict[str, Any]) -> Path:
     for name, part in sections.items():
         body += [
             f"<h2>{html.escape(name)}</h2>",
-            "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in part["answer"]) + "</ul>",
-            comparison_html(read["comparison"][name], read["tuning"][name], confidence),
+            "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in part) + "</ul>",
+            tables.comparison_html(read["comparison"][name], read["tuning"][name], confidence),
             "<h3>Which differences are real</h3>",
-            significance_html(read["significance"][name], confidence),
+            tables.significance_html(read["significance"][name], confidence),
             *(embedded(path, alt) for path, alt in figures(name)),
         ]
     body += ["<h2>Gradient-descent variants</h2>", embedded(GD_PNG, "Gradient-descent variants"),
@@ -145,16 +130,6 @@ def report(params: dict[str, Any]) -> Path:
     return REPORT_HTML
 
 
-def workload_parts(name: str, read: dict[str, dict[str, pd.DataFrame]], confidence: float) -> dict:
-    """A workload's headline sentences, from its comparison and significance tables."""
-    comparison, significance = read["comparison"][name], read["significance"][name]
-    answer = tables.headline(
-        dict(list(comparison.groupby("setting", sort=False))),
-        dict(list(significance.groupby("setting", sort=False))),
-    )
-    return {"answer": answer}
-
-
 def gd_variants_table(gd: pd.DataFrame) -> pd.DataFrame:
     """Each gradient-descent variant's last epoch: batch size, updates, seconds, accuracy."""
     columns = {"batch_size": "batch size", "seconds": "seconds (all epochs)",
@@ -166,7 +141,7 @@ def gd_variants_table(gd: pd.DataFrame) -> pd.DataFrame:
 
 
 def report_markdown(across: list[str], lead: str, scores: pd.DataFrame,
-                    sections: dict[str, dict], gd_last: pd.DataFrame) -> str:  # fmt: skip
+                    sections: dict[str, list[str]], gd_last: pd.DataFrame) -> str:  # fmt: skip
     """The page in Markdown: across workloads, then each workload's tables (as evaluate wrote
     them) and figures, then the gradient-descent variants."""
     def image(path: Path, alt: str) -> str:
@@ -174,13 +149,14 @@ def report_markdown(across: list[str], lead: str, scores: pd.DataFrame,
 
     lines = ["# Optimizer comparison", "", "## Across workloads", "",
              *(f"- {sentence}" for sentence in across), "", lead, "",
-             scores.to_markdown(index=False), "", image(PROFILES_PNG, "Performance profiles"), ""]  # fmt: skip
+             scores.to_markdown(index=False), "",
+             image(PROFILES_PNG, "Performance profiles"), ""]  # fmt: skip
     for name, part in sections.items():
         folder = paths.reports_dir(name)
         lines += [
             f"## {name}",
             "",
-            *(f"- {sentence}" for sentence in part["answer"]),
+            *(f"- {sentence}" for sentence in part),
             "",
             (folder / "comparison.md").read_text(encoding="utf-8").replace("## ", "### "),
             f"### Which differences are real ({name})",

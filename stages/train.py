@@ -1,13 +1,10 @@
-"""Stage `train@<workload>-<optimizer>-<seed>`: train one workload's model (an entry of
-`workloads` in params.yaml) with one optimizer (of `optimizers`) from one seed (of
-`train.seeds`), log the run to MLflow. Writes, in the workload's folders,
-models/<workload>/<run>.keras, metrics/history/<workload>/<run>.csv (per epoch) and
-metrics/train/<workload>/<run>.json (with the MLflow run id and the run's configuration id).
-With `--tuned` (stage `train_tuned@<workload>-<optimizer>-<seed>`) it trains with the best
-rate of `tune@<workload>-<optimizer>` and writes the same files with a `-tuned` suffix; where
-that rate makes the same configuration as the default run (the search kept the default
-rate), it trains nothing: it copies the default run's files and tags its MLflow run as both
-settings'.
+"""Stage `train@<workload>-<optimizer>-<seed>`: train a workload's model with one optimizer
+from one seed, log the run to MLflow; write models/<workload>/<run>.keras,
+metrics/history/<workload>/<run>.csv (per epoch), metrics/train/<workload>/<run>.json (with the
+MLflow run id and the configuration id). `--tuned` (`train_tuned@...`): with the best rate of
+`tune@<workload>-<optimizer>`, files suffixed `-tuned`; where that rate makes the default
+run's configuration, nothing trains: the default run's files are copied and its MLflow run
+tagged as both settings'.
 
     python -m stages.train mnist_cnn adam 42   # what `dvc repro train@mnist_cnn-adam-42` runs
 """
@@ -26,10 +23,10 @@ import mlflow
 import tensorflow as tf
 
 from mnist_optimizers import fit, mlflow_logs, mlflow_runs, mlflow_store, paths, runtime, workloads
-from mnist_optimizers.cli import dvc_stage_item, run_stage
+from mnist_optimizers.cli import run_stage, stage_args
 from mnist_optimizers.errors import ParamsError, shown
 from mnist_optimizers.files import (copy_atomic, load_training_data, read_json, write_csv,
-                                    write_json_atomic)
+                                    write_json_atomic)  # fmt: skip
 from mnist_optimizers.fit import (checkpoint_dir, configuration_id, diverged_at,
                                   fit_model, history_frame, run_params, set_precision, timed,
                                   validate_train)
@@ -41,8 +38,7 @@ from mnist_optimizers.paths import run_key, stage_item
 
 log = logging.getLogger(__name__)
 
-# The MLflow tags that say which settings' tables a run stands in: both are "true" on a
-# default run whose tuned rate was the same (filter: tags.tuned_setting = 'true').
+# Which settings' tables a run stands in: both "true" on a default run its tuned rate reused.
 SETTING_TAGS = {False: "default_setting", True: "tuned_setting"}
 
 
@@ -134,8 +130,8 @@ def prepare(
     stage = f"{'train_tuned' if tuned else 'train'}@{stage_item(workload, name, seed)}"
     identity = {"params": run, "seed": seed, "data": data_summary}
     checkpoint = checkpoint_dir(f"{workload}-{key}", identity) if train_config.resume else None
-    return fit.Training(workload, key, stage, train_config, optimizer, model, data, data_summary, logged,
-                    threads, experiment_id, seconds, checkpoint)  # fmt: skip
+    return fit.Training(workload, key, stage, train_config, optimizer, model, data, data_summary,
+                        logged, threads, experiment_id, seconds, checkpoint)  # fmt: skip
 
 
 def fit_and_log(job: fit.Training) -> list[dict[str, float]]:
@@ -163,8 +159,8 @@ def save_outputs(job: fit.Training, history: list[dict[str, float]], metrics: di
         identity = {k: metrics[k] for k in ("mlflow_run_id", "configuration")}
         save_model(job.model, paths.model_file(job.workload, job.key), identity | {"run": job.key})
     write_csv(paths.history_file(job.workload, job.key), history_frame(history))
-    rounded = {part: round(value, 3) for part, value in job.seconds.items()}
-    write_json_atomic(paths.train_metrics_file(job.workload, job.key), metrics | {"seconds": rounded})
+    seconds = {"seconds": {part: round(value, 3) for part, value in job.seconds.items()}}
+    write_json_atomic(paths.train_metrics_file(job.workload, job.key), metrics | seconds)
 
 
 def reuse_default_run(workload: str, name: str, seed: int, configuration: str) -> bool:
@@ -189,20 +185,14 @@ def reuse_default_run(workload: str, name: str, seed: int, configuration: str) -
 
 
 def main(argv: list[str]) -> None:
-    usage = ("usage: python -m stages.train <workload> <optimizer> <seed> [--tuned] (names and "
-             "seed from params.yaml)")  # fmt: skip
-    tuned = "--tuned" in argv
-    argv = [arg for arg in argv if arg != "--tuned"]
-    params = load_params()
-    if not argv:  # as DVC runs it
-        argv = fit.matrix_item(dvc_stage_item("train_tuned" if tuned else "train", usage), params)
-    if len(argv) != 3:
-        raise ParamsError(usage)
+    tuned, params = "--tuned" in argv, load_params()
+    kind, argv = ("train_tuned" if tuned else "train"), [a for a in argv if a != "--tuned"]
+    workload, name, seed = stage_args(kind, argv, ("workload", "optimizer", "seed"), params)
     try:
-        seed = int(argv[2])
+        number = int(seed)
     except ValueError:
-        raise ParamsError(f"{usage}; got seed {shown(argv[2])}") from None
-    train(argv[0], argv[1], seed, params, tuned)
+        raise ParamsError(f"train.seeds: {shown(seed)} is not a seed") from None
+    train(workload, name, number, params, tuned)
 
 
 if __name__ == "__main__":

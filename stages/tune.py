@@ -1,15 +1,11 @@
-"""Stage `tune@<workload>-<optimizer>`: a learning-rate search for one optimizer on one
-workload, on a budget.
+"""Stage `tune@<workload>-<optimizer>`: a learning-rate search on a budget.
 
-Tries every rate of the log-spaced grid in `tune` (params.yaml), each on the first
-`tune.images` training images for up to `tune.epochs` epochs, judged on the whole validation
-split: never on the test set, which would make the reported test accuracies optimistic.
-Optuna's successive-halving pruner stops the weak trials after `tune.min_epochs`
-(mnist_optimizers/search.py). Every trial is an MLflow run nested under one parent run per
-optimizer and workload (`tune mnist_cnn/adam`), with its rate, the epochs it reached and why
-it stopped. Writes metrics/tune/<workload>/<optimizer>.json: the trials and the best learning
-rate; and metrics/tuned_rate/<workload>/<optimizer>.json: the best rate alone, which the
-`train_tuned` stages train with (a rerun that chooses the same rate leaves them up to date).
+Every rate of the grid in `tune`, each on the first `tune.images` training images for up to
+`tune.epochs` epochs, judged on validation (never test); Optuna's successive halving stops
+the weak trials (mnist_optimizers/search.py). Each trial is an MLflow run nested under the
+search's (`tune mnist_cnn/adam`). Writes metrics/tune/<workload>/<optimizer>.json (the trials,
+the best rate) and metrics/tuned_rate/<workload>/<optimizer>.json (the best rate alone, which
+`train_tuned` trains with: a rerun choosing the same rate leaves it up to date).
 
     python -m stages.tune mnist_cnn adam   # what `dvc repro tune@mnist_cnn-adam` runs
 """
@@ -31,10 +27,9 @@ import tensorflow as tf
 
 from mnist_optimizers import (mlflow_logs, mlflow_runs, mlflow_store, paths, runtime, search, stats,
                               workloads)
-from mnist_optimizers.cli import dvc_stage_item, run_stage
-from mnist_optimizers.errors import ParamsError
+from mnist_optimizers.cli import run_stage, stage_args
 from mnist_optimizers.files import load_training_data, read_json, write_json_atomic
-from mnist_optimizers.fit import fit_model, matrix_item, set_precision, validate_train
+from mnist_optimizers.fit import fit_model, set_precision, validate_train
 from mnist_optimizers.architecture import ModelConfig
 from mnist_optimizers.model import build_model
 from mnist_optimizers.optimizers import build_optimizer, optimizer_spec, validate_optimizer_names
@@ -197,13 +192,8 @@ def run_trial(job: Search, trial: optuna.Trial) -> float:
 
 
 def main(argv: list[str]) -> None:
-    usage = "usage: python -m stages.tune <workload> <optimizer> (names from params.yaml)"
     params = load_params()
-    if not argv:  # as DVC runs it
-        argv = matrix_item(dvc_stage_item("tune", usage), params, seeds=False)
-    if len(argv) != 2:
-        raise ParamsError(usage)
-    tune(argv[0], argv[1], params)
+    tune(*stage_args("tune", argv, ("workload", "optimizer"), params), params)
 
 
 if __name__ == "__main__":

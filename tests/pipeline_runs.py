@@ -13,6 +13,7 @@ from mnist_optimizers.parallel_task import stages_run
 
 from .cli import check_no_processes_left, copy_repo
 from .conftest import E2E_OPTIMIZERS as OPTIMIZERS
+from .conftest import WORKLOAD
 
 
 def client_for(root: Path) -> mlflow.MlflowClient:
@@ -20,11 +21,15 @@ def client_for(root: Path) -> mlflow.MlflowClient:
 
 
 def runs_by_name(root: Path) -> dict[str, list]:
+    """The project's MLflow runs by name, oldest first; the tests' workload's by their name
+    in it (`adam-42` for `mnist_cnn/adam-42`, `tune adam` for `tune mnist_cnn/adam`), any
+    other workload's whole."""
     client = client_for(root)
     experiment = client.get_experiment_by_name("mnist-optimizers")
     result: dict[str, list] = {}
     for r in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]):
-        result.setdefault(r.info.run_name, []).append(r)
+        name = r.info.run_name.replace(f"{WORKLOAD}/", "", 1)
+        result.setdefault(name, []).append(r)
     return result
 
 
@@ -49,12 +54,14 @@ def copy_for_a_test(
 
 
 TRAINING = [
-    *(f"train@{n}-42" for n in OPTIMIZERS),
-    *(f"tune@{n}" for n in OPTIMIZERS),
-    *(f"train_tuned@{n}-42" for n in OPTIMIZERS),
+    *(f"train@{WORKLOAD}-{n}-42" for n in OPTIMIZERS),
+    *(f"tune@{WORKLOAD}-{n}" for n in OPTIMIZERS),
+    *(f"train_tuned@{WORKLOAD}-{n}-42" for n in OPTIMIZERS),
     "gd_variants",
 ]
-AFTER_TRAINING = ["evaluate", "report", "register"]
+DATA = [f"download@{WORKLOAD}", f"preprocess@{WORKLOAD}"]
+# The report reads the champion register wrote: it comes last.
+AFTER_TRAINING = [f"evaluate@{WORKLOAD}", f"register@{WORKLOAD}", "report"]
 
 
 def model_stages_run(output: str) -> list[str]:

@@ -165,5 +165,5 @@ def training_lock(root: Path) -> dict:
             "outs": [out["path"] for out in entry.get("outs", [])],
         }
         for name, entry in stages.items()
-        if name.startswith(TRAINING) or name in ("check_params", "download", "preprocess")
+        if name.startswith(TRAINING) or name in ("check_params",) or name.startswith(("download@", "preprocess@"))
     }

@@ -36,7 +36,7 @@ def diverged_pipeline(evaluated: Path) -> Path:
 
 def test_a_diverged_run_is_no_number_anywhere(diverged_pipeline: Path) -> None:
     root = diverged_pipeline
-    runs = pd.read_csv(root / "reports" / "runs.csv")
+    runs = pd.read_csv(root / "reports" / "workloads" / WORKLOAD / "runs.csv")
     lost = runs[(runs["setting"] == "default") & (runs["optimizer"] == "sgd")]
     assert list(lost["diverged"]) == [True, True]
     assert lost[["val_accuracy", "test_accuracy", "test_loss"]].isna().all().all()
@@ -44,24 +44,24 @@ def test_a_diverged_run_is_no_number_anywhere(diverged_pipeline: Path) -> None:
 
     client = mlflow.MlflowClient()
     for seed in (42, 43):
-        metrics = json.loads((root / "metrics" / "train" / f"sgd-{seed}.json").read_text())
+        metrics = json.loads((root / "metrics" / "train" / WORKLOAD / f"sgd-{seed}.json").read_text())
         run = client.get_run(metrics["mlflow_run_id"])
         assert run.info.status == "FAILED" and "pipeline.diverged" in run.data.tags
         assert "test_accuracy" not in run.data.metrics  # evaluate measured nothing of it
 
-    comparison = pd.read_csv(root / "reports" / "comparison.csv")
+    comparison = pd.read_csv(root / "reports" / "workloads" / WORKLOAD / "comparison.csv")
     sgd = comparison[(comparison["setting"] == "default") & (comparison["optimizer"] == "sgd")]
     assert sgd["diverged"].tolist() == [2] and sgd["test_accuracy_%"].isna().all()
-    significance = pd.read_csv(root / "reports" / "significance.csv")
+    significance = pd.read_csv(root / "reports" / "workloads" / WORKLOAD / "significance.csv")
     default_pairs = significance[significance["setting"] == "default"]
     assert "sgd" not in {*default_pairs["optimizer_a"], *default_pairs["optimizer_b"]}
 
-    summary = json.loads((root / "reports" / "summary.json").read_text())
+    summary = json.loads((root / "reports" / "workloads" / WORKLOAD / "summary.json").read_text())
     assert summary["default"]["sgd"]["diverged"] == 2
     assert summary["default"]["sgd"]["test_accuracy"] is None
 
     page = (root / "reports" / "report" / "report.html").read_text()
     assert "sgd diverged in 2 of 2 seeds" in page and "2 (2 diverged)" in page
 
-    champion = json.loads((root / "reports" / "champion.json").read_text())
+    champion = json.loads((root / "reports" / "workloads" / WORKLOAD / "champion.json").read_text())
     assert not (champion["optimizer"] == "sgd" and champion["setting"] == "default")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from mnist_optimizers import fetch
 from mnist_optimizers.paths import MNIST_FILES, raw_dir
 from stages import download
 from mnist_optimizers.sections.download import Dataset, DownloadConfig
@@ -241,7 +242,7 @@ def test_a_mirror_that_never_stops_sending_is_cut_off(
 ) -> None:
     monkeypatch.setattr(DrippingHandler, "body_size", None)
     monkeypatch.setattr(DrippingHandler, "interval", 0)
-    monkeypatch.setattr(download, "MAX_BYTES", 50_000)
+    monkeypatch.setattr(fetch, "MAX_BYTES", 50_000)
     with pytest.raises(
         download.SourceError, match="sent more than 50,000 bytes, not an MNIST file"
     ):

@@ -23,7 +23,8 @@ ROW = re.compile(
     r"^\| *\d+ *\| *`(?P<change>[^`]+)` *\| *(?P<stage>\w+) *\| *`` (?P<message>.+) `` *\|$"
 )
 # The optimizer a training or tuning stage runs with: the one the change is about, else adam.
-STAGE_ARGS = {"train": ["{optimizer}", "42"], "tune": ["{optimizer}"]}
+STAGE_ARGS = {"train": [WORKLOAD, "{optimizer}", "42"], "tune": [WORKLOAD, "{optimizer}"],
+              **{stage: [WORKLOAD] for stage in ("download", "preprocess", "evaluate", "register")}}  # fmt: skip
 RAW = "typed0as0is0"  # a plain scalar: YAML writes it unquoted
 
 
@@ -50,8 +51,8 @@ def params_text(params: dict[str, Any], change: str) -> str:
 
 
 def stage_args(stage: str, change: str, params: dict[str, Any]) -> list[str]:
-    """The arguments of the stage a row runs: `train sgd 42` for a change to
-    `optimizers.sgd.*`, `train adam 42` otherwise."""
+    """The arguments of the stage a row runs: `train mnist_cnn sgd 42` for a change to
+    `optimizers.sgd.*`, `train mnist_cnn adam 42` otherwise."""
     key = change.partition(": ")[0].split(".")
     optimizer = (
         key[1] if key[0] == "optimizers" and key[1:2] and key[1] in params["optimizers"] else "adam"

@@ -83,7 +83,7 @@ def train_to_the_end(project: Path) -> dict:
         cwd=project, env=servers.tool_env(CODE), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((project / "metrics" / "train" / "adam-42.json").read_text())
+    return json.loads((project / "metrics" / "train" / WORKLOAD / "adam-42.json").read_text())
 
 
 def train_uninterrupted(folder: Path, tiny_mirror, **train: Any) -> tuple[dict, list[np.ndarray]]:
@@ -104,7 +104,7 @@ def train_uninterrupted(folder: Path, tiny_mirror, **train: Any) -> tuple[dict, 
         download.main([WORKLOAD])
         preprocess.main([WORKLOAD])
         metrics = train_to_the_end(folder)
-    weights = keras.models.load_model(folder / "models" / "adam-42.keras").get_weights()
+    weights = keras.models.load_model(folder / "models" / WORKLOAD / "adam-42.keras").get_weights()
     return metrics, weights
 
 
@@ -148,7 +148,7 @@ def test_ctrl_c_mid_epoch_stops_the_stage_cleanly_and_the_rerun_matches(
     expected_metrics, expected_weights = uninterrupted
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert metrics[key] == expected_metrics[key], key
-    weights = keras.models.load_model(processed / "models" / "adam-42.keras").get_weights()
+    weights = keras.models.load_model(processed / "models" / WORKLOAD / "adam-42.keras").get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(weights, expected_weights, strict=True))
 
 
@@ -257,7 +257,7 @@ def test_with_resume_an_interrupted_training_continues_from_its_last_epoch(
 
     metrics = train_to_the_end(processed)
 
-    history = (processed / "metrics" / "history" / "adam-42.csv").read_text().splitlines()
+    history = (processed / "metrics" / "history" / WORKLOAD / "adam-42.csv").read_text().splitlines()
     assert len(history) == RESUME["epochs"] + 1  # header + every epoch, resumed ones included
     finished = [
         r
@@ -271,7 +271,7 @@ def test_with_resume_an_interrupted_training_continues_from_its_last_epoch(
     steps = [m.step for m in store_client().get_metric_history(run.info.run_id, "val_accuracy")]
     assert sorted(steps) == list(range(1, RESUME["epochs"] + 1))
     assert not (processed / ".checkpoints" / checkpoint.name).exists()  # removed once complete
-    weights = keras.models.load_model(processed / "models" / "adam-42.keras").get_weights()
+    weights = keras.models.load_model(processed / "models" / WORKLOAD / "adam-42.keras").get_weights()
     gaps = {k: abs(metrics[k] - expected_metrics[k]) for k in ("loss", "val_loss", "val_accuracy")}
     same_weights = all(np.array_equal(a, b) for a, b in zip(weights, expected_weights, strict=True))
     print(f"resumed after epoch {done}: differences {gaps}, identical weights: {same_weights}")

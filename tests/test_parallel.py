@@ -135,7 +135,7 @@ def test_on_one_machine_it_trains_on_both_nodes_and_equals_a_sequential_dvc_repr
     assert len(set(tasks.values())) == 2, f"tasks ran on one node only: {tasks}"
     # The runner's own `dvc repro` restored every stage from the run cache: it ran none of them.
     assert not [s for s in stages_run(output) if s.startswith(TRAINING)], output[-6000:]
-    assert {"evaluate", "report", "register"} <= set(stages_run(output))
+    assert {"evaluate@mnist_cnn", "report", "register@mnist_cnn"} <= set(stages_run(output))
     assert "Data and pipelines are up to date" in dvc(root, env, "status")
 
     by_stage = runs_by_stage(url)
@@ -319,8 +319,8 @@ def test_through_a_remote_and_a_server_killing_the_second_node_still_finishes_ev
     statuses = sorted(r.info.status for r in by_stage[stage])
     assert statuses == ["FAILED", "FINISHED"], (stage, statuses)
     for name in ("sgd", "adam"):
-        finished = [r for r in by_stage[f"train@{name}-7"] if r.info.status == "FINISHED"]
-        assert len(finished) == 1, f"train@{name}-7"
+        finished = [r for r in by_stage[f"train@mnist_cnn-{name}-7"] if r.info.status == "FINISHED"]
+        assert len(finished) == 1, f"train@mnist_cnn-{name}-7"
     assert not [r for rs in by_stage.values() for r in rs if r.info.status == "RUNNING"]
 
 

@@ -30,6 +30,7 @@ from .cli import check_no_processes_left, copy_repo, dvc, run
 from .conftest import WORKLOAD, edit_params
 from .pipeline_runs import (
     AFTER_TRAINING,
+    DATA,
     OPTIMIZERS,
     TRAINING,
     client_for,
@@ -70,12 +71,13 @@ def test_dvc_repro_runs_every_stage(reproduced) -> None:
     root, _, output = reproduced
     assert {"trajectories", "check_params"} <= set(stages_run(output))
     ran = model_stages_run(output)
-    assert ran[:2] == ["download", "preprocess"] and ran[-3:] == AFTER_TRAINING
+    assert ran[:2] == DATA and ran[-3:] == AFTER_TRAINING
     assert sorted(ran[2:-3]) == sorted(TRAINING)
     # Each optimizer's grid comes before the runs that train its best rate.
     for name in OPTIMIZERS:
-        assert ran.index(f"tune@{name}") < ran.index(f"train_tuned@{name}-42")
-    # The commands carry no item: DVC's stage name gives it (`tune@adam`, `train@adam-42`).
+        assert ran.index(f"tune@{WORKLOAD}-{name}") < ran.index(f"train_tuned@{WORKLOAD}-{name}-42")
+    # The commands carry no item: DVC's stage name gives it (`tune@mnist_cnn-adam`,
+    # `train@mnist_cnn-adam-42`).
     assert "tune@mnist_cnn-adam: best learning rate" in output and "train@mnist_cnn-adam-42: val_accuracy" in output
     # Every stage that trains sized TensorFlow's threads before TensorFlow started (the tune
     # stage once built its optimizers first, and trained with TensorFlow's defaults).
@@ -94,8 +96,8 @@ def test_mlflow_holds_one_complete_run_per_training(reproduced) -> None:
     runs = runs_by_name(root)
     trained = []
     for n in OPTIMIZERS:
-        default = json.loads((root / "metrics" / "train" / f"{n}-42.json").read_text())
-        tuned = json.loads((root / "metrics" / "train" / f"{n}-42-tuned.json").read_text())
+        default = json.loads((root / "metrics" / "train" / WORKLOAD / f"{n}-42.json").read_text())
+        tuned = json.loads((root / "metrics" / "train" / WORKLOAD / f"{n}-42-tuned.json").read_text())
         reused = tuned.get("reused") == f"{n}-42"
         assert reused == (tuned["learning_rate"] == default["learning_rate"]), (default, tuned)
         assert (tuned["mlflow_run_id"] == default["mlflow_run_id"]) == reused
@@ -108,9 +110,10 @@ def test_mlflow_holds_one_complete_run_per_training(reproduced) -> None:
     for name in trained:
         (r,) = runs[name]
         tuned_run = name.endswith("-tuned")
-        stage = f"train_tuned@{name[:-6]}" if tuned_run else f"train@{name}"
+        stage = f"train_tuned@{WORKLOAD}-{name[:-6]}" if tuned_run else f"train@{WORKLOAD}-{name}"
         assert r.info.status == "FINISHED" and r.data.tags["dvc.stage"] == stage
-        assert r.data.tags["seed"] == "42"
+        assert r.data.tags["seed"] == "42" and r.data.tags["workload"] == WORKLOAD
+        assert r.data.params["workload"] == WORKLOAD
         reused = f"{name}-tuned" not in runs and not tuned_run
         assert r.data.tags["default_setting"] == str(not tuned_run).lower()
         assert r.data.tags["tuned_setting"] == str(tuned_run or reused).lower()
@@ -136,9 +139,9 @@ def test_the_served_champion_predicts_real_test_images(reproduced) -> None:
     from mnist_optimizers.paths import MODELS_DIR, run_key
 
     root, env, _ = reproduced
-    x_test = np.load(root / "data" / "processed" / "x_test.npy")[:20]
-    y_test = np.load(root / "data" / "processed" / "y_test.npy")[:20]
-    champion = json.loads((root / "reports" / "champion.json").read_text())
+    x_test = np.load(root / "data" / "processed" / WORKLOAD / "x_test.npy")[:20]
+    y_test = np.load(root / "data" / "processed" / WORKLOAD / "y_test.npy")[:20]
+    champion = json.loads((root / "reports" / "workloads" / WORKLOAD / "champion.json").read_text())
     key = run_key(champion["optimizer"], champion["seed"], champion["setting"] == "tuned")
     expected = keras.models.load_model(root / MODELS_DIR / WORKLOAD / f"{key}.keras").predict(
         x_test, verbose=0
@@ -185,7 +188,7 @@ def test_each_search_is_a_parent_run_with_one_child_per_rate(reproduced) -> None
         assert all(r.data.metrics["epochs_reached"] == 2 for r in complete)
         top = max(complete, key=lambda r: r.data.metrics["val_accuracy"])
         assert float(top.data.params["optimizer.learning_rate"]) == pytest.approx(best)
-        tuned = json.loads((root / "metrics" / "train" / f"{name}-42-tuned.json").read_text())
+        tuned = json.loads((root / "metrics" / "train" / WORKLOAD / f"{name}-42-tuned.json").read_text())
         assert tuned["learning_rate"] == pytest.approx(best, rel=1e-6)
 
 
@@ -205,14 +208,14 @@ def test_metrics_table_and_plots_are_there_for_a_user(workspace, tmp_path: Path)
     root, env = workspace
     metrics = json.loads(dvc(root, env, "metrics", "show", "--json"))
     (workspace,) = metrics.values()  # keyed by revision: "" (DVC 3.67) or "workspace"
-    shown = workspace["data"]["metrics/evaluate.json"]["data"]
+    shown = workspace["data"]["metrics/evaluate/mnist_cnn.json"]["data"]
     # The headline alone: mean test accuracy (%) per setting and optimizer.
     assert {setting: sorted(by_name) for setting, by_name in shown.items()} == {
         "default": sorted(OPTIMIZERS),
         "tuned": sorted(OPTIMIZERS),
     }
     assert all(0 <= value <= 100 for by_name in shown.values() for value in by_name.values())
-    table = pd.read_csv(root / "reports" / "comparison.csv")
+    table = pd.read_csv(root / "reports" / "workloads" / WORKLOAD / "comparison.csv")
     default = table[table["setting"] == "default"]
     assert list(default["optimizer"]) == OPTIMIZERS
     tutorial = {"sgd": 96.50, "adagrad": 89.28, "adam": 98.97, "rmsprop": 98.95}
@@ -221,7 +224,7 @@ def test_metrics_table_and_plots_are_there_for_a_user(workspace, tmp_path: Path)
     page = (tmp_path / "plots" / "index.html").read_text()
     for name in OPTIMIZERS:
         assert f'"optimizer": "{name}"' in page
-    assert "Validation accuracy per epoch" in page and "confusion" in page
+    assert f"{WORKLOAD}: validation accuracy per epoch" in page and "confusion" in page
 
 
 def test_changing_one_learning_rate_reruns_only_that_optimizer(adam_lr) -> None:
@@ -295,7 +298,7 @@ def test_a_second_clone_takes_results_from_the_dvc_remote_and_trains_nothing(
     dvc(clone, env, "pull", "--run-cache")
     assert "Data and pipelines are up to date." in dvc(clone, env, "status")
     assert stages_run(dvc(clone, env, "repro")) == []
-    for path in ("metrics/evaluate.json", "metrics/train/adam-42.json"):
+    for path in ("metrics/evaluate/mnist_cnn.json", "metrics/train/mnist_cnn/adam-42.json"):
         assert json.loads((clone / path).read_text()) == json.loads((root / path).read_text())
 
     # The learning rate of that experiment: the run cache holds its training, and
@@ -305,7 +308,7 @@ def test_a_second_clone_takes_results_from_the_dvc_remote_and_trains_nothing(
     assert model_stages_run(output) == AFTER_TRAINING, output
     for stage in ("train@mnist_cnn-adam-42", "tune@mnist_cnn-adam", "train_tuned@mnist_cnn-adam-42"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output
-    restored = json.loads((clone / "metrics" / "train" / "adam-42.json").read_text())
+    restored = json.loads((clone / "metrics" / "train" / WORKLOAD / "adam-42.json").read_text())
     (trained,) = [
         r for r in runs_by_name(root)["adam-42"] if r.data.tags.get("dvc.experiment") == "adam-lr"
     ]

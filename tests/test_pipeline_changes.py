@@ -18,8 +18,8 @@ import pytest
 from mnist_optimizers.parallel_task import stages_run
 
 from . import processes
-from .cli import dvc
-from .conftest import edit_params
+from .cli import dvc, run
+from .conftest import WORKLOAD, edit_params, tiny_mnist_contents, write_mirror
 from .pipeline_runs import (
     AFTER_TRAINING,
     OPTIMIZERS,
@@ -35,9 +35,9 @@ def test_the_best_model_by_validation_accuracy_is_registered_once_as_champion(
     workspace,
 ) -> None:
     root, env = workspace
-    runs = pd.read_csv(root / "reports" / "runs.csv")
+    runs = pd.read_csv(root / "reports" / "workloads" / WORKLOAD / "runs.csv")
     best = runs.loc[runs["val_accuracy"].idxmax()]  # validation, never test
-    champion = json.loads((root / "reports" / "champion.json").read_text())
+    champion = json.loads((root / "reports" / "workloads" / WORKLOAD / "champion.json").read_text())
     assert (champion["optimizer"], champion["seed"], champion["setting"]) == (
         best["optimizer"], best["seed"], best["setting"]
     )  # fmt: skip
@@ -54,8 +54,10 @@ def test_the_best_model_by_validation_accuracy_is_registered_once_as_champion(
     assert float(version.tags["val_accuracy"]) == pytest.approx(best["val_accuracy"])
 
     # Nothing changed: DVC skips the stage; forced, it finds the version and adds none.
-    assert "register" not in stages_run(dvc(root, env, "repro", "register"))
-    assert "register" in stages_run(dvc(root, env, "repro", "--force", "--single-item", "register"))
+    assert "register@mnist_cnn" not in stages_run(dvc(root, env, "repro", "register@mnist_cnn"))
+    assert "register@mnist_cnn" in stages_run(
+        dvc(root, env, "repro", "--force", "--single-item", "register@mnist_cnn")
+    )
     versions = client.search_model_versions("name = 'mnist-cnn'")
     assert [int(v.version) for v in versions] == [int(version.version)]
 
@@ -82,13 +84,8 @@ def test_an_edit_makes_only_the_stages_that_import_it_stale(workspace) -> None:
     edit(trajectories, ': expected a positive number "', ': expected a positive "')
     assert stale_stages(root, env) == set()
 
-    edit(root / "mnist_optimizers" / "stats.py", "Holm-Bonferroni", "Holm's step-down")
-    assert stale_stages(root, env) == {
-        *(f"tune@{n}" for n in OPTIMIZERS),
-        "evaluate",
-        "report",
-        "check_params",
-    }
+    edit(root / "mnist_optimizers" / "plots.py", "a hatched", "an outlined")
+    assert stale_stages(root, env) == {f"evaluate@{WORKLOAD}", "report", "trajectories"}
 
 
 def test_a_search_rerun_that_chooses_the_same_rate_trains_nothing_again(workspace) -> None:
@@ -96,15 +93,15 @@ def test_a_search_rerun_that_chooses_the_same_rate_trains_nothing_again(workspac
     run again (new seconds, new MLflow runs) that chooses the same rate retrains nothing."""
     root, env = workspace
     name = OPTIMIZERS[0]
-    before = json.loads((root / "metrics" / "tune" / f"{name}.json").read_text())
-    output = dvc(root, env, "repro", "--force", "--single-item", f"tune@{name}")
-    assert stages_run(output) == [f"tune@{name}"]
-    again = json.loads((root / "metrics" / "tune" / f"{name}.json").read_text())
+    before = json.loads((root / "metrics" / "tune" / WORKLOAD / f"{name}.json").read_text())
+    output = dvc(root, env, "repro", "--force", "--single-item", f"tune@{WORKLOAD}-{name}")
+    assert stages_run(output) == [f"tune@{WORKLOAD}-{name}"]
+    again = json.loads((root / "metrics" / "tune" / WORKLOAD / f"{name}.json").read_text())
     assert again["mlflow_run_id"] != before["mlflow_run_id"]
     assert again["best_learning_rate"] == before["best_learning_rate"]
     # What `dvc repro` would run next: the comparison, and no tuned training.
     stale = stale_stages(root, env)
-    assert "evaluate" in stale and not [s for s in stale if s.startswith("train_tuned@")], stale
+    assert f"evaluate@{WORKLOAD}" in stale and not [s for s in stale if s.startswith("train_tuned@")], stale
 
 
 def test_params_yaml_is_checked_whole_before_any_stage_runs(workspace) -> None:
@@ -155,7 +152,7 @@ def test_an_added_optimizer_and_seed_train_only_their_runs_in_a_temp_experiment(
         "-S",
         "train.seeds=[42,43]",
     )
-    new_runs = [f"{t}@{n}-43" for t in ("train", "train_tuned") for n in OPTIMIZERS]
+    new_runs = [f"{t}@{WORKLOAD}-{n}-43" for t in ("train", "train_tuned") for n in OPTIMIZERS]
     nadam = ["train@mnist_cnn-nadam-42", "train@mnist_cnn-nadam-43", "tune@mnist_cnn-nadam", "train_tuned@mnist_cnn-nadam-42",
              "train_tuned@mnist_cnn-nadam-43"]  # fmt: skip
     ran = model_stages_run(output)
@@ -166,8 +163,54 @@ def test_an_added_optimizer_and_seed_train_only_their_runs_in_a_temp_experiment(
     assert len(trained["nadam-42"]) == 1 and "test_accuracy" in trained["nadam-42"][0].data.metrics
     assert len(trained["sgd-43"]) == 1 and len(trained["sgd-42"]) == 1
     dvc(root, env, "exp", "apply", "with-nadam")
-    table = pd.read_csv(root / "reports" / "comparison.csv")
+    table = pd.read_csv(root / "reports" / "workloads" / WORKLOAD / "comparison.csv")
     assert list(table[table["setting"] == "default"]["optimizer"]) == [*OPTIMIZERS, "nadam"]
+
+
+def test_an_added_idx_workload_trains_only_its_stages_and_joins_the_profiles(
+    workspace, tmp_path: Path
+) -> None:
+    """A data set of IDX files (generated here: any MNIST-format set, as Fashion-MNIST) in the
+    `datasets` catalog, then `dvc exp run -S` adding a workload on it (an MLP) to the
+    comparison: exactly its stages run (and the report across workloads), nothing of the
+    existing workload; its MLflow runs carry it; the profiles and the report have it."""
+    root, env = workspace
+    mirror = tmp_path / "generated"
+    sha256 = write_mirror(mirror, tiny_mnist_contents(seed=5))
+    edit_params({"datasets.generated": {"mirrors": [str(mirror)], "sha256": sha256}}, root)
+    dvc(root, env, "repro")  # the catalog changed: download@mnist_cnn checks its files again
+    run(["git", "commit", "-qam", "a data set in the catalog"], root, env)
+    assert stale_stages(root, env) == set()
+    workload = "generated_mlp"
+    entry = ("{data:generated,model:{conv_blocks:[],dense_units:[16],num_classes:10},"
+             "targets:[0.3,0.2]}")  # fmt: skip
+    output = dvc(root, env, "exp", "run", "-n", "with-mlp", "-S", f"+workloads.{workload}={entry}",
+                 "-S", f"compare_workloads=[{WORKLOAD},{workload}]")  # fmt: skip
+    expected = [
+        f"download@{workload}", f"preprocess@{workload}",
+        *(f"{stage}@{workload}-{n}-42" for stage in ("train", "train_tuned") for n in OPTIMIZERS),
+        *(f"tune@{workload}-{n}" for n in OPTIMIZERS),
+        f"evaluate@{workload}", f"register@{workload}", "report",
+    ]  # fmt: skip
+    ran = model_stages_run(output)
+    assert sorted(ran) == sorted(expected) and ran[-1] == "report", ran
+    runs = runs_by_name(root)
+    for name in OPTIMIZERS:
+        (run_,) = runs[f"{workload}/{name}-42"]
+        assert run_.data.tags["workload"] == run_.data.params["workload"] == workload
+        assert run_.data.params["data.dataset"] == "generated"
+        assert run_.data.params["model.dense_units"] == "(16,)"
+    profiles = pd.read_csv(root / "reports" / "report" / "profiles.csv")
+    assert {f"{WORKLOAD}_steps", f"{workload}_steps", f"{workload}_ratio"} <= set(profiles)
+    page = (root / "reports" / "report" / "report.html").read_text()
+    assert f"<h2>{workload}</h2>" in page and f"<h2>{WORKLOAD}</h2>" in page
+    table = pd.read_csv(root / "reports" / "workloads" / workload / "comparison.csv")
+    assert list(table[table["setting"] == "default"]["optimizer"]) == OPTIMIZERS
+    shown = json.loads(dvc(root, env, "metrics", "show", "--json"))
+    (revision,) = shown.values()
+    assert {f"metrics/evaluate/{WORKLOAD}.json", f"metrics/evaluate/{workload}.json"} <= set(
+        revision["data"]
+    )
 
 
 def test_a_stage_whose_dvc_parent_is_killed_stops_and_the_rerun_trains_once(workspace) -> None:
@@ -199,7 +242,7 @@ def test_a_stage_whose_dvc_parent_is_killed_stops_and_the_rerun_trains_once(work
     text = log.read_text()
     assert "stopped: the process that started it" in text and "Traceback" not in text, text
     assert client_for(root).get_run(running.info.run_id).info.status == "KILLED"
-    assert not (root / "models" / "sgd-42.keras").exists()
+    assert not (root / "models" / WORKLOAD / "sgd-42.keras").exists()
 
     dvc(root, env, "repro", "train@mnist_cnn-sgd-42")
     statuses = sorted(

@@ -61,3 +61,33 @@ def test_the_median_over_seeds_counts_a_seed_that_never_reached_the_target() -> 
     assert profiles.median_time([80.0, INF]) == INF  # half is not a majority
     with pytest.raises(ValueError, match="no seed"):
         profiles.median_time([])
+
+
+def runs(rows: list[tuple[str, str, int, float | None]]) -> pd.DataFrame:
+    """A workload's runs table (evaluate's runs.csv) with its steps and seconds to 0.97: one
+    row per (setting, optimizer, seed, steps), seconds ten times the steps; None: never."""
+    table = pd.DataFrame(rows, columns=["setting", "optimizer", "seed", "steps_to_97"])
+    table["seconds_to_97"] = table["steps_to_97"] * 10
+    return table
+
+
+def test_the_score_table_from_runs_tables_matches_a_hand_computation() -> None:
+    """Made-up runs of two workloads: the medians over seeds, a seed that never reached the
+    target counting as infinite, a workload no optimizer reached, and the scores by hand."""
+    cnn = runs([("default", "sgd", 1, 300), ("default", "sgd", 2, 500), ("default", "sgd", 3, 400),
+                ("default", "adam", 1, 100), ("default", "adam", 2, None), ("default", "adam", 3, 200)])
+    # adam never reaches it in 2 of 3 seeds: its median is infinite.
+    mlp = runs([("default", "sgd", 1, 100), ("default", "sgd", 2, 100), ("default", "sgd", 3, 100),
+                ("default", "adam", 1, 250), ("default", "adam", 2, None), ("default", "adam", 3, None)])
+    logreg = runs([("default", o, s, None) for o in ("sgd", "adam") for s in (1, 2, 3)])
+    targets = {"cnn": 0.97, "mlp": 0.97, "logreg": 0.97}
+    table = profiles.score_table({"cnn": cnn, "mlp": mlp, "logreg": logreg}, targets, ["default"])
+    sgd, adam = (table.set_index("optimizer").loc[name] for name in ("sgd", "adam"))
+    assert (sgd["cnn_steps"], adam["cnn_steps"]) == (400, 200)  # medians: 400; (100, 200, inf)
+    assert (sgd["cnn_ratio"], adam["cnn_ratio"]) == (2.0, 1.0)
+    assert (sgd["mlp_ratio"], adam["mlp_ratio"]) == (1.0, INF)
+    assert sgd["logreg_ratio"] == adam["logreg_ratio"] == INF
+    # sgd: (4 - 2)/3 on cnn, (4 - 1)/3 on mlp, 0 on logreg, over 3 workloads; adam: 1 on cnn.
+    assert sgd["score_steps"] == pytest.approx(round((2 / 3 + 1) / 3, 4))
+    assert adam["score_steps"] == pytest.approx(round(1 / 3, 4))
+    assert sgd["score_seconds"] == sgd["score_steps"]  # seconds: the same ratios here

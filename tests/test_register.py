@@ -53,7 +53,7 @@ def test_the_champion_is_chosen_by_validation_never_test() -> None:
             ("tuned", "sgd", 42, 0.98, 0.98),
         ]
     )
-    best = register.ranked_candidates(runs)[0]
+    best = register.ranked_candidates(WORKLOAD, runs)[0]
     assert (best.optimizer, best.seed, best.setting, best.val_accuracy) == (
         "adam",
         42,
@@ -65,18 +65,18 @@ def test_the_champion_is_chosen_by_validation_never_test() -> None:
 
 def test_a_tie_goes_to_the_first_run_in_table_order() -> None:
     runs = runs_table([("default", "adam", 42, 0.99, 0.9), ("tuned", "adam", 42, 0.99, 0.9)])
-    assert register.ranked_candidates(runs)[0].key == "adam-42"
+    assert register.ranked_candidates(WORKLOAD, runs)[0].key == "adam-42"
     tuned_first = runs_table(
         [("tuned", "rmsprop", 43, 0.99, 0.9), ("default", "adam", 42, 0.99, 0.9)]
     )
-    assert register.ranked_candidates(tuned_first)[0].key == "rmsprop-43-tuned"
+    assert register.ranked_candidates(WORKLOAD, tuned_first)[0].key == "rmsprop-43-tuned"
 
 
 def test_a_table_without_validation_accuracy_is_refused() -> None:
     with pytest.raises(PipelineError, match="missing columns val_accuracy"):
-        register.ranked_candidates(runs_table([]).drop(columns="val_accuracy"))
+        register.ranked_candidates(WORKLOAD, runs_table([]).drop(columns="val_accuracy"))
     with pytest.raises(PipelineError, match="no run with a val_accuracy"):
-        register.ranked_candidates(runs_table([]))
+        register.ranked_candidates(WORKLOAD, runs_table([]))
 
 
 def test_without_evaluate_the_stage_says_what_to_run(project: Path) -> None:
@@ -89,7 +89,7 @@ def test_a_run_from_another_store_is_reported_not_registered(project: Path) -> N
     stage says so and writes that down instead of failing or registering something else."""
     runs = runs_table([("default", "adam", 42, 0.99, 0.9)])
     metrics = {"adam-42": {"mlflow_run_id": "0123456789abcdef0123456789abcdef"}}
-    summary = register.champion(metrics, runs, FULL)
+    summary = register.champion(WORKLOAD, metrics, runs, FULL)
     assert summary["registered"] is False and summary["optimizer"] == "adam"
     client = mlflow.MlflowClient()
     assert client.search_registered_models() == []
@@ -100,13 +100,13 @@ def test_registering_the_same_run_twice_adds_no_version(project: Path) -> None:
     metrics = logged_runs({"adam-42": 0.99})
     runs = runs_table([("default", "adam", 42, 0.99, 0.9)])
 
-    first = register.champion(metrics, runs, FULL)
-    second = register.champion(metrics, runs, FULL)
+    first = register.champion(WORKLOAD, metrics, runs, FULL)
+    second = register.champion(WORKLOAD, metrics, runs, FULL)
 
     assert first["registered"] and first["version"] == second["version"] == 1
     client = mlflow.MlflowClient()
-    assert len(client.search_model_versions(f"name = '{registry.MODEL_NAME}'")) == 1
-    version = client.get_model_version_by_alias(registry.MODEL_NAME, registry.ALIAS)
+    assert len(client.search_model_versions(f"name = '{registry.model_name(WORKLOAD)}'")) == 1
+    version = client.get_model_version_by_alias(registry.model_name(WORKLOAD), registry.ALIAS)
     assert version.run_id == metrics["adam-42"]["mlflow_run_id"]
     assert version.tags["optimizer"] == "adam" and version.tags["dvc.experiment"] == "workspace"
     assert (version.tags["val_set"], version.tags["val_images"]) == ("a" * 16, "6000")
@@ -119,17 +119,16 @@ def test_a_worse_pipeline_result_does_not_take_the_alias(project: Path) -> None:
     the better champion; a better one takes it."""
     metrics = logged_runs({"adam-42": 0.99, "sgd-42": 0.95, "rmsprop-42": 0.995})
 
-    good = register.champion(metrics, runs_table([("default", "adam", 42, 0.99, 0.9)]), FULL)
-    worse = register.champion(metrics, runs_table([("default", "sgd", 42, 0.95, 0.9)]), FULL)
-    better = register.champion(
-        metrics, runs_table([("default", "rmsprop", 42, 0.995, 0.9)]), FULL
+    good = register.champion(WORKLOAD, metrics, runs_table([("default", "adam", 42, 0.99, 0.9)]), FULL)
+    worse = register.champion(WORKLOAD, metrics, runs_table([("default", "sgd", 42, 0.95, 0.9)]), FULL)
+    better = register.champion(WORKLOAD, metrics, runs_table([("default", "rmsprop", 42, 0.995, 0.9)]), FULL
     )
 
     assert (good["version"], good["champion"]) == (1, True)
     assert (worse["version"], worse["champion"], worse["champion_version"]) == (2, False, 1)
     assert (better["version"], better["champion"]) == (3, True)
     client = mlflow.MlflowClient()
-    assert client.get_model_version_by_alias(registry.MODEL_NAME, registry.ALIAS).version in (
+    assert client.get_model_version_by_alias(registry.model_name(WORKLOAD), registry.ALIAS).version in (
         3,
         "3",
     )
@@ -143,14 +142,14 @@ def test_only_a_run_that_finished_in_mlflow_becomes_champion(project: Path) -> N
     metrics |= logged_runs({"rmsprop-42": 0.95})
     rows = [("default", "adam", 42, 0.99, 0.9), ("default", "sgd", 42, 0.97, 0.9),
             ("default", "rmsprop", 42, 0.95, 0.9)]  # fmt: skip
-    summary = register.champion(metrics, runs_table(rows), FULL)
+    summary = register.champion(WORKLOAD, metrics, runs_table(rows), FULL)
     assert (summary["optimizer"], summary["registered"], summary["champion"]) == (
         "rmsprop", True, True
     )  # fmt: skip
-    none_finished = register.champion(metrics, runs_table(rows[:2]), FULL)
+    none_finished = register.champion(WORKLOAD, metrics, runs_table(rows[:2]), FULL)
     assert none_finished["registered"] is False
     client = mlflow.MlflowClient()
-    assert len(client.search_model_versions(f"name = '{registry.MODEL_NAME}'")) == 1
+    assert len(client.search_model_versions(f"name = '{registry.model_name(WORKLOAD)}'")) == 1
 
 
 def test_accuracies_on_different_validation_sets_do_not_compare(project: Path) -> None:
@@ -159,13 +158,13 @@ def test_accuracies_on_different_validation_sets_do_not_compare(project: Path) -
     chosen on more images."""
     metrics = logged_runs({"adam-42": 0.99, "sgd-42": 1.0, "rmsprop-42": 0.98})
     one_image = registry.ValidationSet("b" * 16, 1)
-    real = register.champion(metrics, runs_table([("default", "adam", 42, 0.99, 0.9)]), FULL)
-    tiny = register.champion(metrics, runs_table([("default", "sgd", 42, 1.0, 0.1)]), one_image)
+    real = register.champion(WORKLOAD, metrics, runs_table([("default", "adam", 42, 0.99, 0.9)]), FULL)
+    tiny = register.champion(WORKLOAD, metrics, runs_table([("default", "sgd", 42, 1.0, 0.1)]), one_image)
     assert real["champion"] and (tiny["champion"], tiny["champion_version"]) == (False, 1)
 
     client = mlflow.MlflowClient()  # the other order: the one-image model held it first
-    client.set_registered_model_alias(registry.MODEL_NAME, registry.ALIAS, tiny["version"])
-    back = register.champion(metrics, runs_table([("default", "rmsprop", 42, 0.98, 0.9)]), FULL)
+    client.set_registered_model_alias(registry.model_name(WORKLOAD), registry.ALIAS, tiny["version"])
+    back = register.champion(WORKLOAD, metrics, runs_table([("default", "rmsprop", 42, 0.98, 0.9)]), FULL)
     assert back["champion"] is True and back["optimizer"] == "rmsprop"
 
 
@@ -181,10 +180,10 @@ def test_files_that_disagree_with_the_run_are_refused_naming_them(
         metrics["sgd-42"]["val_accuracy"] = 0.999
     runs = runs_table([("default", "adam", 42, 0.99, 0.9), ("default", "sgd", 42, 0.999, 0.1)])
     with pytest.raises(PipelineError) as error:
-        register.champion(metrics, runs, FULL)
+        register.champion(WORKLOAD, metrics, runs, FULL)
     message = str(error.value)
     assert message.startswith("sgd-42: the val_accuracy of its files and of its MLflow run differ")
-    assert "reports/runs.csv: 0.999" in message and "MLflow run" in message
+    assert "reports/workloads/mnist_cnn/runs.csv: 0.999" in message and "MLflow run" in message
     assert f"metrics/train/sgd-42.json: {metrics['sgd-42']['val_accuracy']!r}" in message
     assert "they do not belong together" in message and "train@mnist_cnn-sgd-42 evaluate" in message
     assert mlflow.MlflowClient().search_registered_models() == []

@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 
 from mnist_optimizers.errors import PipelineError
-from mnist_optimizers.paths import REPORTS_DIR
+from mnist_optimizers.paths import REPORTS_DIR, reports_dir
 from stages import report
+
+from .conftest import WORKLOAD
 
 
 def html_rows(page: str, first_cell: str) -> list[list[str]]:
@@ -35,31 +37,41 @@ def markdown_rows(text: str, first_cell: str) -> list[list[str]]:
 def test_the_page_shows_evaluates_tables_and_every_figure(evaluated: Path) -> None:
     report.main([])
     page = report.REPORT_HTML.read_text()
-    assert page.count("data:image/png;base64,") == len(report.FIGURES) == 5
+    # The profiles, the workload's four (accuracy per epoch in both settings, tuning, time to
+    # target) and the gradient-descent variants.
+    figures = report.figures(WORKLOAD)
+    assert page.count("data:image/png;base64,") == 1 + len(figures) + 1 == 6
+    assert "<h2>Across workloads</h2>" in page and f"<h2>{WORKLOAD}</h2>" in page
+    scores = pd.read_csv(report.PROFILES_CSV)
+    assert list(scores["optimizer"]) == ["sgd", "adam"] * 2
+    assert {"score_steps", "score_seconds", f"{WORKLOAD}_steps", f"{WORKLOAD}_ratio"} <= set(scores)
     # The HTML tables come from comparison.csv and significance.csv; they read exactly
     # like evaluate's Markdown, cell for cell: same numbers, same formatting.
-    comparison = (REPORTS_DIR / "comparison.md").read_text()
+    comparison = (reports_dir(WORKLOAD) / "comparison.md").read_text()
     for name in ("sgd", "adam"):
         assert html_rows(page, name) == markdown_rows(comparison, name) + markdown_rows(
-            (REPORTS_DIR / "significance.md").read_text(), name
+            (reports_dir(WORKLOAD) / "significance.md").read_text(), name
         )
     assert "<h3>Tuned learning rates (grid 0.001, 0.01, 0.1; each trial 60 training" in page
-    runs = pd.read_csv(REPORTS_DIR / "runs.csv")
+    runs = pd.read_csv(reports_dir(WORKLOAD) / "runs.csv")
     assert len(html_rows(page, "sgd")) == 2 + 2  # a comparison row and a pair per setting
     assert "<td>stochastic</td>" in page
-    lead = (REPORTS_DIR / "significance.md").read_text().split("\n\n")[1]
+    lead = (reports_dir(WORKLOAD) / "significance.md").read_text().split("\n\n")[1]
     assert f"<p>{html.escape(lead)}</p>" in page
     markdown = report.REPORT_MD.read_text()
-    assert comparison in markdown
-    assert "![Time to the validation target](time_to_target.png)" in markdown
-    assert "(../figures/tuning.png)" in markdown
+    assert comparison.replace("## ", "### ") in markdown
+    assert f"![{WORKLOAD}: time to the target](time_to_target_{WORKLOAD}.png)" in markdown
+    assert f"(../workloads/{WORKLOAD}/figures/tuning.png)" in markdown
+    assert "![Performance profiles](profiles.png)" in markdown
 
     client = mlflow.MlflowClient()
     for row in runs.itertuples():
         key = f"{row.optimizer}-{row.seed}" + ("-tuned" if row.setting == "tuned" else "")
-        run_id = json.loads(Path(f"metrics/train/{key}.json").read_text())["mlflow_run_id"]
+        path = Path("metrics/train") / WORKLOAD / f"{key}.json"
+        run_id = json.loads(path.read_text())["mlflow_run_id"]
         logged = {a.path for a in client.list_artifacts(run_id, "report")}
-        assert {"report/report.html", "report/time_to_target.png"} <= logged
+        assert {"report/report.html", "report/profiles.png",
+                f"report/time_to_target_{WORKLOAD}.png"} <= logged  # fmt: skip
 
 
 def test_a_cell_with_markup_is_shown_as_text(evaluated: Path) -> None:
@@ -72,6 +84,6 @@ def test_a_cell_with_markup_is_shown_as_text(evaluated: Path) -> None:
 
 
 def test_missing_inputs_name_the_stage_to_run(project: Path) -> None:
-    with pytest.raises(PipelineError, match="reports/runs.csv: not found"):
+    with pytest.raises(PipelineError, match="reports/workloads/mnist_cnn/runs.csv: not found"):
         report.main([])
     assert not report.REPORT_HTML.exists()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from .cli import dvc, project_repo
-from .conftest import tiny_params
+from .conftest import WORKLOAD, tiny_params
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +23,7 @@ def prepared(tmp_path_factory, tiny_mirror) -> tuple[Path, dict[str, str]]:
     mirror, sha256 = tiny_mirror
     root = tmp_path_factory.mktemp("shell") / "project"
     env = project_repo(root, mirror, tiny_params(sha256) | {"compare": ["adam"]})
-    dvc(root, env, "repro", "preprocess")
+    dvc(root, env, "repro", f"preprocess@{WORKLOAD}")
     return root, env
 
 
@@ -34,7 +34,7 @@ def params_with(root: Path, marker: Path, where: str) -> str:
     if where == "compare":
         params["compare"] = [f"adam;{command}"]
         params["optimizers"][f"adam;{command}"] = {"learning_rate": 0.001}
-        stage = f"train@adam;{command}-42"
+        stage = f"train@{WORKLOAD}-adam;{command}-42"
     else:
         params["train"]["seeds"] = [f"42;{command}"]
         stage = f"train@mnist_cnn-adam-42;{command}"

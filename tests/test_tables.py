@@ -143,3 +143,36 @@ def test_the_tuning_table_shows_pruned_trials_as_such_and_by_rate() -> None:
     title = tables.section_title("tuned", table)
     assert "grid 0.0001, 0.001, 0.01; each trial 100 training images x up to 2 epochs" in title
     assert "weak ones stopped early: successive halving" in title
+
+
+def test_across_workloads_says_what_holds_on_every_workload_and_what_does_not() -> None:
+    def comparison(accuracies: dict[str, float]) -> pd.DataFrame:
+        return pd.DataFrame({"setting": "default", "optimizer": list(accuracies),
+                             "test_accuracy_%": list(accuracies.values())})  # fmt: skip
+
+    def significance(rows: list[tuple[str, str, float, bool]]) -> pd.DataFrame:
+        return pd.DataFrame(rows, columns=["optimizer_a", "optimizer_b", "test_difference_points",
+                                           "significant"]).assign(setting="default")  # fmt: skip
+
+    comparisons = {"cnn": comparison({"sgd": 97.0, "adam": 99.0, "adagrad": 92.0}),
+                   "mlp": comparison({"sgd": 96.0, "adam": 98.0, "adagrad": 93.0})}  # fmt: skip
+    pairs = {  # adam beats adagrad on both; sgd beats adagrad only on the CNN
+        "cnn": significance([("sgd", "adam", -2.0, True), ("sgd", "adagrad", 5.0, True),
+                             ("adam", "adagrad", 7.0, True)]),
+        "mlp": significance([("sgd", "adam", -2.0, False), ("sgd", "adagrad", 3.0, False),
+                             ("adam", "adagrad", 5.0, True)]),
+    }  # fmt: skip
+    scores = pd.DataFrame({"setting": "default", "optimizer": ["sgd", "adam", "adagrad"],
+                           "score_steps": [0.5, 1.0, 0.0]})  # fmt: skip
+    leader, agreement, profile = tables.across_workloads(comparisons, pairs, scores)
+    assert leader == ("Learning rates from params.yaml: adam is the most accurate on every "
+                      "workload (cnn 99.00%, mlp 98.00%).")  # fmt: skip
+    assert agreement == (
+        "Learning rates from params.yaml: significant on every workload, in the same "
+        "direction: adam > adagrad; significant on some workloads only: adam > sgd on cnn; "
+        "sgd > adagrad on cnn."
+    )
+    assert profile.endswith("adam 1.00, sgd 0.50, adagrad 0.00.")
+    comparisons["mlp"].loc[comparisons["mlp"]["optimizer"] == "sgd", "test_accuracy_%"] = 99.5
+    (leader, *_) = tables.across_workloads(comparisons, pairs, scores)
+    assert leader.endswith("the most accurate differs by workload: adam on cnn, sgd on mlp.")

@@ -50,10 +50,10 @@ def test_every_training_reaches_the_tracking_server_once_with_its_model(server_r
     client = mlflow.MlflowClient(url)
     experiment = client.get_experiment_by_name("mnist-optimizers")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    assert sorted(r.info.run_name for r in runs) == sorted(f"{n}-42" for n in OPTIMIZERS)
+    assert sorted(r.info.run_name for r in runs) == sorted(f"mnist_cnn/{n}-42" for n in OPTIMIZERS)
     for r in runs:
         assert r.info.status == "FINISHED"
-        assert r.data.tags["dvc.stage"] == f"train@{r.info.run_name}"
+        assert r.data.tags["dvc.stage"] == f"train@{r.info.run_name.replace('/', '-')}"
         history = client.get_metric_history(r.info.run_id, "val_accuracy")
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
         (model,) = r.outputs.model_outputs
@@ -128,7 +128,7 @@ def test_the_ui_compares_the_training_runs_in_chromium(server_runs, tmp_path: Pa
     client = mlflow.MlflowClient(url)
     experiment = client.get_experiment_by_name("mnist-optimizers")
     runs = [
-        client.search_runs([experiment.experiment_id], f"tags.`dvc.stage` = 'train@{name}-42'")[0]
+        client.search_runs([experiment.experiment_id], f"tags.`dvc.stage` = 'train@mnist_cnn-{name}-42'")[0]
         for name in OPTIMIZERS
     ]
     names = [r.info.run_name for r in runs]

@@ -55,7 +55,7 @@ def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path)
     assert sorted(inputs) == ["training", "validation"]
     assert inputs["training"].name == "mnist-train-180" and len(inputs["training"].digest) == 16
     assert inputs["validation"].name == "mnist-val-20"
-    assert json.loads(inputs["training"].source)["uri"].endswith("data/processed/x_train.npy")
+    assert json.loads(inputs["training"].source)["uri"].endswith("data/processed/mnist_cnn/x_train.npy")
     assert json.loads(inputs["training"].profile)["features_shape"] == [180, 28, 28, 1]
     params = run.data.params
     assert params["optimizer.class"] == "Adam"
@@ -92,7 +92,7 @@ def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path)
 
     logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert logged.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 28, 28, 1)
-    x_val = np.load("data/processed/x_val.npy")
+    x_val = np.load("data/processed/mnist_cnn/x_val.npy")
     np.testing.assert_allclose(
         logged.predict(x_val[:3]), model.predict(x_val[:3], verbose=0), rtol=1e-5
     )

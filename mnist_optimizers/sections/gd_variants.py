@@ -21,7 +21,9 @@ class GDConfig:
     seed: int
 
 
-def validate_gd(section: Any, optimizers: Mapping[str, Any], workloads: Collection[str]) -> GDConfig:
+def validate_gd(
+    section: Any, optimizers: Mapping[str, Any], workloads: Collection[str]
+) -> GDConfig:
     """Check the `gd_variants` section."""
     if not isinstance(section, dict):
         raise ParamsError(f"gd_variants: expected a mapping, got {shown(section)}")
