@@ -77,11 +77,12 @@ def check_identity(path: Path, metrics_path: Path, metrics: dict[str, Any]) -> N
 
 
 def training_stage(path: Path) -> str:
-    """The stage that writes a model file: train@adam-42, train_tuned@adam-42 (paths.run_key)."""
-    stem = path.stem
-    return (
-        f"train_tuned@{stem.removesuffix('-tuned')}" if stem.endswith("-tuned") else f"train@{stem}"
-    )
+    """The stage that writes a model file (models/<workload>/<run>.keras, paths.model_file):
+    train@mnist_cnn-adam-42, train_tuned@mnist_cnn-adam-42."""
+    stem, workload = path.stem, path.parent.name
+    if stem.endswith("-tuned"):
+        return f"train_tuned@{workload}-{stem.removesuffix('-tuned')}"
+    return f"train@{workload}-{stem}"
 
 
 def load_model(path: Path) -> keras.Model:

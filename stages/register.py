@@ -84,7 +84,8 @@ def check_agrees(candidate: Candidate, metrics: dict[str, Any], run: Run) -> Non
         raise PipelineError(
             f"{candidate.key}: the {SELECTION_METRIC} of its files and of its MLflow run "
             f"differ ({said}): they do not belong together; rerun the stages that wrote "
-            f"them (dvc repro --force {run.data.tags.get('dvc.stage')} evaluate)"
+            f"them (dvc repro --force {run.data.tags.get('dvc.stage')} "
+            f"evaluate@{candidate.workload})"
         )
 
 

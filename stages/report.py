@@ -95,10 +95,8 @@ def report(params: dict[str, Any]) -> Path:
     def by_setting(kind: str, workload: str) -> dict[str, pd.DataFrame]:
         return dict(list(read[kind][workload].groupby("setting", sort=False)))
 
-    sections = {
-        w.name: tables.headline(by_setting("comparison", w.name), by_setting("significance", w.name))
-        for w in compared
-    }
+    sections = {w: tables.headline(by_setting("comparison", w), by_setting("significance", w))
+                for w in targets}  # fmt: skip
     write_text_atomic(REPORT_MD, report_markdown(across, lead, scores, sections, gd_last))
     body = [
         "<h1>Optimizer comparison</h1>",

@@ -27,7 +27,7 @@ def test_every_stage_lists_exactly_the_modules_its_command_imports() -> None:
 def test_a_dep_missing_from_dvc_yaml_or_one_no_longer_imported_is_caught() -> None:
     config = imports.load_dvc_yaml()
     changed = copy.deepcopy(config)
-    changed["stages"]["evaluate"]["deps"].remove("mnist_optimizers/stats.py")
+    changed["stages"]["evaluate"]["do"]["deps"].remove("mnist_optimizers/stats.py")
     changed["stages"]["train"]["deps"].append("mnist_optimizers/registry.py")
     assert imports.dep_mismatches(changed) == {
         "evaluate": {"missing": ["mnist_optimizers/stats.py"], "not imported": []},

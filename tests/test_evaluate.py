@@ -150,7 +150,7 @@ def test_a_missing_model_names_the_stage_to_run(evaluated: Path) -> None:
     Path("models", WORKLOAD, "adam-43.keras").unlink()
     evaluate_metrics_file(WORKLOAD).unlink()
     with pytest.raises(
-        PipelineError, match="models/adam-43.keras: not found; run its training stage"
+        PipelineError, match="models/mnist_cnn/adam-43.keras: not found; run its training stage"
     ):
         evaluate.main([WORKLOAD])
     assert not evaluate_metrics_file(WORKLOAD).exists()
@@ -158,8 +158,9 @@ def test_a_missing_model_names_the_stage_to_run(evaluated: Path) -> None:
 
 @pytest.mark.parametrize(
     ("path", "key"),
-    [("metrics/train/adam-43.json", "val_accuracy"), ("metrics/train/sgd-42-tuned.json",
-      "mlflow_run_id"), ("metrics/tune/sgd.json", "best_learning_rate")],
+    [("metrics/train/mnist_cnn/adam-43.json", "val_accuracy"),
+     ("metrics/train/mnist_cnn/sgd-42-tuned.json", "mlflow_run_id"),
+     ("metrics/tune/mnist_cnn/sgd.json", "best_learning_rate")],
     ids=["train-metric", "train-run-id", "search-result"],
 )  # fmt: skip
 def test_a_metrics_file_missing_a_key_is_named_before_anything_is_written(
@@ -176,22 +177,22 @@ def test_a_metrics_file_missing_a_key_is_named_before_anything_is_written(
 def test_a_model_swapped_for_another_runs_is_named_not_evaluated(evaluated: Path) -> None:
     """adam-42's model file replaced by sgd-42's (as a hand-edited dvc.lock would check it
     out): the model carries its run and configuration, which its metrics file must match."""
-    shutil.copy2("models/sgd-42.keras", "models/adam-42.keras")
+    shutil.copy2("models/mnist_cnn/sgd-42.keras", "models/mnist_cnn/adam-42.keras")
     evaluate_metrics_file(WORKLOAD).unlink()
     with pytest.raises(PipelineError) as error:
         evaluate.main([WORKLOAD])
     message = str(error.value)
     assert message.startswith(
-        "models/adam-42.keras and metrics/train/adam-42.json do not belong together: the "
-        "model is of sgd-42 (mlflow_run_id "
+        "models/mnist_cnn/adam-42.keras and metrics/train/mnist_cnn/adam-42.json do not belong "
+        "together: the model is of sgd-42 (mlflow_run_id "
     )
-    assert message.endswith("retrain it: dvc repro --force train@adam-42")
+    assert message.endswith("retrain it: dvc repro --force train@mnist_cnn-adam-42")
     assert not evaluate_metrics_file(WORKLOAD).exists()
 
 
 def test_a_model_without_the_pipelines_identity_is_refused(evaluated: Path) -> None:
     """A Keras model from elsewhere (or an older pipeline): no identity, no evaluation."""
-    model = keras.saving.load_model("models/sgd-43.keras")
-    model.save("models/sgd-43.keras")  # plain Keras: what a user's own script writes
-    with pytest.raises(PipelineError, match=r"^models/sgd-43.keras: carries no identity"):
+    model = keras.saving.load_model("models/mnist_cnn/sgd-43.keras")
+    model.save("models/mnist_cnn/sgd-43.keras")  # plain Keras: what a user's own script writes
+    with pytest.raises(PipelineError, match=r"^models/mnist_cnn/sgd-43.keras: carries no identity"):
         evaluate.main([WORKLOAD])

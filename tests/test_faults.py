@@ -26,7 +26,8 @@ pytestmark = pytest.mark.e2e
 EPOCHS = 40  # on the tiny data: long enough to be interrupted mid-training
 # The stage runs in the test's project folder, with the code of this checkout.
 CODE = {"PYTHONPATH": str(servers.PROJECT_ROOT)}
-OUTPUTS = ("models/adam-42.keras", "metrics/history/adam-42.csv", "metrics/train/adam-42.json")
+OUTPUTS = tuple(f"{folder}/{WORKLOAD}/adam-42.{ext}" for folder, ext in
+                (("models", "keras"), ("metrics/history", "csv"), ("metrics/train", "json")))  # fmt: skip
 
 
 def long_training(project: Path, **train: Any) -> None:
@@ -42,7 +43,7 @@ def start_training(project: Path, env: dict[str, str] | None = None) -> subproce
     then installs no Ctrl-C handler, so the stage would train on through the test's SIGINT."""
     with (project / "train.log").open("w") as log:  # the child keeps its own copy
         return subprocess.Popen(
-            [sys.executable, "-m", "stages.train", "adam", "42"],
+            [sys.executable, "-m", "stages.train", WORKLOAD, "adam", "42"],
             cwd=project,
             env=servers.tool_env(CODE | (env or {})),
             stdout=log,
@@ -79,7 +80,7 @@ def wait_for_epochs(uri: str, process: subprocess.Popen, project: Path, epochs: 
 
 def train_to_the_end(project: Path) -> dict:
     result = subprocess.run(
-        [sys.executable, "-m", "stages.train", "adam", "42"],
+        [sys.executable, "-m", "stages.train", WORKLOAD, "adam", "42"],
         cwd=project, env=servers.tool_env(CODE), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

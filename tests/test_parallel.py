@@ -161,7 +161,7 @@ def test_on_one_machine_it_trains_on_both_nodes_and_equals_a_sequential_dvc_repr
     }  # fmt: skip
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     outputs = [out["path"] for stage in SEQUENTIAL for out in lock[stage]["outs"]]
-    assert "models/sgd-42.keras" in outputs and any(p.startswith("metrics/tune") for p in outputs)
+    assert "models/mnist_cnn/sgd-42.keras" in outputs and any(p.startswith("metrics/tune") for p in outputs)
     for path in outputs:
         assert comparable(sequential / path) == comparable(root / path), path
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from mnist_optimizers.parallel_task import stages_run
 
@@ -47,8 +48,8 @@ def test_the_best_model_by_validation_accuracy_is_registered_once_as_champion(
     assert version.run_id == champion["mlflow_run_id"]
     run = client.get_run(version.run_id)
     key = f"{best['optimizer']}-{best['seed']}{'-tuned' if best['setting'] == 'tuned' else ''}"
-    assert run.info.run_name == key
-    assert version.tags["optimizer"] == best["optimizer"]
+    assert run.info.run_name == f"{WORKLOAD}/{key}"
+    assert version.tags["optimizer"] == best["optimizer"] and version.tags["workload"] == WORKLOAD
     assert version.tags["mlflow.run_id"] == run.info.run_id
     assert version.tags["dvc.experiment"] == "workspace"  # a plain `dvc repro`
     assert float(version.tags["val_accuracy"]) == pytest.approx(best["val_accuracy"])
@@ -177,7 +178,9 @@ def test_an_added_idx_workload_trains_only_its_stages_and_joins_the_profiles(
     root, env = workspace
     mirror = tmp_path / "generated"
     sha256 = write_mirror(mirror, tiny_mnist_contents(seed=5))
-    edit_params({"datasets.generated": {"mirrors": [str(mirror)], "sha256": sha256}}, root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["datasets"]["generated"] = {"mirrors": [str(mirror)], "sha256": sha256}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc(root, env, "repro")  # the catalog changed: download@mnist_cnn checks its files again
     run(["git", "commit", "-qam", "a data set in the catalog"], root, env)
     assert stale_stages(root, env) == set()

@@ -37,7 +37,7 @@ def logged_runs(accuracies: dict[str, float], status: str = "FINISHED") -> dict[
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(10, activation="softmax")])
     metrics = {}
     for key, accuracy in accuracies.items():
-        with mlflow.start_run(run_name=key, tags={"dvc.stage": f"train@{key}"}) as run:
+        with mlflow.start_run(run_name=key, tags={"dvc.stage": f"train@{WORKLOAD}-{key}"}) as run:
             mlflow_logs.log_model(model, example=np.zeros((1, 2), np.float32))
             mlflow.log_metric("val_accuracy", accuracy)
         mlflow.MlflowClient().set_terminated(run.info.run_id, status)
@@ -184,6 +184,7 @@ def test_files_that_disagree_with_the_run_are_refused_naming_them(
     message = str(error.value)
     assert message.startswith("sgd-42: the val_accuracy of its files and of its MLflow run differ")
     assert "reports/workloads/mnist_cnn/runs.csv: 0.999" in message and "MLflow run" in message
-    assert f"metrics/train/sgd-42.json: {metrics['sgd-42']['val_accuracy']!r}" in message
-    assert "they do not belong together" in message and "train@mnist_cnn-sgd-42 evaluate" in message
+    assert f"metrics/train/mnist_cnn/sgd-42.json: {metrics['sgd-42']['val_accuracy']!r}" in message
+    assert "they do not belong together" in message
+    assert "dvc repro --force train@mnist_cnn-sgd-42 evaluate@mnist_cnn" in message
     assert mlflow.MlflowClient().search_registered_models() == []

@@ -17,7 +17,7 @@ import requests
 
 from . import servers
 from .cli import dvc, project_repo
-from .conftest import tiny_params
+from .conftest import WORKLOAD, tiny_params
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +50,7 @@ def test_every_training_reaches_the_tracking_server_once_with_its_model(server_r
     client = mlflow.MlflowClient(url)
     experiment = client.get_experiment_by_name("mnist-optimizers")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    assert sorted(r.info.run_name for r in runs) == sorted(f"mnist_cnn/{n}-42" for n in OPTIMIZERS)
+    assert sorted(r.info.run_name for r in runs) == sorted(f"{WORKLOAD}/{n}-42" for n in OPTIMIZERS)
     for r in runs:
         assert r.info.status == "FINISHED"
         assert r.data.tags["dvc.stage"] == f"train@{r.info.run_name.replace('/', '-')}"
@@ -132,7 +132,7 @@ def test_the_ui_compares_the_training_runs_in_chromium(server_runs, tmp_path: Pa
         for name in OPTIMIZERS
     ]
     names = [r.info.run_name for r in runs]
-    assert sorted(names) == ["adam-42", "sgd-42"]
+    assert sorted(names) == [f"{WORKLOAD}/adam-42", f"{WORKLOAD}/sgd-42"]
     query = urllib.parse.urlencode(
         {
             "runs": json.dumps([r.info.run_id for r in runs]),

@@ -45,7 +45,7 @@ def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path)
 
     client = mlflow.MlflowClient()
     run = client.get_run(metrics["mlflow_run_id"])
-    assert run.info.run_name == "adam-42" and run.info.status == "FINISHED"
+    assert run.info.run_name == f"{WORKLOAD}/adam-42" and run.info.status == "FINISHED"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == "mnist-optimizers"
     # MLflow's UI opens a model-training experiment on its runs, not on the GenAI overview.
@@ -282,8 +282,8 @@ def test_a_tuned_rate_equal_to_the_default_reuses_the_default_run(processed: Pat
     assert tuned == default | {"reused": "adam-42"}
     assert len(default["configuration"]) == 64
     for folder, suffix in ((MODELS_DIR, ".keras"), (HISTORY_DIR, ".csv")):
-        tuned_file = (folder / f"adam-42-tuned{suffix}").read_bytes()
-        assert tuned_file == (folder / f"adam-42{suffix}").read_bytes()
+        tuned_file = (folder / WORKLOAD / f"adam-42-tuned{suffix}").read_bytes()
+        assert tuned_file == (folder / WORKLOAD / f"adam-42{suffix}").read_bytes()
     client = mlflow.MlflowClient()
     (run,) = client.search_runs(client.get_experiment_by_name("mnist-optimizers").experiment_id)
     assert run.info.run_id == default["mlflow_run_id"]
@@ -376,7 +376,7 @@ def test_a_training_stage_prints_only_its_own_lines(processed: Path) -> None:
     printed 16 lines of others' here (absl, oneDNN, cpu_feature_guard, MLflow's new store,
     Keras' epoch lines and progress bars, NodeDef) around its own 4."""
     edit_params({"train.epochs": 2})
-    lines = stage_output("stages.train", "adam", "42")
+    lines = stage_output("stages.train", WORKLOAD, "adam", "42")
     assert [line for line in lines if not OWN_LINE.match(line)] == []
     assert sum(" mnist_optimizers.fit INFO epoch " in line for line in lines) == 2
     assert "train@mnist_cnn-adam-42: training on CPU (" in lines[1]
@@ -387,9 +387,9 @@ def test_a_training_stage_prints_only_its_own_lines(processed: Path) -> None:
 def test_a_search_prints_one_line_per_trial_and_no_progress_bars(processed: Path) -> None:
     """The search clears Keras' session before each trial, which turns Keras' interactive
     logging back on: its fits are quiet off a terminal all the same."""
-    lines = stage_output("stages.tune", "adam")
+    lines = stage_output("stages.tune", WORKLOAD, "adam")
     assert [line for line in lines if not OWN_LINE.match(line)] == []
-    assert sum("INFO tune@adam: lr " in line for line in lines) == 3  # tune.points
+    assert sum("INFO tune@mnist_cnn-adam: lr " in line for line in lines) == 3  # tune.points
     assert "best learning rate" in lines[-1]
 
 

@@ -59,7 +59,7 @@ def test_search_runs_nested_under_one_parent_prunes_weak_trials_and_picks_the_be
 
     client = mlflow.MlflowClient()
     parent = client.get_run(result["mlflow_run_id"])
-    assert parent.info.run_name == "tune adam" and parent.info.status == "FINISHED"
+    assert parent.info.run_name == f"tune {WORKLOAD}/adam" and parent.info.status == "FINISHED"
     assert parent.data.metrics["epochs_trained"] == result["epochs_trained"]
     assert parent.data.metrics["trials_pruned"] == len(pruned)
     children = client.search_runs(
@@ -161,7 +161,7 @@ def test_a_tuned_rate_file_that_is_not_the_searchs_is_named(
     from mnist_optimizers.errors import PipelineError
     from mnist_optimizers.paths import TUNED_RATE_DIR
 
-    TUNED_RATE_DIR.mkdir(parents=True, exist_ok=True)
+    (TUNED_RATE_DIR / WORKLOAD).mkdir(parents=True, exist_ok=True)
     (TUNED_RATE_DIR / WORKLOAD / "sgd.json").write_text(content)
     with pytest.raises(PipelineError, match=re.escape(message)):
         train.main([WORKLOAD, "sgd", "42", "--tuned"])
