@@ -64,7 +64,7 @@ def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(evaluat
     )
     y_test = np.load("data/processed/mnist_cnn/y_test.npy")
     # The test accuracy reported is what the saved model really scores on the test set.
-    model = keras.saving.load_model("models/adam-42.keras")
+    model = keras.saving.load_model("models/mnist_cnn/adam-42.keras")
     predicted = model.predict(np.load("data/processed/mnist_cnn/x_test.npy"), verbose=0).argmax(axis=1)
     adam_42 = adam[adam["seed"] == 42]["test_accuracy"].item()
     assert adam_42 == pytest.approx((predicted == y_test).mean())
@@ -116,7 +116,7 @@ def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(evaluat
     client = mlflow.MlflowClient()
     for row in all_runs.itertuples():
         key = f"{row.optimizer}-{row.seed}" + ("-tuned" if row.setting == "tuned" else "")
-        run_id = json.loads(Path(f"metrics/train/{key}.json").read_text())["mlflow_run_id"]
+        run_id = json.loads(Path("metrics/train", WORKLOAD, f"{key}.json").read_text())["mlflow_run_id"]
         run = client.get_run(run_id)
         assert run.data.metrics["test_accuracy"] == pytest.approx(row.test_accuracy)
         contexts = [d.tags[0].value for d in run.inputs.dataset_inputs]

@@ -148,7 +148,7 @@ def test_tuned_training_uses_the_best_rate(processed: Path) -> None:
      ("[0.01]", "metrics/tuned_rate/mnist_cnn/sgd.json: learning_rate missing"),
      ('{"learning_rate": -0.01}',
       "metrics/tuned_rate/mnist_cnn/sgd.json: learning_rate: expected a positive number, got -0.01; "
-      "rerun the search: dvc repro --force tune@sgd"),
+      "rerun the search: dvc repro --force tune@mnist_cnn-sgd"),
      ('{"learning_rate": "0.01"}', "learning_rate: expected a positive number, got '0.01'"),
      ('{"learning_rate": true}', "learning_rate: expected a positive number, got True")],
     ids=["no-key", "not-an-object", "negative", "string", "bool"],
