@@ -198,8 +198,11 @@ def plot_profiles(by_setting: dict[str, pd.DataFrame], path: Path, unit: str = "
     panels = len(by_setting)
     fig, axes = pyplot().subplots(1, panels, figsize=(4.5 * panels, 3.8), dpi=120, squeeze=False)
     for ax, (setting, table) in zip(axes[0], by_setting.items(), strict=True):
-        for optimizer in table.columns:
-            ax.step(table.index, table[optimizer], where="post", label=optimizer)
+        # Profiles often coincide (every optimizer reaching every target at the same epoch):
+        # a line style each keeps them apart.
+        for i, optimizer in enumerate(table.columns):
+            ax.step(table.index, table[optimizer], where="post", label=optimizer, linewidth=2,
+                    linestyle=("-", "--", ":", "-.")[i % 4], alpha=0.8)  # fmt: skip
         ax.set(xlabel=f"tau (ratio to the fastest, {unit})", ylabel="fraction of workloads",
                ylim=(-0.03, 1.03), title=f"Performance profiles ({setting} rates)")  # fmt: skip
         ax.legend(fontsize=8)

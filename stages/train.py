@@ -191,7 +191,7 @@ def main(argv: list[str]) -> None:
     try:
         number = int(seed)
     except ValueError:
-        raise ParamsError(f"train.seeds: {shown(seed)} is not a seed") from None
+        raise ParamsError(f"train.seeds: expected an integer, got seed {shown(seed)}") from None
     train(workload, name, number, params, tuned)
 
 

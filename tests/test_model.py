@@ -116,7 +116,8 @@ def test_a_model_for_other_data_is_refused_before_predicting() -> None:
 def test_a_damaged_model_file_is_named_with_the_stage_that_rewrites_it(
     tmp_path: Path, content: bytes | None, message: str
 ) -> None:
-    path = tmp_path / "adam-42-tuned.keras"
+    path = tmp_path / "mnist_cnn" / "adam-42-tuned.keras"  # as paths.model_file names it
+    path.parent.mkdir()
     if content is None:
         keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]).save(path)
         content = path.read_bytes()[: path.stat().st_size // 2]
@@ -124,7 +125,7 @@ def test_a_damaged_model_file_is_named_with_the_stage_that_rewrites_it(
     with pytest.raises(PipelineError) as error:
         load_model(path)
     assert str(error.value).startswith(f"{path}: {message}")
-    assert str(error.value).endswith("retrain it: dvc repro --force train_tuned@adam-42")
+    assert str(error.value).endswith("retrain it: dvc repro --force train_tuned@mnist_cnn-adam-42")
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,7 @@ def test_a_table_without_validation_accuracy_is_refused() -> None:
 
 
 def test_without_evaluate_the_stage_says_what_to_run(project: Path) -> None:
-    with pytest.raises(PipelineError, match="run the evaluate stage first"):
+    with pytest.raises(PipelineError, match=r"run its evaluate stage first \(dvc repro evaluate@mnist_cnn\)"):
         register.main([WORKLOAD])
 
 
