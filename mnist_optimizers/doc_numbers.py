@@ -53,8 +53,8 @@ class Results:
         self.significance = read_csv(folder / "significance.csv")
         self.gd = read_csv(root / GD_VARIANTS_FILE)
         self.champion = read_json(folder / CHAMPION_NAME)
-        self.workloads = [w.name for w in workloads.compared(self.params)]
         self.targets = {w.name: w.target for w in workloads.compared(self.params)}
+        self.workloads = list(self.targets)
         self.comparisons = {w: read_csv(root / reports_dir(w) / "comparison.csv")
                             for w in self.workloads}  # fmt: skip
         self.significances = {w: read_csv(root / reports_dir(w) / "significance.csv")

@@ -30,7 +30,7 @@ from mnist_optimizers.sections.gd_variants import validate_gd
 from mnist_optimizers.sections.preprocess import validate_preprocess
 from mnist_optimizers.sections.trajectories import validate_trajectories
 from mnist_optimizers.sections.tune import validate_tune
-from mnist_optimizers.workloads import check_workload_name, validate_workload, validate_workloads
+from mnist_optimizers.workloads import validate_workload, validate_workloads
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ def check_params(params: dict[str, Any]) -> None:
     Keras, and each compared one at every learning rate of the tuning grid."""
     validate_download(params["download"])
     datasets = validate_datasets(params["datasets"])
-    for name in params["workloads"] or {}:  # every entry, compared or not
-        validate_workload(check_workload_name(name), params["workloads"][name], datasets)
-    validate_workloads(params["workloads"], params["compare_workloads"], datasets)
+    compared = validate_workloads(params["workloads"], params["compare_workloads"], datasets)
+    for name in params["workloads"].keys() - {w.name for w in compared}:  # the catalog's others
+        validate_workload(name, params["workloads"][name], datasets)
     validate_preprocess(params["preprocess"])
     validate_train(params["train"])
     mlflow_store.validate_mlflow(params["mlflow"])
