@@ -527,6 +527,8 @@ def pair_agreement(significance: Mapping[str, pd.DataFrame]) -> str:
         elif values - {0}:
             where = ", ".join(f"{better(pair, s)} on {w}" for w, s in signs.items() if s)
             somewhere.append(where)
+    if not everywhere and not somewhere:
+        return "no difference is significant on any workload."
     text = ("significant on every workload, in the same direction: "
             + (", ".join(everywhere) or "no difference"))  # fmt: skip
     if somewhere:

@@ -176,3 +176,8 @@ def test_across_workloads_says_what_holds_on_every_workload_and_what_does_not() 
     comparisons["mlp"].loc[comparisons["mlp"]["optimizer"] == "sgd", "test_accuracy_%"] = 99.5
     (leader, *_) = tables.across_workloads(comparisons, pairs, scores)
     assert leader.endswith("the most accurate differs by workload: adam on cnn, sgd on mlp.")
+    for table in pairs.values():
+        table["significant"] = False
+    (_, agreement, _) = tables.across_workloads(comparisons, pairs, scores)
+    assert agreement == ("Learning rates from params.yaml: no difference is significant on any "
+                         "workload.")  # fmt: skip
