@@ -216,16 +216,11 @@ def per_workload(results: Results) -> str:
 
 def profile_scores(results: Results) -> str:
     """The performance-profile scores per setting and optimizer, on steps and on seconds,
-    and each workload's target."""
-    scores = results.scores
-    lines = ["| learning rates | optimizer | score (steps) | score (seconds) | "
-             + " | ".join(f"{w} steps to {results.targets[w]:g}" for w in results.workloads) + " |",
-             "|---|---|---:|---:|" + "---:|" * len(results.workloads)]  # fmt: skip
-    for r in scores.to_dict("records"):
-        steps = [("never" if r[f"{w}_steps"] == float("inf") else f"{r[f'{w}_steps']:.0f}")
-                 for w in results.workloads]  # fmt: skip
-        lines.append(f"| {r['setting']} | {r['optimizer']} | {r['score_steps']:.2f} | "
-                     f"{r['score_seconds']:.2f} | " + " | ".join(steps) + " |")  # fmt: skip
+    and each workload's steps to its target: the report's table."""
+    table = tables.readable_scores(results.scores, results.targets)
+    lines = ["| " + " | ".join(table.columns) + " |",
+             "|---|---|" + "---:|" * (len(table.columns) - 2)]  # fmt: skip
+    lines += ["| " + " | ".join(row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 

@@ -505,6 +505,23 @@ def across_workloads(
     return sentences
 
 
+def readable_scores(scores: pd.DataFrame, targets: Mapping[str, float]) -> pd.DataFrame:
+    """The performance-profile score table (profiles.score_table) for people: the scores to
+    two decimals and each workload's median steps to its target, "never" where the median
+    seed never reached it (profiles.csv keeps the numbers and the ratios)."""
+    table = pd.DataFrame({
+        "learning rates": scores["setting"],
+        "optimizer": scores["optimizer"],
+        "score (steps)": scores["score_steps"].map("{:.2f}".format),
+        "score (seconds)": scores["score_seconds"].map("{:.2f}".format),
+    })  # fmt: skip
+    for workload, target in targets.items():
+        table[f"{workload} steps to {target:g}"] = scores[f"{workload}_steps"].map(
+            lambda steps: "never" if math.isinf(steps) else f"{steps:.0f}"
+        )
+    return table
+
+
 def pair_agreement(significance: Mapping[str, pd.DataFrame]) -> str:
     """Which pairs' test-accuracy differences are significant in the same direction on every
     workload, and which are on some but not all."""

@@ -97,7 +97,8 @@ def report(params: dict[str, Any]) -> Path:
 
     sections = {w: tables.headline(by_setting("comparison", w), by_setting("significance", w))
                 for w in targets}  # fmt: skip
-    write_text_atomic(REPORT_MD, report_markdown(across, lead, scores, sections, gd_last))
+    readable = tables.readable_scores(scores, targets)
+    write_text_atomic(REPORT_MD, report_markdown(across, lead, readable, sections, gd_last))
     body = [
         "<h1>Optimizer comparison</h1>",
         "<h2>Across workloads</h2>",
@@ -105,7 +106,7 @@ def report(params: dict[str, Any]) -> Path:
         + "".join(f"<li>{html.escape(sentence)}</li>" for sentence in across)
         + "</ul>",
         f"<p>{html.escape(lead)}</p>",
-        scores.to_html(index=False, border=0),
+        readable.to_html(index=False, border=0),
         embedded(PROFILES_PNG, "Performance profiles"),
     ]
     for name, part in sections.items():
@@ -147,7 +148,7 @@ def report_markdown(across: list[str], lead: str, scores: pd.DataFrame,
 
     lines = ["# Optimizer comparison", "", "## Across workloads", "",
              *(f"- {sentence}" for sentence in across), "", lead, "",
-             scores.to_markdown(index=False), "",
+             scores.to_markdown(index=False, disable_numparse=True), "",
              image(PROFILES_PNG, "Performance profiles"), ""]  # fmt: skip
     for name, part in sections.items():
         folder = paths.reports_dir(name)

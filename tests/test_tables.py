@@ -181,3 +181,14 @@ def test_across_workloads_says_what_holds_on_every_workload_and_what_does_not() 
     (_, agreement, _) = tables.across_workloads(comparisons, pairs, scores)
     assert agreement == ("Learning rates from params.yaml: no difference is significant on any "
                          "workload.")  # fmt: skip
+
+
+def test_the_score_table_for_people_says_never_where_no_seed_reached_the_target() -> None:
+    scores = pd.DataFrame({"setting": ["default", "default"], "optimizer": ["sgd", "adam"],
+                           "score_steps": [0.0, 1.0], "score_seconds": [0.0, 0.98172],
+                           "cnn_steps": [math.inf, 422.0], "mlp_steps": [1688.0, 844.0]})  # fmt: skip
+    table = tables.readable_scores(scores, {"cnn": 0.97, "mlp": 0.98})
+    assert list(table.columns) == ["learning rates", "optimizer", "score (steps)",
+                                   "score (seconds)", "cnn steps to 0.97", "mlp steps to 0.98"]  # fmt: skip
+    assert table.values.tolist() == [["default", "sgd", "0.00", "0.00", "never", "1688"],
+                                     ["default", "adam", "1.00", "0.98", "422", "844"]]  # fmt: skip
