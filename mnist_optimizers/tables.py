@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mnist_optimizers import stats
+from mnist_optimizers import stats, verdicts
 from mnist_optimizers.paths import run_key
 
 SETTINGS = {False: "default", True: "tuned"}  # learning rate: from params.yaml, or tuned
@@ -160,14 +160,16 @@ def comparison_table(
     return pd.DataFrame(rows)
 
 
-def significance_table(runs: pd.DataFrame, confidence: float) -> pd.DataFrame:
-    """Every pair of optimizers: the difference of their mean test accuracies in points and
-    whether it is significant at 1 - ``confidence`` (Welch's t-test over seeds, Holm)."""
+def significance_table(runs: pd.DataFrame, confidence: float, margin: float) -> pd.DataFrame:
+    """Every pair of optimizers: the difference of their mean test accuracies in points,
+    whether it is significant at 1 - ``confidence`` (Welch's t-test over seeds, Holm),
+    whether it is within +-``margin`` points (TOST, Holm), the verdict, and for an
+    inconclusive pair the seeds per optimizer a decision needs (verdicts.pair_verdicts)."""
     samples = {
         name: list(group["test_accuracy"])
         for name, group in trained(runs).groupby("optimizer", sort=False)
     }  # an optimizer whose every seed diverged has no sample: the comparison says so
-    table = stats.pairwise_differences(samples, alpha=1 - confidence)
+    table = verdicts.pair_verdicts(samples, alpha=1 - confidence, margin=margin / 100)
     return pd.DataFrame(
         {
             "optimizer_a": table["a"],
@@ -176,6 +178,11 @@ def significance_table(runs: pd.DataFrame, confidence: float) -> pd.DataFrame:
             "p_value": table["p_value"].map(_significant_digits),
             "p_holm": table["p_holm"].map(_significant_digits),
             "significant": table["significant"],
+            "margin_points": margin,
+            "tost_p_holm": table["tost_p_holm"].map(_significant_digits),
+            "equivalent": table["equivalent"],
+            "verdict": table["verdict"],
+            "seeds_needed": table["seeds_needed"],
         }
     )
 
@@ -194,7 +201,8 @@ def p_text(p: float) -> str:
 
 def readable_significance(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
     """The significance table for people: headers that say what and in which unit, p-values
-    as text (significance.csv keeps the numbers)."""
+    as text (significance.csv keeps the numbers), the verdict and the seeds it needs."""
+    margin = f"{table['margin_points'].iloc[0]:g}" if len(table) else ""
     return pd.DataFrame(
         {
             "optimizer A": table["optimizer_a"],
@@ -207,8 +215,18 @@ def readable_significance(table: pd.DataFrame, confidence: float) -> pd.DataFram
             f"significant at {1 - confidence:g}": table["significant"].map(
                 lambda s: "yes" if s else "no"
             ),
+            f"p within ±{margin} points (TOST, Holm)": table["tost_p_holm"].map(p_text),
+            "verdict (A vs B)": table["verdict"],
+            "seeds each for a decision": table["seeds_needed"].map(seeds_text),
         }
     )
+
+
+def seeds_text(seeds: float) -> str:
+    """The seeds an inconclusive pair needs, as a person reads it: blank for a decided pair."""
+    if pd.isna(seeds):
+        return ""
+    return f"more than {verdicts.MAX_SEEDS}" if math.isinf(seeds) else f"{seeds:.0f}"
 
 
 def headline(
@@ -242,34 +260,60 @@ def headline(
             pair = next(
                 (r for r in pairs.itertuples() if {r.optimizer_a, r.optimizer_b} == names), None
             )
-            verdict = "not testable"
-            if pair is not None and not pd.isna(pair.p_holm):
-                verdict = "significant" if pair.significant else "not significant"
-            text += f", {gap:.2f} points ahead of {second['optimizer']} ({verdict})"
-            testable = pairs.dropna(subset=["p_holm"])
-            text += (
-                f"; significant differences between optimizers: "
-                f"{int(testable['significant'].sum())} of {len(pairs)}"
-            )
+            text += f", {gap:.2f} points ahead of {second['optimizer']} ({pair_words(pair)})"
+            text += f"; {verdict_counts(pairs)}"
         sentences.append(text + note + ".")
     return sentences
 
 
+def pair_words(pair: Any) -> str:
+    """A pair's verdict in words (a row of the significance table, or None)."""
+    if pair is None or pd.isna(pair.p_holm):
+        return "not testable"
+    if pair.verdict == "equivalent":
+        return f"equivalent within ±{pair.margin_points:g} points"
+    if pair.verdict == "inconclusive":
+        return f"inconclusive: {seeds_text(pair.seeds_needed)} seeds each would decide"
+    return "significant"
+
+
+def verdict_counts(pairs: pd.DataFrame) -> str:
+    """How many pairs differ, are equivalent, are inconclusive (and the seeds that would
+    decide them all)."""
+    testable = pairs.dropna(subset=["p_holm"])
+    if testable.empty:
+        return "no pair is testable"
+    count = testable["verdict"].value_counts()
+    margin = f"{testable['margin_points'].iloc[0]:g}"
+    text = (f"pairs of optimizers: {count.get('better', 0) + count.get('worse', 0)} "
+            f"significantly different, {count.get('equivalent', 0)} equivalent within "
+            f"±{margin} points, {count.get('inconclusive', 0)} inconclusive")  # fmt: skip
+    if count.get("inconclusive", 0):
+        most = seeds_text(testable["seeds_needed"].max())
+        text += f" (deciding them all needs {most} seeds each)"
+    if len(testable) < len(pairs):
+        text += f", {len(pairs) - len(testable)} not testable"
+    return text
+
+
 def significance_lead(table: pd.DataFrame, confidence: float) -> str:
-    """The sentence a person reads first: which differences are significant."""
-    alpha = f"{1 - confidence:g}"
-    significant = table[table["significant"]]
+    """The sentence a person reads first: each pair's verdict."""
     if table["p_value"].isna().all():
         return "Not testable: every optimizer needs at least two seeds (`train.seeds`)."
-    if significant.empty:
-        return f"No difference in test accuracy is significant at {alpha} (Holm-corrected)."
-    pairs = [
-        f"{r.optimizer_a} vs {r.optimizer_b} ({r.test_difference_points:+.2f} points)"
-        for r in significant.itertuples()
-    ]
-    return f"Significant at {alpha} (Welch's t-test over seeds, Holm-corrected): " + (
-        "; ".join(pairs) + "."
-    )
+    margin = f"{table['margin_points'].iloc[0]:g}"
+
+    def listed(verdict: tuple[str, ...], extra: Callable[[Any], str] = lambda r: "") -> str:
+        rows = table[table["verdict"].isin(verdict) & table["p_holm"].notna()]
+        return "; ".join(f"{r.optimizer_a} vs {r.optimizer_b} ({r.test_difference_points:+.2f} "
+                         f"points{extra(r)})" for r in rows.itertuples()) or "none"  # fmt: skip
+
+    return (
+        f"At {1 - confidence:g}, Holm-corrected over the pairs: significantly different "
+        f"(Welch's t-test over seeds): {listed(('better', 'worse'))}. Equivalent within "
+        f"±{margin} points (two one-sided tests): {listed(('equivalent',))}. Inconclusive: "
+        + listed(("inconclusive",), lambda r: f", {seeds_text(r.seeds_needed)} seeds each "
+                 "would decide") + "."
+    )  # fmt: skip
 
 
 def significance_markdown(tables: Mapping[str, pd.DataFrame], confidence: float) -> str:
@@ -524,32 +568,41 @@ def readable_scores(scores: pd.DataFrame, targets: Mapping[str, float]) -> pd.Da
 
 def pair_agreement(significance: Mapping[str, pd.DataFrame]) -> str:
     """Which pairs' test-accuracy differences are significant in the same direction on every
-    workload, and which are on some but not all."""
-    verdicts: dict[tuple[str, str], dict[str, int]] = {}
+    workload, which on some but not all, and which pairs are equivalent on every workload."""
+    signs: dict[tuple[str, str], dict[str, int]] = {}
+    same: dict[tuple[str, str], list[bool]] = {}
     for workload, table in significance.items():
         for r in table.itertuples():
             sign = 0
             if bool(r.significant) and not pd.isna(r.test_difference_points):
                 sign = 1 if r.test_difference_points > 0 else -1
-            verdicts.setdefault((r.optimizer_a, r.optimizer_b), {})[workload] = sign
+            signs.setdefault((r.optimizer_a, r.optimizer_b), {})[workload] = sign
+            same.setdefault((r.optimizer_a, r.optimizer_b), []).append(r.verdict == "equivalent")
 
     def better(pair: tuple[str, str], sign: int) -> str:
         return f"{pair[0]} > {pair[1]}" if sign > 0 else f"{pair[1]} > {pair[0]}"
 
     everywhere, somewhere = [], []
-    for pair, signs in verdicts.items():
-        values = set(signs.values())
-        if len(signs) == len(significance) and len(values) == 1 and 0 not in values:
+    for pair, by_workload in signs.items():
+        values = set(by_workload.values())
+        if len(by_workload) == len(significance) and len(values) == 1 and 0 not in values:
             everywhere.append(better(pair, values.pop()))
         elif values - {0}:
-            where = ", ".join(f"{better(pair, s)} on {w}" for w, s in signs.items() if s)
+            where = ", ".join(f"{better(pair, s)} on {w}" for w, s in by_workload.items() if s)
             somewhere.append(where)
+    equivalent = [f"{a} = {b}" for (a, b), flags in same.items()
+                  if len(flags) == len(significance) and all(flags)]  # fmt: skip
     if not everywhere and not somewhere:
-        return "no difference is significant on any workload."
-    text = ("significant on every workload, in the same direction: "
-            + (", ".join(everywhere) or "no difference"))  # fmt: skip
-    if somewhere:
-        text += "; significant on some workloads only: " + "; ".join(somewhere)
+        text = "no difference is significant on any workload"
+    else:
+        text = ("significant on every workload, in the same direction: "
+                + (", ".join(everywhere) or "no difference"))  # fmt: skip
+        if somewhere:
+            text += "; significant on some workloads only: " + "; ".join(somewhere)
+    if equivalent:
+        margins = {f"{t['margin_points'].iloc[0]:g}" for t in significance.values() if len(t)}
+        text += (f"; equivalent within ±{'/'.join(sorted(margins))} points on every workload: "
+                 + ", ".join(equivalent))  # fmt: skip
     return text + "."
 
 

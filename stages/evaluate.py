@@ -161,7 +161,8 @@ def evaluate(name: str, params: dict[str, Any]) -> list[str]:
             for s, t in by_setting.items()
         },
         "significance": {
-            s: tables.significance_table(t, config.confidence) for s, t in by_setting.items()
+            s: tables.significance_table(t, config.confidence, config.margin)
+            for s, t in by_setting.items()
         },
     }
     out = paths.reports_dir(name)

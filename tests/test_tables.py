@@ -45,18 +45,21 @@ def test_comparison_gives_mean_spread_interval_and_time_to_target() -> None:
 
 
 def test_significance_says_which_differences_are_real() -> None:
-    table = tables.significance_table(runs_frame(), 0.95)
+    table = tables.significance_table(runs_frame(), 0.95, 0.3)
     row = table.iloc[0]
     assert (row["optimizer_a"], row["optimizer_b"]) == ("adam", "sgd")
     assert row["test_difference_points"] == 2.0
     # Welch: difference 0.02, each std 0.002 over 3 seeds -> t = 12.25, 4 df, p = 0.00026
     assert row["p_value"] == pytest.approx(0.0003, abs=1e-4) and bool(row["significant"])
-    text = tables.significance_lead(table, 0.95)
-    assert text.startswith("Significant at 0.05 (Welch's t-test over seeds, Holm-corrected): ")
-    assert "adam vs sgd (+2.00 points)" in text
+    assert row["verdict"] == "better" and not row["equivalent"] and pd.isna(row["seeds_needed"])
+    assert tables.significance_lead(table, 0.95) == (
+        "At 0.05, Holm-corrected over the pairs: significantly different (Welch's t-test over "
+        "seeds): adam vs sgd (+2.00 points). Equivalent within ±0.3 points (two one-sided "
+        "tests): none. Inconclusive: none."
+    )
 
     one_seed = runs_frame().groupby("optimizer").head(1)
-    table = tables.significance_table(one_seed, 0.95)
+    table = tables.significance_table(one_seed, 0.95, 0.3)
     assert not table["significant"].any()
     assert tables.significance_lead(table, 0.95).startswith("Not testable")
 
@@ -65,7 +68,7 @@ def test_p_values_read_as_a_person_writes_them() -> None:
     assert tables.p_text(3e-6) == "< 0.0001" and tables.p_text(0.0) == "< 0.0001"
     assert tables.p_text(0.01234) == "0.0123" and tables.p_text(1.0) == "1.0000"
     assert tables.p_text(float("nan")) == ""
-    table = tables.significance_table(runs_frame(), 0.95)
+    table = tables.significance_table(runs_frame(), 0.95, 0.3)
     assert table["p_value"].iloc[0] > 0  # kept to 4 significant digits, never rounded to 0
     readable = tables.readable_significance(table, 0.95)
     assert list(readable.columns) == [
@@ -75,19 +78,41 @@ def test_p_values_read_as_a_person_writes_them() -> None:
         "p (Welch's t-test)",
         "p (Holm-corrected)",
         "significant at 0.05",
+        "p within ±0.3 points (TOST, Holm)",
+        "verdict (A vs B)",
+        "seeds each for a decision",
     ]
-    assert readable.iloc[0].tolist()[2:] == ["+2.00", "0.0003", "0.0003", "yes"]
+    assert readable.iloc[0].tolist()[2:] == ["+2.00", "0.0003", "0.0003", "yes", "0.9998",
+                                             "better", ""]  # fmt: skip
 
 
 def test_the_headline_says_who_leads_by_how_much_and_whether_it_is_real() -> None:
     runs = runs_frame()
     comparison = tables.comparison_table(runs, {}, [0.98], 0.95)
-    significance = tables.significance_table(runs, 0.95)
+    significance = tables.significance_table(runs, 0.95, 0.3)
     (sentence,) = tables.headline({"default": comparison}, {"default": significance})
     assert sentence == (
         "Learning rates from params.yaml: adam leads on test accuracy (99.20%, lr 0.001), "
-        "2.00 points ahead of sgd (significant); significant differences between "
-        "optimizers: 1 of 1."
+        "2.00 points ahead of sgd (significant); pairs of optimizers: 1 significantly "
+        "different, 0 equivalent within ±0.3 points, 0 inconclusive."
+    )
+    # A third optimizer at adam's accuracy, a second (rmsprop) with a wide spread around it.
+    close = runs[runs["optimizer"] == "adam"].assign(optimizer="nadam")
+    close["test_accuracy"] += 0.0001
+    wide = runs[runs["optimizer"] == "adam"].assign(optimizer="rmsprop")
+    wide["test_accuracy"] = [0.980, 0.992, 0.999]
+    runs = pd.concat([runs, close, wide], ignore_index=True)
+    comparison = tables.comparison_table(runs, {}, [0.98], 0.95)
+    significance = tables.significance_table(runs, 0.95, 1.0)
+    verdict = significance.set_index(["optimizer_a", "optimizer_b"])["verdict"]
+    assert verdict[("adam", "nadam")] == "equivalent"
+    assert verdict[("adam", "rmsprop")] == "inconclusive"
+    (sentence,) = tables.headline({"default": comparison}, {"default": significance})
+    needed = tables.seeds_text(significance["seeds_needed"].max())
+    assert sentence.endswith(
+        "0.01 points ahead of adam (equivalent within ±1 points); pairs of optimizers: "
+        "2 significantly different, 1 equivalent within ±1 points, 3 inconclusive (deciding "
+        f"them all needs {needed} seeds each)."
     )
 
 
@@ -151,8 +176,10 @@ def test_across_workloads_says_what_holds_on_every_workload_and_what_does_not() 
                              "test_accuracy_%": list(accuracies.values())})  # fmt: skip
 
     def significance(rows: list[tuple[str, str, float, bool]]) -> pd.DataFrame:
-        return pd.DataFrame(rows, columns=["optimizer_a", "optimizer_b", "test_difference_points",
-                                           "significant"]).assign(setting="default")  # fmt: skip
+        table = pd.DataFrame(rows, columns=["optimizer_a", "optimizer_b",
+                                            "test_difference_points", "significant"])  # fmt: skip
+        verdict = table["significant"].map({True: "better", False: "inconclusive"})
+        return table.assign(setting="default", margin_points=0.3, verdict=verdict)
 
     comparisons = {"cnn": comparison({"sgd": 97.0, "adam": 99.0, "adagrad": 92.0}),
                    "mlp": comparison({"sgd": 96.0, "adam": 98.0, "adagrad": 93.0})}  # fmt: skip
@@ -181,14 +208,21 @@ def test_across_workloads_says_what_holds_on_every_workload_and_what_does_not() 
     (_, agreement, _) = tables.across_workloads(comparisons, pairs, scores)
     assert agreement == ("Learning rates from params.yaml: no difference is significant on any "
                          "workload.")  # fmt: skip
+    for table in pairs.values():
+        table.loc[table["optimizer_b"] == "adam", "verdict"] = "equivalent"
+    (_, agreement, _) = tables.across_workloads(comparisons, pairs, scores)
+    assert agreement.endswith("no difference is significant on any workload; equivalent "
+                              "within ±0.3 points on every workload: sgd = adam.")  # fmt: skip
 
 
 def test_the_score_table_for_people_says_never_where_no_seed_reached_the_target() -> None:
     scores = pd.DataFrame({"setting": ["default", "default"], "optimizer": ["sgd", "adam"],
                            "score_steps": [0.0, 1.0], "score_seconds": [0.0, 0.98172],
-                           "cnn_steps": [math.inf, 422.0], "mlp_steps": [1688.0, 844.0]})  # fmt: skip
+                           "cnn_steps": [math.inf, 422.0],
+                           "mlp_steps": [1688.0, 844.0]})  # fmt: skip
     table = tables.readable_scores(scores, {"cnn": 0.97, "mlp": 0.98})
     assert list(table.columns) == ["learning rates", "optimizer", "score (steps)",
-                                   "score (seconds)", "cnn steps to 0.97", "mlp steps to 0.98"]  # fmt: skip
+                                   "score (seconds)", "cnn steps to 0.97",
+                                   "mlp steps to 0.98"]  # fmt: skip
     assert table.values.tolist() == [["default", "sgd", "0.00", "0.00", "never", "1688"],
                                      ["default", "adam", "1.00", "0.98", "422", "844"]]  # fmt: skip
