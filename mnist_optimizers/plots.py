@@ -119,6 +119,21 @@ def plot_tuning(tuning: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
+def plot_tunability(table: pd.DataFrame, path: Path) -> None:
+    """The expected best validation accuracy after k trials of each optimizer's search
+    (tunability.tunability_table), a line per optimizer: the higher and the sooner flat, the
+    easier to tune."""
+    fig, ax = pyplot().subplots(figsize=(6, 4), dpi=120)
+    for name, group in table.groupby("optimizer", sort=False):
+        ax.plot(group["trials"], group["expected_best_val_accuracy"], marker="o", label=name)
+    ax.set(xlabel="trials of the search (in a random order)",
+           ylabel="expected best validation accuracy",
+           title="How easy to tune: the best after k trials")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    save_figure(fig, path)
+
+
 def plot_time_to_target(runs: pd.DataFrame, target: float, path: Path) -> None:
     """Median seconds over seeds to reach ``target`` per optimizer and setting; a hatched
     empty bar says 'never'."""

@@ -12,7 +12,10 @@ set in large batches, and writes, in reports/workloads/<workload>/:
 - comparison.{md,csv}: that table, with the reference accuracies beside ours and the time to
   each of the workload's validation targets; runs.csv: one row per optimizer and seed;
 - significance.{md,csv}: every pair of optimizers, the difference of their mean test
-  accuracies and whether it is significant (Welch's t-test, Holm-corrected);
+  accuracies, whether it is significant (Welch's t-test) or within `evaluate.margin` (TOST),
+  both Holm-corrected, the verdict and the seeds an inconclusive pair needs;
+- tunability.csv and figures/tunability.png: the best validation accuracy to expect after
+  k trials of each optimizer's search;
 - per_class_accuracy.csv, history.csv, history_mean.csv and confusion/<name>.csv (the data
   behind `dvc plots show`) and figures/*.png;
 - into MLflow: each model's test metrics into its own training run, and the tables and
@@ -31,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 from mnist_optimizers import (files, mlflow_logs, mlflow_store, model, paths, plots, runtime,
-                              tables, workloads)
+                              tables, tunability, workloads)
 from mnist_optimizers.cli import run_stage, stage_args
 from mnist_optimizers.fit import validate_train
 from mnist_optimizers.optimizers import validate_compare, validate_optimizer_names
@@ -70,6 +73,9 @@ def write_reports(
             plots.plot_history(mean[mean["setting"] == setting], column, path, title)
             figures.append(path)
     plots.plot_tuning(results["tuning"], figures_dir / "tuning.png")
+    tunable = tunability.tunability_table(results["tuning"])
+    plots.plot_tunability(tunable, figures_dir / "tunability.png")
+    files.write_csv(out / "tunability.csv", tunable)
     files.write_csv(out / "history.csv", results["history"])
     files.write_csv(out / "history_mean.csv", mean)
     files.write_csv(out / "per_class_accuracy.csv", tables.per_class_table(runs))
@@ -95,6 +101,7 @@ def write_reports(
     return [out / name for name in shared] + [
         out / "per_class_accuracy.csv",
         figures_dir / "tuning.png",
+        figures_dir / "tunability.png",
         *figures,
     ]
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from mnist_optimizers import mlflow_logs, mlflow_store, paths, plots, profiles, tables, workloads
+from mnist_optimizers import (mlflow_logs, mlflow_store, paths, plots, profiles, tables,
+                              tunability, workloads)
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.files import read_csv, read_json, write_csv, write_text_atomic
 from mnist_optimizers.params import load_params
@@ -59,6 +60,8 @@ def figures(workload: str) -> list[tuple[Path, str]]:
         (folder / "val_accuracy.png", f"{workload}: validation accuracy per epoch (default rates)"),
         (folder / "val_accuracy-tuned.png", f"{workload}: validation accuracy per epoch (tuned)"),
         (folder / "tuning.png", f"{workload}: validation accuracy against learning rate"),
+        (folder / "tunability.png", f"{workload}: expected best validation accuracy after "
+                                    "k trials of the search"),
         (REPORT_DIR / f"time_to_target_{workload}.png", f"{workload}: time to the target"),
     ]  # fmt: skip
 
@@ -67,7 +70,7 @@ def report(params: dict[str, Any]) -> Path:
     """Draw the report's figures, write the page as Markdown and HTML, log it to MLflow."""
     compared = workloads.compared(params)
     confidence = validate_evaluate(params["evaluate"]).confidence
-    read = {name: {} for name in ("runs", "comparison", "significance", "tuning")}
+    read = {name: {} for name in ("runs", "comparison", "significance", "tuning", "tunability")}
     for w in compared:
         for name in read:
             read[name][w.name] = read_csv(paths.reports_dir(w.name) / f"{name}.csv")
@@ -116,6 +119,9 @@ def report(params: dict[str, Any]) -> Path:
             tables.comparison_html(read["comparison"][name], read["tuning"][name], confidence),
             "<h3>Which differences are real</h3>",
             tables.significance_html(read["significance"][name], confidence),
+            "<h3>How easy to tune</h3>",
+            f"<p>{html.escape(tunability.lead(read['tunability'][name]))}</p>",
+            tunability.wide_table(read["tunability"][name]).to_html(index=False, border=0),
             *(embedded(path, alt) for path, alt in figures(name)),
         ]
     body += ["<h2>Gradient-descent variants</h2>", embedded(GD_PNG, "Gradient-descent variants"),
@@ -161,6 +167,9 @@ def report_markdown(across: list[str], lead: str, scores: pd.DataFrame,
             f"### Which differences are real ({name})",
             "",
             (folder / "significance.md").read_text(encoding="utf-8").replace("## ", "#### "),
+            f"### How easy to tune ({name})",
+            "",
+            tunability.markdown(read_csv(folder / "tunability.csv")),
             *(image(path, alt) for path, alt in figures(name)),
             "",
         ]

@@ -12,6 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 
+from mnist_optimizers import tunability
 from mnist_optimizers.errors import PipelineError
 from mnist_optimizers.paths import REPORTS_DIR, reports_dir
 from stages import report
@@ -37,24 +38,28 @@ def markdown_rows(text: str, first_cell: str) -> list[list[str]]:
 def test_the_page_shows_evaluates_tables_and_every_figure(evaluated: Path) -> None:
     report.main([])
     page = report.REPORT_HTML.read_text()
-    # The profiles, the workload's four (accuracy per epoch in both settings, tuning, time to
-    # target) and the gradient-descent variants.
+    # The profiles, the workload's five (accuracy per epoch in both settings, tuning,
+    # tunability, time to target) and the gradient-descent variants.
     figures = report.figures(WORKLOAD)
-    assert page.count("data:image/png;base64,") == 1 + len(figures) + 1 == 6
+    assert page.count("data:image/png;base64,") == 1 + len(figures) + 1 == 7
     assert "<h2>Across workloads</h2>" in page and f"<h2>{WORKLOAD}</h2>" in page
     scores = pd.read_csv(report.PROFILES_CSV)
     assert list(scores["optimizer"]) == ["sgd", "adam"] * 2
     assert {"score_steps", "score_seconds", f"{WORKLOAD}_steps", f"{WORKLOAD}_ratio"} <= set(scores)
-    # The HTML tables come from comparison.csv and significance.csv; they read exactly
-    # like evaluate's Markdown, cell for cell: same numbers, same formatting.
+    # The HTML tables come from comparison.csv, significance.csv and tunability.csv; they
+    # read exactly like the Markdown, cell for cell: same numbers, same formatting.
     comparison = (reports_dir(WORKLOAD) / "comparison.md").read_text()
+    tunable = tunability.markdown(pd.read_csv(reports_dir(WORKLOAD) / "tunability.csv"))
     for name in ("sgd", "adam"):
         assert html_rows(page, name) == markdown_rows(comparison, name) + markdown_rows(
             (reports_dir(WORKLOAD) / "significance.md").read_text(), name
-        )
+        ) + markdown_rows(tunable, name)
     assert "<h3>Tuned learning rates (grid 0.001, 0.01, 0.1; each trial 60 training" in page
     runs = pd.read_csv(reports_dir(WORKLOAD) / "runs.csv")
-    assert len(html_rows(page, "sgd")) == 2 + 2  # a comparison row and a pair per setting
+    assert len(html_rows(page, "sgd")) == 2 + 2 + 1  # a comparison row and a pair per
+    # setting, a row of expected best accuracies after 1, 2, 3 trials of its search
+    assert markdown_rows(tunable, "sgd")[0][0:1] == ["sgd"] and "3 trials" in tunable
+    assert f"<p>{html.escape(tunable.split(chr(10))[0])}</p>" in page
     assert "<td>stochastic</td>" in page
     lead = (reports_dir(WORKLOAD) / "significance.md").read_text().split("\n\n")[1]
     assert f"<p>{html.escape(lead)}</p>" in page
@@ -62,6 +67,8 @@ def test_the_page_shows_evaluates_tables_and_every_figure(evaluated: Path) -> No
     assert comparison.replace("## ", "### ") in markdown
     assert f"![{WORKLOAD}: time to the target](time_to_target_{WORKLOAD}.png)" in markdown
     assert f"(../workloads/{WORKLOAD}/figures/tuning.png)" in markdown
+    assert f"(../workloads/{WORKLOAD}/figures/tunability.png)" in markdown
+    assert tunable in markdown
     assert "![Performance profiles](profiles.png)" in markdown
 
     client = mlflow.MlflowClient()
