@@ -568,30 +568,33 @@ def readable_scores(scores: pd.DataFrame, targets: Mapping[str, float]) -> pd.Da
 
 def pair_agreement(significance: Mapping[str, pd.DataFrame]) -> str:
     """Which pairs' test-accuracy differences are significant in the same direction on every
-    workload, which on some but not all, and which pairs are equivalent on every workload."""
-    signs: dict[tuple[str, str], dict[str, int]] = {}
-    same: dict[tuple[str, str], list[bool]] = {}
+    workload, which on some but not all, which pairs are equivalent on every workload, and
+    how many are inconclusive somewhere (and the seeds that would decide them)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
     for workload, table in significance.items():
         for r in table.itertuples():
-            sign = 0
-            if bool(r.significant) and not pd.isna(r.test_difference_points):
-                sign = 1 if r.test_difference_points > 0 else -1
-            signs.setdefault((r.optimizer_a, r.optimizer_b), {})[workload] = sign
-            same.setdefault((r.optimizer_a, r.optimizer_b), []).append(r.verdict == "equivalent")
+            rows.setdefault((r.optimizer_a, r.optimizer_b), {})[workload] = r
+
+    def sign(r: Any) -> int:
+        if not bool(r.significant) or pd.isna(r.test_difference_points):
+            return 0
+        return 1 if r.test_difference_points > 0 else -1
 
     def better(pair: tuple[str, str], sign: int) -> str:
         return f"{pair[0]} > {pair[1]}" if sign > 0 else f"{pair[1]} > {pair[0]}"
 
-    everywhere, somewhere = [], []
-    for pair, by_workload in signs.items():
-        values = set(by_workload.values())
-        if len(by_workload) == len(significance) and len(values) == 1 and 0 not in values:
+    everywhere, somewhere, equivalent, unsure = [], [], [], []
+    for pair, by_workload in rows.items():
+        signs = {w: sign(r) for w, r in by_workload.items()}
+        values = set(signs.values())
+        complete = len(by_workload) == len(significance)
+        if complete and len(values) == 1 and 0 not in values:
             everywhere.append(better(pair, values.pop()))
         elif values - {0}:
-            where = ", ".join(f"{better(pair, s)} on {w}" for w, s in by_workload.items() if s)
-            somewhere.append(where)
-    equivalent = [f"{a} = {b}" for (a, b), flags in same.items()
-                  if len(flags) == len(significance) and all(flags)]  # fmt: skip
+            somewhere.append(", ".join(f"{better(pair, s)} on {w}" for w, s in signs.items() if s))
+        if complete and all(r.verdict == "equivalent" for r in by_workload.values()):
+            equivalent.append(f"{pair[0]} = {pair[1]}")
+        unsure += [r.seeds_needed for r in by_workload.values() if r.verdict == "inconclusive"]
     if not everywhere and not somewhere:
         text = "no difference is significant on any workload"
     else:
@@ -599,10 +602,14 @@ def pair_agreement(significance: Mapping[str, pd.DataFrame]) -> str:
                 + (", ".join(everywhere) or "no difference"))  # fmt: skip
         if somewhere:
             text += "; significant on some workloads only: " + "; ".join(somewhere)
+    margins = {f"{t['margin_points'].iloc[0]:g}" for t in significance.values() if len(t)}
     if equivalent:
-        margins = {f"{t['margin_points'].iloc[0]:g}" for t in significance.values() if len(t)}
         text += (f"; equivalent within ±{'/'.join(sorted(margins))} points on every workload: "
                  + ", ".join(equivalent))  # fmt: skip
+    if unsure:
+        text += (f"; inconclusive: {len(unsure)} of {sum(map(len, rows.values()))} pairs over "
+                 f"the workloads (deciding them all needs {seeds_text(max(unsure))} seeds "
+                 "each)")  # fmt: skip
     return text + "."
 
 

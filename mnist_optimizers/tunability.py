@@ -34,9 +34,11 @@ def tunability_table(tuning: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for name, trials in tuning.groupby("optimizer", sort=False):
         values = trials["val_accuracy"].where(~trials["diverged"].astype(bool), 0.0).fillna(0.0)
-        for k in range(1, len(values) + 1):
-            rows.append({"optimizer": name, "trials": k,
-                         "expected_best_val_accuracy": round(expected_best(values, k), 6)})  # fmt: skip
+        rows += [
+            {"optimizer": name, "trials": k,
+             "expected_best_val_accuracy": round(expected_best(values, k), 6)}
+            for k in range(1, len(values) + 1)
+        ]  # fmt: skip
     return pd.DataFrame(rows, columns=["optimizer", "trials", "expected_best_val_accuracy"])
 
 

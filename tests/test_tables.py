@@ -179,7 +179,9 @@ def test_across_workloads_says_what_holds_on_every_workload_and_what_does_not() 
         table = pd.DataFrame(rows, columns=["optimizer_a", "optimizer_b",
                                             "test_difference_points", "significant"])  # fmt: skip
         verdict = table["significant"].map({True: "better", False: "inconclusive"})
-        return table.assign(setting="default", margin_points=0.3, verdict=verdict)
+        needed = table["significant"].map({True: float("nan"), False: 12.0})
+        return table.assign(setting="default", margin_points=0.3, verdict=verdict,
+                            seeds_needed=needed)  # fmt: skip
 
     comparisons = {"cnn": comparison({"sgd": 97.0, "adam": 99.0, "adagrad": 92.0}),
                    "mlp": comparison({"sgd": 96.0, "adam": 98.0, "adagrad": 93.0})}  # fmt: skip
@@ -197,22 +199,27 @@ def test_across_workloads_says_what_holds_on_every_workload_and_what_does_not() 
     assert agreement == (
         "Learning rates from params.yaml: significant on every workload, in the same "
         "direction: adam > adagrad; significant on some workloads only: adam > sgd on cnn; "
-        "sgd > adagrad on cnn."
+        "sgd > adagrad on cnn; inconclusive: 2 of 6 pairs over the workloads (deciding them "
+        "all needs 12 seeds each)."
     )
     assert profile.endswith("adam 1.00, sgd 0.50, adagrad 0.00.")
     comparisons["mlp"].loc[comparisons["mlp"]["optimizer"] == "sgd", "test_accuracy_%"] = 99.5
     (leader, *_) = tables.across_workloads(comparisons, pairs, scores)
     assert leader.endswith("the most accurate differs by workload: adam on cnn, sgd on mlp.")
-    for table in pairs.values():
-        table["significant"] = False
+    for table in pairs.values():  # nothing decided: 3 seeds were too few everywhere
+        table["significant"], table["verdict"], table["seeds_needed"] = False, "inconclusive", [
+            5.0, 30.0, 12.0]  # fmt: skip
     (_, agreement, _) = tables.across_workloads(comparisons, pairs, scores)
     assert agreement == ("Learning rates from params.yaml: no difference is significant on any "
-                         "workload.")  # fmt: skip
+                         "workload; inconclusive: 6 of 6 pairs over the workloads (deciding "
+                         "them all needs 30 seeds each).")  # fmt: skip
     for table in pairs.values():
         table.loc[table["optimizer_b"] == "adam", "verdict"] = "equivalent"
     (_, agreement, _) = tables.across_workloads(comparisons, pairs, scores)
     assert agreement.endswith("no difference is significant on any workload; equivalent "
-                              "within ±0.3 points on every workload: sgd = adam.")  # fmt: skip
+                              "within ±0.3 points on every workload: sgd = adam; inconclusive: "
+                              "4 of 6 pairs over the workloads (deciding them all needs 30 "
+                              "seeds each).")  # fmt: skip
 
 
 def test_the_score_table_for_people_says_never_where_no_seed_reached_the_target() -> None:
