@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mnist_optimizers import tables, workloads
+from mnist_optimizers import spaces, tables, workloads
 from mnist_optimizers.architecture import ModelConfig, parameter_counts
 from mnist_optimizers.idx import IMAGE_SHAPE
 from mnist_optimizers.files import read_csv, read_json, write_text_atomic
@@ -46,6 +46,7 @@ class Results:
     """The committed results, read once."""
 
     def __init__(self, root: Path) -> None:
+        self.root = root
         self.params = load_params(root / "params.yaml")
         folder = root / reports_dir(WORKLOAD)
         self.runs = read_csv(folder / "runs.csv")
@@ -231,6 +232,13 @@ def across(results: Results) -> str:
     return "\n".join(f"- {s}" for s in sentences) + "\n"
 
 
+def full_space(results: Results) -> str:
+    """The full search space against the learning rate alone, from results/full_space/."""
+    evaluate = results.params["evaluate"]
+    return spaces.markdown(results.root, results.params["optimizers"],
+                           1 - evaluate["confidence"], evaluate["margin"])  # fmt: skip
+
+
 BLOCKS: dict[str, Callable[[Results], str]] = {
     "workload-catalog": catalog,
     "per-workload": per_workload,
@@ -243,6 +251,7 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
     "gd-variants": gd_variants,
     "champion": champion,
     "cost": cost,
+    "full-space": full_space,
 }
 
 

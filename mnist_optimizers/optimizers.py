@@ -19,9 +19,26 @@ import numpy as np
 from mnist_optimizers.errors import ParamsError, PipelineError, shown
 from mnist_optimizers.files import read_json
 from mnist_optimizers.params import selection
-from mnist_optimizers.paths import tuned_rate_file
+from mnist_optimizers.paths import tuned_file
+from mnist_optimizers.sections.tune import RANGE_OF
 
 CLASS_KEY = "class"
+# What a full-space search (`tune.space: full`) tunes besides the learning rate, by Keras
+# class, and the range of `tune.ranges` each is drawn from. Momentum is searched only where
+# the entry sets one above 0: plain SGD and RMSprop stay the update rules they are (Choi et
+# al.'s SGD within momentum within Adam). Ftrl, Adafactor and Muon: the learning rate alone.
+SEARCHED = {
+    "SGD": ("momentum",),
+    "RMSprop": ("rho", "momentum", "epsilon"),
+    "Adagrad": ("epsilon",),
+    "Adadelta": ("rho", "epsilon"),
+    "Adam": ("beta_1", "beta_2", "epsilon"),
+    "AdamW": ("beta_1", "beta_2", "epsilon"),
+    "Nadam": ("beta_1", "beta_2", "epsilon"),
+    "Adamax": ("beta_1", "beta_2", "epsilon"),
+    "Lamb": ("beta_1", "beta_2", "epsilon"),
+    "Lion": ("beta_1", "beta_2"),
+}
 # Optimizers that wrap others or need per-variable structure: not usable from params alone.
 NOT_STANDALONE = {"Optimizer", "LossScaleOptimizer", "MultiOptimizer"}
 
@@ -197,14 +214,33 @@ def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     return float(float32_text(optimizer.get_config()["learning_rate"]))
 
 
-def tuned_rate(workload: str, name: str) -> float:
-    """The rate `tune@<workload>-<name>` chose, checked where it is read (a hand-edited file
-    is named, not `optimizers.<name>.learning_rate`)."""
-    path = tuned_rate_file(workload, name)
-    rate = read_json(path, "learning_rate")["learning_rate"]
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
-        raise PipelineError(
-            f"{path}: learning_rate: expected a positive number, got {shown(rate)}; rerun "
-            f"the search: dvc repro --force tune@{workload}-{name}"
-        )
-    return rate
+def searched_arguments(optimizer: keras.optimizers.Optimizer, spec: dict[str, Any]) -> tuple:
+    """The constructor arguments besides the learning rate that a full-space search tunes
+    for ``optimizer`` built from ``spec`` (SEARCHED)."""
+    arguments = SEARCHED.get(type(optimizer).__name__, ())
+    return tuple(a for a in arguments if a != "momentum" or spec.get("momentum", 0) > 0)
+
+
+def tuned_hyperparameters(workload: str, name: str) -> dict[str, float]:
+    """The hyperparameters `tune@<workload>-<name>` chose (the learning rate, and for a
+    full-space search the others it tuned), checked where they are read: a hand-edited file
+    is named, not `optimizers.<name>`."""
+    path = tuned_file(workload, name)
+    chosen = read_json(path, "learning_rate")
+    chosen.pop("optimizer", None)
+    for key, value in chosen.items():
+        if key not in ("learning_rate", *RANGE_OF):
+            raise PipelineError(
+                f"{path}: {shown(key)} is no hyperparameter a search tunes (learning_rate, "
+                f"{', '.join(RANGE_OF)}); rerun the search: "
+                f"dvc repro --force tune@{workload}-{name}"
+            )
+        positive = key == "learning_rate"  # a decay or epsilon may be 0
+        number = not isinstance(value, bool) and isinstance(value, (int, float))
+        if not number or not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise PipelineError(
+                f"{path}: {key}: expected a {'positive' if positive else 'non-negative'} "
+                f"number, got {shown(value)}; rerun the search: "
+                f"dvc repro --force tune@{workload}-{name}"
+            )
+    return chosen

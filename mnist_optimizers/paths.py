@@ -24,7 +24,7 @@ HISTORY_DIR = Path("metrics/history")
 TUNE_DIR = Path("metrics/tune")
 # The rate each search chose, alone: train_tuned depends on it, not on the whole search
 # (seconds, run ids), so a search rerun that chooses the same rate trains nothing again.
-TUNED_RATE_DIR = Path("metrics/tuned_rate")
+TUNED_DIR = Path("metrics/tuned")
 # The headline (`dvc metrics show`, `dvc exp show`): metrics/evaluate/<workload>.json, mean
 # test accuracy per setting and optimizer; the rest (intervals, losses, seconds) in
 # reports/workloads/<workload>/summary.json.
@@ -105,5 +105,5 @@ def tune_file(workload: str, optimizer: str) -> Path:
     return TUNE_DIR / workload / f"{optimizer}.json"
 
 
-def tuned_rate_file(workload: str, optimizer: str) -> Path:
-    return TUNED_RATE_DIR / workload / f"{optimizer}.json"
+def tuned_file(workload: str, optimizer: str) -> Path:
+    return TUNED_DIR / workload / f"{optimizer}.json"

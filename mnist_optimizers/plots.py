@@ -85,15 +85,18 @@ def plot_confusion(confusion: np.ndarray, name: str, path: Path) -> None:
 
 def plot_tuning(tuning: pd.DataFrame, path: Path) -> None:
     """Validation accuracy against learning rate (log scale), a line per optimizer through
-    the trials that ran every epoch, the chosen rate circled; a trial the pruner stopped
-    early is an x at its accuracy when stopped (after fewer epochs)."""
+    the trials that ran every epoch (dots alone for a full-space search, whose other
+    hyperparameters vary from trial to trial), the chosen trial circled; a trial the pruner
+    stopped early is an x at its accuracy when stopped (after fewer epochs)."""
     fig, ax = pyplot().subplots(figsize=(6, 4), dpi=120)
+    full = (tuning["space"] == "full").any()
     for name, group in tuning.groupby("optimizer", sort=False):
         complete = group[~group["pruned"].astype(bool)]
         pruned = group[group["pruned"].astype(bool)]
         (line,) = ax.plot(
-            complete["learning_rate"], complete["val_accuracy"], marker="o", label=name
-        )
+            complete["learning_rate"], complete["val_accuracy"], marker="o", label=name,
+            linestyle="none" if full else "-",
+        )  # fmt: skip
         if not pruned.empty:
             ax.scatter(
                 pruned["learning_rate"], pruned["val_accuracy"], marker="x", color=line.get_color()
@@ -112,7 +115,8 @@ def plot_tuning(tuning: pd.DataFrame, path: Path) -> None:
     ax.set(
         xlabel="learning rate",
         ylabel="validation accuracy",
-        title="Learning-rate search (circled: chosen on validation)",
+        title=("Full-space search" if full else "Learning-rate search")
+        + " (circled: chosen on validation)",
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

@@ -1,5 +1,11 @@
-"""The learning-rate search of stage `tune`: Optuna's grid sampler over log-spaced rates,
-with its successive-halving pruner stopping weak trials early.
+"""The search of stage `tune`: Optuna's grid sampler over log-spaced learning rates
+(`tune.space: learning_rate`), or its quasi-random Sobol sampler over the learning rate and
+the optimizer's other hyperparameters (`full`, Choi et al. 2019), with its
+successive-halving pruner stopping weak trials early.
+
+A full-space search draws `tune.trials` points of a scrambled Sobol sequence (seeded by
+`tune.seed`) over the log of each range; Optuna draws the first trial at random (its
+QMCSampler learns the space from it), the others are the sequence's first points.
 
 Training progress is counted in batches, so that a rung can fall inside an epoch. Each
 trial is judged on the whole validation split at every rung (`min_epochs` epochs' worth of
@@ -8,24 +14,23 @@ goes on only if it is among the best 1/`reduction_factor` of the trials that rea
 rung. Optuna's pruner is asynchronous (ASHA): run one trial at a time, a trial that is the
 best so far at a rung always goes on, so early trials are promoted more often than the
 halving alone would (docs/benchmarks.md measures what that costs, with the first rung at one
-epoch and at half of one, reduction factors 3 and 4). The best rate is chosen among the trials that completed every
-epoch, on validation accuracy only.
+epoch and at half of one, reduction factors 3 and 4). The best trial is chosen among the
+trials that completed every epoch, on validation accuracy only.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any
 
 import keras
 import numpy as np
 import optuna
-import pandas as pd
 
-from mnist_optimizers import stats
 from mnist_optimizers.errors import PipelineError
-from mnist_optimizers.sections.tune import TuneConfig
+from mnist_optimizers.sections.tune import RANGE_OF, TuneConfig
 
 
 def batches_per_epoch(images: int, batch_size: int) -> int:
@@ -49,25 +54,90 @@ def rungs(config: TuneConfig, per_epoch: int) -> list[int]:
     return points
 
 
+def budget(config: TuneConfig, grid: list[float]) -> int:
+    """The trials a search runs: every rate of the grid, or `tune.trials` points."""
+    return len(grid) if config.space == "learning_rate" else config.trials
+
+
 def create_study(config: TuneConfig, grid: list[float], per_epoch: int) -> optuna.Study:
-    """An in-memory study that tries every rate of ``grid`` once, in an order fixed by
-    `tune.seed`, pruning by successive halving unless `tune.prune` is false."""
+    """An in-memory study that tries every rate of ``grid`` once in an order fixed by
+    `tune.seed` (or, for the full space, Sobol points scrambled by it), pruning by
+    successive halving unless `tune.prune` is false."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log says each trial
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     if config.prune:
         pruner = optuna.pruners.SuccessiveHalvingPruner(
             min_resource=first_rung(config, per_epoch), reduction_factor=config.reduction_factor
         )
-    return optuna.create_study(
-        direction="maximize",
-        sampler=optuna.samplers.GridSampler({"learning_rate": grid}, seed=config.seed),
-        pruner=pruner,
+    sampler: optuna.samplers.BaseSampler
+    if config.space == "learning_rate":
+        sampler = optuna.samplers.GridSampler({"learning_rate": grid}, seed=config.seed)
+    else:
+        with warnings.catch_warnings():  # experimental since Optuna 3.0, and said so
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True,
+                                                 seed=config.seed)  # fmt: skip
+    return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+
+
+def three_digits(value: float) -> float:
+    """A sampled value rounded to three significant digits, so that it reads well as a param
+    (0.00316, not 0.0031622...) and trains as it reads."""
+    return float(f"{value:.3g}")
+
+
+def suggest(
+    trial: optuna.Trial, config: TuneConfig, grid: list[float], searched: tuple[str, ...]
+) -> dict[str, float]:
+    """The trial's hyperparameters: its learning rate (the next point of the grid, or a
+    log-uniform draw from `tune.low` to `tune.high`) and, for the full space, each of
+    ``searched`` (Keras' argument names) drawn log-uniform from its range; a decay drawn
+    as 1 minus it."""
+    if config.space == "learning_rate":
+        return {"learning_rate": trial.suggest_float("learning_rate", grid[0], grid[-1],
+                                                     log=True)}  # fmt: skip
+    values = {"learning_rate": three_digits(
+        trial.suggest_float("learning_rate", config.low, config.high, log=True))}  # fmt: skip
+    for argument in searched:
+        key = RANGE_OF[argument]
+        values[argument] = value_of(
+            argument, three_digits(trial.suggest_float(key, *config.ranges[key], log=True))
+        )
+    return values
+
+
+def value_of(argument: str, drawn: float) -> float:
+    """The argument's value for a point ``drawn`` from its range: a decay is 1 minus it."""
+    return round(1 - drawn, 12) if RANGE_OF[argument].startswith("one_minus_") else drawn
+
+
+def ends(config: TuneConfig, grid: list[float], searched: tuple[str, ...]) -> list[dict]:
+    """The hyperparameters at the ends of the space: every rate of the grid, or both corners
+    of the ranges, which the search builds before training anything."""
+    if config.space == "learning_rate":
+        return [{"learning_rate": rate} for rate in grid]
+    return [
+        {"learning_rate": rate}
+        | {a: value_of(a, config.ranges[RANGE_OF[a]][end]) for a in searched}
+        for end, rate in enumerate((config.low, config.high))
+    ]
+
+
+def described(config: TuneConfig, grid: list[float], searched: tuple[str, ...]) -> dict:
+    """What the search searches, as its MLflow run's params."""
+    space = {"tune.grid": grid} if config.space == "learning_rate" else {
+        f"tune.ranges.{RANGE_OF[a]}": list(config.ranges[RANGE_OF[a]]) for a in searched
+    } | {"tune.ranges.learning_rate": [config.low, config.high]}  # fmt: skip
+    return {"tune.space": config.space, "tune.searched": ", ".join(("learning_rate", *searched)),
+            "tune.trials": budget(config, grid)} | space  # fmt: skip
+
+
+def trial_label(hyperparameters: dict[str, float]) -> str:
+    """A trial in a few words: `lr=0.001 beta_1=0.9`."""
+    return " ".join(
+        f"{'lr' if key == 'learning_rate' else key}={value:g}"
+        for key, value in hyperparameters.items()
     )
-
-
-def suggest_rate(trial: optuna.Trial, grid: list[float]) -> float:
-    """The trial's learning rate: the next point of the grid."""
-    return trial.suggest_float("learning_rate", grid[0], grid[-1], log=True)
 
 
 def not_a_retracing_notice(record: logging.LogRecord) -> bool:
@@ -174,17 +244,20 @@ def stop_reason(pruning: PruneWeakTrial, config: TuneConfig) -> str:
     )
 
 
-def best_rate(trials: list[dict[str, Any]], name: str) -> float:
-    """The best learning rate among the trials that completed every epoch (a pruned trial's
-    accuracy after fewer epochs is not comparable) and did not diverge."""
+def best_hyperparameters(trials: list[dict[str, Any]], name: str) -> dict[str, float]:
+    """The hyperparameters of the trial with the highest validation accuracy among those that
+    completed every epoch (a pruned trial's accuracy after fewer epochs is not comparable)
+    and did not diverge; a tie goes to the smaller learning rate. Never test accuracy:
+    choosing on the test set would make its numbers optimistic."""
     complete = [t for t in trials if not t["pruned"] and not t.get("diverged")]
     if not complete:
         raise PipelineError(
-            f"tune@{name}: every rate of the grid diverged or was pruned ("
-            + ", ".join(f"{t['learning_rate']:g}: {t['stopped']}" for t in trials)
+            f"tune@{name}: every trial diverged or was pruned ("
+            + ", ".join(f"{trial_label(t['hyperparameters'])}: {t['stopped']}" for t in trials)
             + "); lower tune.high or set tune.prune: false"
         )
-    return stats.best_learning_rate(pd.DataFrame(complete))
+    best = max(complete, key=lambda t: (t["val_accuracy"], -t["learning_rate"]))
+    return best["hyperparameters"]
 
 
 def pruner_name(config: TuneConfig) -> str:

@@ -86,16 +86,6 @@ def log_grid(low: float, high: float, points: int) -> list[float]:
     return [float(f"{value:.3g}") for value in np.geomspace(low, high, points)]
 
 
-def best_learning_rate(trials: pd.DataFrame) -> float:
-    """The learning rate with the highest mean validation accuracy over its trials (columns
-    `learning_rate`, `val_accuracy`; one row per trial). Never test accuracy: choosing on the
-    test set would make its numbers optimistic. A tie goes to the smaller rate."""
-    if trials.empty:
-        raise ValueError("no trials")
-    means = trials.groupby("learning_rate")["val_accuracy"].mean().sort_index()
-    return float(means.idxmax())
-
-
 @dataclass(frozen=True)
 class TimeToTarget:
     epoch: int  # the first epoch that ended at or above the target

@@ -18,9 +18,10 @@ import pandas as pd
 
 from mnist_optimizers import stats, verdicts
 from mnist_optimizers.paths import run_key
+from mnist_optimizers.sections.tune import RANGE_OF
 
 SETTINGS = {False: "default", True: "tuned"}  # learning rate: from params.yaml, or tuned
-SECTION_TITLES = {"default": "Learning rates from params.yaml", "tuned": "Tuned learning rates"}
+SECTION_TITLES = {"default": "Learning rates from params.yaml", "tuned": "Tuned hyperparameters"}
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ def p_text(p: float) -> str:
 def readable_significance(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
     """The significance table for people: headers that say what and in which unit, p-values
     as text (significance.csv keeps the numbers), the verdict and the seeds it needs."""
-    margin = f"{table['margin_points'].iloc[0]:g}" if len(table) else ""
+    margin = margin_text(table) if len(table) else ""
     return pd.DataFrame(
         {
             "optimizer A": table["optimizer_a"],
@@ -227,6 +228,11 @@ def seeds_text(seeds: float) -> str:
     if pd.isna(seeds):
         return ""
     return f"more than {verdicts.MAX_SEEDS}" if math.isinf(seeds) else f"{seeds:.0f}"
+
+
+def margin_text(significance: pd.DataFrame) -> str:
+    """The equivalence margin of a significance table, as params has it: `0.3`."""
+    return f"{significance['margin_points'].iloc[0]:g}"
 
 
 def headline(
@@ -284,7 +290,7 @@ def verdict_counts(pairs: pd.DataFrame) -> str:
     if testable.empty:
         return "no pair is testable"
     count = testable["verdict"].value_counts()
-    margin = f"{testable['margin_points'].iloc[0]:g}"
+    margin = margin_text(testable)
     text = (f"pairs of optimizers: {count.get('better', 0) + count.get('worse', 0)} "
             f"significantly different, {count.get('equivalent', 0)} equivalent within "
             f"±{margin} points, {count.get('inconclusive', 0)} inconclusive")  # fmt: skip
@@ -300,7 +306,7 @@ def significance_lead(table: pd.DataFrame, confidence: float) -> str:
     """The sentence a person reads first: each pair's verdict."""
     if table["p_value"].isna().all():
         return "Not testable: every optimizer needs at least two seeds (`train.seeds`)."
-    margin = f"{table['margin_points'].iloc[0]:g}"
+    margin = margin_text(table)
 
     def listed(verdict: tuple[str, ...], extra: Callable[[Any], str] = lambda r: "") -> str:
         rows = table[table["verdict"].isin(verdict) & table["p_holm"].notna()]
@@ -380,24 +386,25 @@ def confusion_frame(runs: list[Run], y_test: np.ndarray) -> pd.DataFrame:
 
 
 def tuning_table(results: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
-    """Every trial of each optimizer's search (metrics/tune/<optimizer>.json), by rate:
+    """Every trial of each optimizer's search (metrics/tune/<w>/<optimizer>.json), by rate:
+    its hyperparameters (a column each; empty where an optimizer has no such one),
     validation accuracy after the epochs it reached, whether the pruner stopped it early
     (its accuracy is then after fewer epochs), whether it was chosen."""
     rows = []
     for name, result in results.items():
         for trial in sorted(result["trials"], key=lambda t: t["learning_rate"]):
             rows.append(
-                {
-                    "optimizer": name,
-                    "learning_rate": trial["learning_rate"],
+                {"optimizer": name, "space": result["space"]}
+                | trial["hyperparameters"]
+                | {
                     "val_accuracy": trial["val_accuracy"],
-                    "epochs": trial.get("epochs", result["epochs"]),
-                    "pruned": trial.get("pruned", False),
-                    "diverged": trial.get("diverged", False),
-                    "chosen": trial["learning_rate"] == result["best_learning_rate"],
+                    "epochs": trial["epochs"],
+                    "pruned": trial["pruned"],
+                    "diverged": trial["diverged"],
+                    "chosen": trial["hyperparameters"] == result["best"],
                     "images": result["images"],
                     "max_epochs": result["epochs"],
-                    "pruner": result.get("pruner", "none"),
+                    "pruner": result["pruner"],
                 }
             )
     return pd.DataFrame(rows)
@@ -486,16 +493,36 @@ def readable_table(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
     return readable
 
 
+def chosen_words(tuning: pd.DataFrame) -> str:
+    """What each search chose: `adam lr=0.003 beta_1=0.95 ...; sgd lr=0.1`."""
+    columns = [c for c in tuning.columns if c == "learning_rate" or c in RANGE_OF]
+    return "; ".join(
+        f"{row['optimizer']} "
+        + " ".join(f"{'lr' if c == 'learning_rate' else c}={row[c]:g}" for c in columns
+                   if pd.notna(row[c]))  # fmt: skip
+        for _, row in tuning[tuning["chosen"].astype(bool)].iterrows()
+    )
+
+
 def section_title(setting: str, tuning: pd.DataFrame) -> str:
     """The heading of one setting's comparison; the tuned one says how rates were chosen."""
     if setting != "tuned":
         return SECTION_TITLES[setting]
-    grid = ", ".join(f"{r:g}" for r in sorted(tuning["learning_rate"].unique()))
     first = tuning.iloc[0]
-    pruning = "" if first["pruner"] == "none" else f", weak ones stopped early: {first['pruner']}"
+    budget = (f"each trial {first['images']} training images x up to {first['max_epochs']} "
+              "epochs")  # fmt: skip
+    if first["pruner"] != "none":
+        budget += f", weak ones stopped early: {first['pruner']}"
+    if first["space"] == "learning_rate":
+        grid = ", ".join(f"{r:g}" for r in sorted(tuning["learning_rate"].unique()))
+        return (f"{SECTION_TITLES[setting]}: the learning rate (grid {grid}; {budget}; chosen on "
+                "validation accuracy)")  # fmt: skip
+    trials = tuning.groupby("optimizer", sort=False).size()
+    chosen = chosen_words(tuning)
     return (
-        f"{SECTION_TITLES[setting]} (grid {grid}; each trial {first['images']} training "
-        f"images x up to {first['max_epochs']} epochs{pruning}; chosen on validation accuracy)"
+        f"{SECTION_TITLES[setting]}: the full space ({trials.max()} quasi-random trials per "
+        f"optimizer over its learning rate and other hyperparameters; {budget}; chosen on "
+        f"validation accuracy: {chosen})"
     )
 
 
@@ -602,7 +629,7 @@ def pair_agreement(significance: Mapping[str, pd.DataFrame]) -> str:
                 + (", ".join(everywhere) or "no difference"))  # fmt: skip
         if somewhere:
             text += "; significant on some workloads only: " + "; ".join(somewhere)
-    margins = {f"{t['margin_points'].iloc[0]:g}" for t in significance.values() if len(t)}
+    margins = {margin_text(t) for t in significance.values() if len(t)}
     if equivalent:
         text += (f"; equivalent within ±{'/'.join(sorted(margins))} points on every workload: "
                  + ", ".join(equivalent))  # fmt: skip

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # What evaluate reads of each training's and each search's metrics file.
 TRAIN_KEYS = ("learning_rate", "val_accuracy", "train_seconds", "precision", "mlflow_run_id",
               "configuration")  # fmt: skip
-TUNE_KEYS = ("trials", "epochs", "images", "best_learning_rate")
+TUNE_KEYS = ("space", "trials", "epochs", "images", "best", "pruner")
 
 
 def write_reports(

@@ -101,7 +101,8 @@ def report(params: dict[str, Any]) -> Path:
     sections = {w: tables.headline(by_setting("comparison", w), by_setting("significance", w))
                 for w in targets}  # fmt: skip
     readable = tables.readable_scores(scores, targets)
-    write_text_atomic(REPORT_MD, report_markdown(across, lead, readable, sections, gd_last))
+    write_text_atomic(REPORT_MD, report_markdown(across, lead, readable, sections, gd_last,
+                                                  read["tunability"]))
     body = [
         "<h1>Optimizer comparison</h1>",
         "<h2>Across workloads</h2>",
@@ -140,15 +141,14 @@ def gd_variants_table(gd: pd.DataFrame) -> pd.DataFrame:
     columns = {"batch_size": "batch size", "seconds": "seconds (all epochs)",
                "val_accuracy": "val accuracy (last epoch)"}  # fmt: skip
     last = gd.groupby("variant", sort=False).tail(1)
-    return last[["variant", "batch_size", "updates", "seconds", "val_accuracy"]].rename(
-        columns=columns
-    )
+    kept = ["variant", "batch_size", "updates", "seconds", "val_accuracy"]
+    return last[kept].rename(columns=columns)
 
 
 def report_markdown(across: list[str], lead: str, scores: pd.DataFrame,
-                    sections: dict[str, list[str]], gd_last: pd.DataFrame) -> str:  # fmt: skip
-    """The page in Markdown: across workloads, then each workload's tables (as evaluate wrote
-    them) and figures, then the gradient-descent variants."""
+                    sections: dict[str, list[str]], gd_last: pd.DataFrame,
+                    tunabilities: dict[str, pd.DataFrame]) -> str:  # fmt: skip
+    """The page in Markdown: across workloads, each workload's tables and figures, GD's."""
     def image(path: Path, alt: str) -> str:
         return f"![{alt}]({os.path.relpath(path, REPORT_DIR)})"
 
@@ -169,7 +169,7 @@ def report_markdown(across: list[str], lead: str, scores: pd.DataFrame,
             (folder / "significance.md").read_text(encoding="utf-8").replace("## ", "#### "),
             f"### How easy to tune ({name})",
             "",
-            tunability.markdown(read_csv(folder / "tunability.csv")),
+            tunability.markdown(tunabilities[name]),
             *(image(path, alt) for path, alt in figures(name)),
             "",
         ]

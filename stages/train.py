@@ -1,8 +1,8 @@
 """Stage `train@<workload>-<optimizer>-<seed>`: train a workload's model with one optimizer
 from one seed, log the run to MLflow; write models/<workload>/<run>.keras,
 metrics/history/<workload>/<run>.csv (per epoch), metrics/train/<workload>/<run>.json (with the
-MLflow run id and the configuration id). `--tuned` (`train_tuned@...`): with the best rate of
-`tune@<workload>-<optimizer>`, files suffixed `-tuned`; where that rate makes the default
+MLflow run id and the configuration id). `--tuned` (`train_tuned@...`): with what
+`tune@<workload>-<optimizer>` chose, files suffixed `-tuned`; where that makes the default
 run's configuration, nothing trains: the default run's files are copied and its MLflow run
 tagged as both settings'.
 
@@ -31,8 +31,8 @@ from mnist_optimizers.fit import (checkpoint_dir, configuration_id, diverged_at,
                                   fit_model, history_frame, run_params, set_precision, timed,
                                   validate_train)
 from mnist_optimizers.model import build_model, save_model
-from mnist_optimizers.optimizers import (build_optimizer, learning_rate, optimizer_spec, tuned_rate,
-                                         validate_optimizer_names)
+from mnist_optimizers.optimizers import (build_optimizer, learning_rate, optimizer_spec,
+                                         tuned_hyperparameters, validate_optimizer_names)
 from mnist_optimizers.params import load_params
 from mnist_optimizers.paths import run_key, stage_item
 
@@ -44,8 +44,8 @@ SETTING_TAGS = {False: "default_setting", True: "tuned_setting"}
 
 def train(workload: str, name: str, seed: int, params: dict[str, Any], tuned: bool = False) -> None:
     """Validate everything, check the tracking store, then train, log and save. ``tuned``
-    trains with the best learning rate of `tune@<workload>-<name>`
-    (metrics/tuned_rate/<workload>/<name>.json)."""
+    trains with the hyperparameters `tune@<workload>-<name>` chose
+    (metrics/tuned/<workload>/<name>.json)."""
     job = prepare(workload, name, seed, params, tuned)
     configuration = configuration_id(job.logged)
     if tuned and reuse_default_run(workload, name, seed, configuration):
@@ -101,7 +101,7 @@ def prepare(
     spec = optimizer_spec(validate_optimizer_names(params["optimizers"]), name)
     model_config = workloads.workload(params, workload).model
     if tuned:
-        spec = spec | {"learning_rate": tuned_rate(workload, name)}
+        spec = spec | tuned_hyperparameters(workload, name)
     train_config = validate_train(params["train"])
     if seed not in train_config.seeds:
         raise ParamsError(f"train.seeds: {seed} is not one of {list(train_config.seeds)}")

@@ -94,7 +94,7 @@ def test_evaluate_writes_the_comparison_and_logs_it_to_each_training_run(evaluat
     val = adam["val_accuracy"] * 100
     assert f"{val.mean():.2f} ± {val.std():.2f}" in adam_row
     assert "95% interval" in markdown and adam_row.count("[") == 2
-    assert "## Tuned learning rates (grid 0.001, 0.01, 0.1;" in markdown
+    assert "## Tuned hyperparameters: the learning rate (grid 0.001, 0.01, 0.1;" in markdown
     tuning = pd.read_csv(reports_dir(WORKLOAD) / "tuning.csv")
     assert len(tuning) == 6 and tuning.groupby("optimizer")["chosen"].sum().tolist() == [1, 1]
     pair = pd.read_csv(reports_dir(WORKLOAD) / "significance.csv").iloc[0]
@@ -160,7 +160,7 @@ def test_a_missing_model_names_the_stage_to_run(evaluated: Path) -> None:
     ("path", "key"),
     [("metrics/train/mnist_cnn/adam-43.json", "val_accuracy"),
      ("metrics/train/mnist_cnn/sgd-42-tuned.json", "mlflow_run_id"),
-     ("metrics/tune/mnist_cnn/sgd.json", "best_learning_rate")],
+     ("metrics/tune/mnist_cnn/sgd.json", "best")],
     ids=["train-metric", "train-run-id", "search-result"],
 )  # fmt: skip
 def test_a_metrics_file_missing_a_key_is_named_before_anything_is_written(

@@ -168,6 +168,48 @@ def test_an_added_optimizer_and_seed_train_only_their_runs_in_a_temp_experiment(
     assert list(table[table["setting"] == "default"]["optimizer"]) == [*OPTIMIZERS, "nadam"]
 
 
+def test_a_full_space_experiment_searches_every_hyperparameter_and_trains_what_it_chose(
+    workspace,
+) -> None:
+    """`dvc exp run -S tune.space=full`: the searches run again over each optimizer's whole
+    space (Adam: learning rate, beta_1, beta_2, epsilon; plain SGD: its learning rate alone),
+    every trial's hyperparameters in its MLflow run; the tuned runs train what they chose;
+    no default run trains again."""
+    root, env = workspace
+    output = dvc(root, env, "exp", "run", "-n", "full-space", "-S", "tune.space=full",
+                 "-S", "tune.trials=3")  # fmt: skip
+    ran = model_stages_run(output)
+    assert not [s for s in ran if s.startswith("train@")], ran
+    assert {f"tune@{WORKLOAD}-{n}" for n in OPTIMIZERS} <= set(ran) and ran[-1] == "report", ran
+    client = client_for(root)
+    for name, searched in (("adam", ["learning_rate", "beta_1", "beta_2", "epsilon"]),
+                           ("sgd", ["learning_rate"])):  # fmt: skip
+        result = json.loads((root / "metrics" / "tune" / WORKLOAD / f"{name}.json").read_text())
+        assert result["space"] == "full" and len(result["trials"]) == 3
+        children = client.search_runs(
+            [client.get_run(result["mlflow_run_id"]).info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'",
+        )
+        logged = sorted(
+            [float(c.data.params[f"optimizer.{key}"]) for key in searched] for c in children
+        )
+        assert logged == sorted([t["hyperparameters"][k] for k in searched]
+                                for t in result["trials"])  # fmt: skip
+        chosen = json.loads((root / "metrics" / "tuned" / WORKLOAD / f"{name}.json").read_text())
+        assert chosen == {"optimizer": name} | result["best"] and list(result["best"]) == searched
+        tuned = json.loads(
+            (root / "metrics" / "train" / WORKLOAD / f"{name}-42-tuned.json").read_text()
+        )
+        if "reused" not in tuned:  # the chosen point trained, as Keras built it
+            params = client.get_run(tuned["mlflow_run_id"]).data.params
+            for key, value in result["best"].items():
+                assert float(params[f"optimizer.{key}"]) == pytest.approx(value, rel=1e-6)
+    tuning = pd.read_csv(root / "reports" / "workloads" / WORKLOAD / "tuning.csv")
+    assert set(tuning["space"]) == {"full"} and tuning["beta_1"].notna().sum() == 3  # adam's
+    page = (root / "reports" / "report" / "report.html").read_text()
+    assert "Tuned hyperparameters: the full space (3 quasi-random trials" in page
+
+
 def test_an_added_idx_workload_trains_only_its_stages_and_joins_the_profiles(
     workspace, tmp_path: Path
 ) -> None:

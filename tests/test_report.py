@@ -54,7 +54,7 @@ def test_the_page_shows_evaluates_tables_and_every_figure(evaluated: Path) -> No
         assert html_rows(page, name) == markdown_rows(comparison, name) + markdown_rows(
             (reports_dir(WORKLOAD) / "significance.md").read_text(), name
         ) + markdown_rows(tunable, name)
-    assert "<h3>Tuned learning rates (grid 0.001, 0.01, 0.1; each trial 60 training" in page
+    assert "<h3>Tuned hyperparameters: the learning rate (grid 0.001, 0.01, 0.1; each trial 60 training" in page
     runs = pd.read_csv(reports_dir(WORKLOAD) / "runs.csv")
     assert len(html_rows(page, "sgd")) == 2 + 2 + 1  # a comparison row and a pair per
     # setting, a row of expected best accuracies after 1, 2, 3 trials of its search

@@ -61,19 +61,6 @@ def test_log_grid_reads_well() -> None:
         stats.log_grid(0.1, 0.01, 3)
 
 
-def test_best_learning_rate_is_chosen_on_mean_validation_accuracy() -> None:
-    trials = pd.DataFrame(
-        {
-            "learning_rate": [0.001, 0.001, 0.01, 0.01, 0.1],
-            "val_accuracy": [0.95, 0.97, 0.99, 0.95, 0.96],
-            "test_accuracy": [0.0, 0.0, 0.0, 0.0, 1.0],  # never looked at
-        }
-    )
-    assert stats.best_learning_rate(trials) == 0.01  # mean 0.97 beats 0.96 and 0.96
-    tie = pd.DataFrame({"learning_rate": [0.1, 0.01], "val_accuracy": [0.9, 0.9]})
-    assert stats.best_learning_rate(tie) == 0.01
-
-
 def test_time_to_target_counts_seconds_up_to_the_first_epoch_at_target() -> None:
     history = pd.DataFrame(
         {

@@ -149,16 +149,22 @@ def test_history_mean_has_a_band_over_seeds() -> None:
     assert list(mean["val_accuracy_max"]) == [0.9, 0.97]
 
 
+def trial(accuracy: float, epochs: float, pruned: bool, **hyperparameters: float) -> dict:
+    return {"learning_rate": hyperparameters["learning_rate"], "hyperparameters": hyperparameters,
+            "val_accuracy": accuracy, "epochs": epochs, "pruned": pruned, "diverged": False}
+
+
 def test_the_tuning_table_shows_pruned_trials_as_such_and_by_rate() -> None:
     result = {
-        "best_learning_rate": 0.001,
+        "space": "learning_rate",
+        "best": {"learning_rate": 0.001},
         "images": 100,
         "epochs": 2,
         "pruner": "successive halving (first rung after 1 epoch(s), reduction factor 3)",
         "trials": [  # in the order the search tried them
-            {"learning_rate": 0.01, "val_accuracy": 0.5, "epochs": 1, "pruned": True},
-            {"learning_rate": 0.001, "val_accuracy": 0.9, "epochs": 2, "pruned": False},
-            {"learning_rate": 0.0001, "val_accuracy": 0.7, "epochs": 2, "pruned": False},
+            trial(0.5, 1, True, learning_rate=0.01),
+            trial(0.9, 2, False, learning_rate=0.001),
+            trial(0.7, 2, False, learning_rate=0.0001),
         ],
     }
     table = tables.tuning_table({"adam": result})
@@ -166,8 +172,34 @@ def test_the_tuning_table_shows_pruned_trials_as_such_and_by_rate() -> None:
     assert list(table["pruned"]) == [False, False, True] and list(table["epochs"]) == [2, 2, 1]
     assert list(table["chosen"]) == [False, True, False]
     title = tables.section_title("tuned", table)
-    assert "grid 0.0001, 0.001, 0.01; each trial 100 training images x up to 2 epochs" in title
+    assert title.startswith("Tuned hyperparameters: the learning rate (grid 0.0001, 0.001, 0.01; "
+                            "each trial 100 training images x up to 2 epochs")  # fmt: skip
     assert "weak ones stopped early: successive halving" in title
+
+
+def test_a_full_space_search_has_a_column_per_hyperparameter_and_names_what_it_chose() -> None:
+    common = {"space": "full", "images": 100, "epochs": 2, "pruner": "none"}
+    adam = common | {
+        "best": {"learning_rate": 0.003, "beta_1": 0.95, "beta_2": 0.99, "epsilon": 1e-06},
+        "trials": [trial(0.9, 2, False, learning_rate=0.003, beta_1=0.95, beta_2=0.99,
+                         epsilon=1e-06),
+                   trial(0.8, 2, False, learning_rate=0.03, beta_1=0.5, beta_2=0.9,
+                         epsilon=0.01)],
+    }  # fmt: skip
+    sgd = common | {"best": {"learning_rate": 0.1},
+                    "trials": [trial(0.85, 2, False, learning_rate=0.1),
+                               trial(0.6, 2, False, learning_rate=0.001)]}  # fmt: skip
+    table = tables.tuning_table({"adam": adam, "sgd": sgd})
+    assert list(table.columns[:6]) == ["optimizer", "space", "learning_rate", "beta_1", "beta_2",
+                                       "epsilon"]  # fmt: skip
+    assert table["beta_1"].isna().tolist() == [False, False, True, True]  # sgd has none
+    assert list(table["chosen"]) == [True, False, False, True]
+    assert tables.section_title("tuned", table) == (
+        "Tuned hyperparameters: the full space (2 quasi-random trials per optimizer over its "
+        "learning rate and other hyperparameters; each trial 100 training images x up to 2 "
+        "epochs; chosen on validation accuracy: adam lr=0.003 beta_1=0.95 beta_2=0.99 "
+        "epsilon=1e-06; sgd lr=0.1)"
+    )
 
 
 def test_across_workloads_says_what_holds_on_every_workload_and_what_does_not() -> None:

@@ -264,8 +264,8 @@ def test_an_experiment_deleted_in_the_ui_is_named_with_how_to_restore_it(process
 
 
 def write_tune_result(name: str, rate: float) -> None:
-    """metrics/tuned_rate/<workload>/<name>.json as the search writes it, choosing ``rate``."""
-    path = Path("metrics/tuned_rate") / WORKLOAD / f"{name}.json"
+    """metrics/tuned/<workload>/<name>.json as the search writes it, choosing ``rate``."""
+    path = Path("metrics/tuned") / WORKLOAD / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"optimizer": name, "learning_rate": rate}))
 
@@ -389,8 +389,8 @@ def test_a_search_prints_one_line_per_trial_and_no_progress_bars(processed: Path
     logging back on: its fits are quiet off a terminal all the same."""
     lines = stage_output("stages.tune", WORKLOAD, "adam")
     assert [line for line in lines if not OWN_LINE.match(line)] == []
-    assert sum("INFO tune@mnist_cnn-adam: lr " in line for line in lines) == 3  # tune.points
-    assert "best learning rate" in lines[-1]
+    assert sum("INFO tune@mnist_cnn-adam: lr=" in line for line in lines) == 3  # tune.points
+    assert "best lr=" in lines[-1]
 
 
 def test_a_dataset_logged_by_two_stages_at_once_is_logged_again(monkeypatch) -> None:

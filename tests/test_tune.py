@@ -1,5 +1,5 @@
-"""Stage `tune`: a learning-rate search on tiny data, pruned, grouped in MLflow, best on
-validation."""
+"""Stage `tune`: a learning-rate search, and a full-space one, on tiny data, pruned, grouped
+in MLflow, best on validation."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from mnist_optimizers import runtime
 from mnist_optimizers.errors import ParamsError
 from mnist_optimizers.params import load_params
-from mnist_optimizers.paths import TRAIN_METRICS_DIR, TUNE_DIR, TUNED_RATE_DIR
+from mnist_optimizers.paths import TRAIN_METRICS_DIR, TUNE_DIR, TUNED_DIR
 from stages import train, tune
 
 from .conftest import WORKLOAD, edit_params, random_images
@@ -53,7 +53,7 @@ def test_search_runs_nested_under_one_parent_prunes_weak_trials_and_picks_the_be
     complete = [t for t in trials if not t["pruned"]]
     best = max(sorted(complete, key=lambda t: t["learning_rate"]), key=lambda t: t["val_accuracy"])
     assert result["best_learning_rate"] == best["learning_rate"]
-    chosen = json.loads((TUNED_RATE_DIR / WORKLOAD / "adam.json").read_text())  # what train_tuned reads
+    chosen = json.loads((TUNED_DIR / WORKLOAD / "adam.json").read_text())  # what train_tuned reads
     assert chosen == {"optimizer": "adam", "learning_rate": best["learning_rate"]}
     assert result["images"] == 100 and result["pruner"].startswith("successive halving")
 
@@ -144,25 +144,30 @@ def test_tuned_training_uses_the_best_rate(processed: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{}", "metrics/tuned_rate/mnist_cnn/sgd.json: learning_rate missing: not as the stage that writes"),
-     ("[0.01]", "metrics/tuned_rate/mnist_cnn/sgd.json: learning_rate missing"),
+    [("{}", "metrics/tuned/mnist_cnn/sgd.json: learning_rate missing: not as the stage that writes"),
+     ("[0.01]", "metrics/tuned/mnist_cnn/sgd.json: learning_rate missing"),
      ('{"learning_rate": -0.01}',
-      "metrics/tuned_rate/mnist_cnn/sgd.json: learning_rate: expected a positive number, got -0.01; "
+      "metrics/tuned/mnist_cnn/sgd.json: learning_rate: expected a positive number, got -0.01; "
       "rerun the search: dvc repro --force tune@mnist_cnn-sgd"),
      ('{"learning_rate": "0.01"}', "learning_rate: expected a positive number, got '0.01'"),
-     ('{"learning_rate": true}', "learning_rate: expected a positive number, got True")],
-    ids=["no-key", "not-an-object", "negative", "string", "bool"],
+     ('{"learning_rate": true}', "learning_rate: expected a positive number, got True"),
+     ('{"learning_rate": 0.01, "beta_1": -0.9}',
+      "metrics/tuned/mnist_cnn/sgd.json: beta_1: expected a non-negative number, got -0.9"),
+     ('{"learning_rate": 0.01, "nesterov": true}',
+      "metrics/tuned/mnist_cnn/sgd.json: 'nesterov' is no hyperparameter a search tunes "
+      "(learning_rate, momentum, beta_1, beta_2, rho, epsilon)")],
+    ids=["no-key", "not-an-object", "negative", "string", "bool", "negative-beta", "unknown"],
 )  # fmt: skip
 def test_a_tuned_rate_file_that_is_not_the_searchs_is_named(
     processed: Path, content: str, message: str
 ) -> None:
-    """A hand-edited or foreign metrics/tuned_rate/<workload>/<name>.json: the file is named, not
+    """A hand-edited or foreign metrics/tuned/<workload>/<name>.json: the file is named, not
     `optimizers.sgd.learning_rate`, and nothing trains."""
     from mnist_optimizers.errors import PipelineError
-    from mnist_optimizers.paths import TUNED_RATE_DIR
+    from mnist_optimizers.paths import TUNED_DIR
 
-    (TUNED_RATE_DIR / WORKLOAD).mkdir(parents=True, exist_ok=True)
-    (TUNED_RATE_DIR / WORKLOAD / "sgd.json").write_text(content)
+    (TUNED_DIR / WORKLOAD).mkdir(parents=True, exist_ok=True)
+    (TUNED_DIR / WORKLOAD / "sgd.json").write_text(content)
     with pytest.raises(PipelineError, match=re.escape(message)):
         train.main([WORKLOAD, "sgd", "42", "--tuned"])
     assert not (TRAIN_METRICS_DIR / WORKLOAD / "sgd-42-tuned.json").exists()
@@ -254,3 +259,123 @@ def test_a_trial_that_trained_its_whole_budget_is_never_labelled_pruned() -> Non
     with pytest.raises(optuna.TrialPruned, match="pruned after 4 batches"):
         judge.judge(4, val_loss=0.5, val_accuracy=0.9)
     assert search.stop_reason(judge, config).startswith("pruned after 1 of 2 epochs (4 of 8")
+
+
+FULL_SPACE = {"space": "full", "trials": 6, "low": 0.001, "high": 0.1, "images": 100, "epochs": 2,
+              "ranges.one_minus_beta_1": [0.01, 0.5], "ranges.epsilon": [1e-8, 0.1]}  # fmt: skip
+
+
+def test_a_full_space_search_draws_each_hyperparameter_from_its_range_and_logs_every_trial(
+    processed: Path,
+) -> None:
+    """`tune.space: full` for Adam: the learning rate, beta_1, beta_2 and epsilon of every
+    trial within their ranges (beta_1 as 1 minus a draw), each trial's in its nested MLflow
+    run's params, the best complete trial's in the file train_tuned reads; the same seed
+    draws the same points."""
+    set_tune(**FULL_SPACE)
+    result = tune.tune(WORKLOAD, "adam", load_params())
+    trials = result["trials"]
+    assert result["space"] == "full" and len(trials) == 6
+    for t in trials:
+        h = t["hyperparameters"]
+        assert list(h) == ["learning_rate", "beta_1", "beta_2", "epsilon"]
+        assert 0.001 <= h["learning_rate"] <= 0.1 and t["learning_rate"] == h["learning_rate"]
+        assert 0.5 <= h["beta_1"] <= 0.99  # 1 - [0.01, 0.5]
+        assert 0.0 <= h["beta_2"] <= 0.9999  # the default range: 1 - [0.0001, 1]
+        assert 1e-8 <= h["epsilon"] <= 0.1
+        drawn = [h["learning_rate"], h["epsilon"], round(1 - h["beta_1"], 12),
+                 round(1 - h["beta_2"], 12)]  # fmt: skip
+        assert all(float(f"{v:.3g}") == v for v in drawn)  # three digits, as params read
+    assert len({tuple(t["hyperparameters"].values()) for t in trials}) == 6  # six points
+    complete = [t for t in trials if not t["pruned"]]
+    best = max(complete, key=lambda t: t["val_accuracy"])
+    assert result["best"] == best["hyperparameters"]
+    chosen = json.loads((TUNED_DIR / WORKLOAD / "adam.json").read_text())
+    assert chosen == {"optimizer": "adam"} | best["hyperparameters"]
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(result["mlflow_run_id"])
+    assert parent.data.params["tune.space"] == "full" and parent.data.params["tune.trials"] == "6"
+    assert parent.data.params["tune.searched"] == "learning_rate, beta_1, beta_2, epsilon"
+    assert parent.data.params["tune.ranges.one_minus_beta_1"] == "[0.01, 0.5]"
+    assert parent.data.metrics["best_beta_1"] == best["hyperparameters"]["beta_1"]
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    logged = sorted(tuple(float(c.data.params[f"optimizer.{k}"]) for k in best["hyperparameters"])
+                    for c in children)  # fmt: skip
+    assert logged == sorted(tuple(t["hyperparameters"].values()) for t in trials)
+
+    again = tune.tune(WORKLOAD, "adam", load_params())
+    assert [t["hyperparameters"] for t in again["trials"]] == [t["hyperparameters"] for t in trials]
+
+
+def test_tuned_training_trains_every_hyperparameter_the_full_search_chose(processed: Path) -> None:
+    set_tune(**FULL_SPACE | {"trials": 3})
+    best = tune.tune(WORKLOAD, "adam", load_params())["best"]
+    train.main([WORKLOAD, "adam", "42"])  # the default run, which a tuned one may reuse
+    train.main([WORKLOAD, "adam", "42", "--tuned"])
+    metrics = json.loads((TRAIN_METRICS_DIR / WORKLOAD / "adam-42-tuned.json").read_text())
+    params = mlflow.MlflowClient().get_run(metrics["mlflow_run_id"]).data.params
+    for key, value in best.items():  # as Keras built the optimizer
+        assert float(params[f"optimizer.{key}"]) == pytest.approx(value, rel=1e-6), key
+
+
+@pytest.mark.parametrize(
+    ("name", "searched"),
+    [("sgd", ()), ("sgd_momentum", ("momentum",)), ("sgd_nesterov", ("momentum",)),
+     ("adagrad", ("epsilon",)), ("rmsprop", ("rho", "epsilon")),
+     ("adam", ("beta_1", "beta_2", "epsilon")), ("lion", ("beta_1", "beta_2")), ("ftrl", ())],
+)  # fmt: skip
+def test_the_full_space_of_each_optimizer(project: Path, name: str, searched: tuple) -> None:
+    """Plain SGD stays plain (its momentum is searched only where the entry sets one)."""
+    from mnist_optimizers.optimizers import build_optimizer, searched_arguments
+
+    spec = load_params()["optimizers"][name]
+    assert searched_arguments(build_optimizer(name, spec), spec) == searched
+
+
+def test_a_trial_draws_a_decay_as_one_minus_it_on_a_log_scale() -> None:
+    """By hand: Optuna's fixed trial hands back the draws; the values are 1 minus a decay's,
+    rounded to three digits as they read in params."""
+    from mnist_optimizers import search
+    from mnist_optimizers.sections.tune import validate_tune
+
+    config = validate_tune(load_params_section() | {"space": "full"})
+    trial = optuna.trial.FixedTrial(
+        {"learning_rate": 0.0031622776, "one_minus_beta_1": 0.0123456, "one_minus_beta_2": 0.001,
+         "epsilon": 1.23456e-7}  # fmt: skip
+    )
+    values = search.suggest(trial, config, [], ("beta_1", "beta_2", "epsilon"))
+    assert values == {"learning_rate": 0.00316, "beta_1": 0.9877, "beta_2": 0.999,
+                      "epsilon": 1.23e-7}  # fmt: skip
+    assert search.trial_label(values) == "lr=0.00316 beta_1=0.9877 beta_2=0.999 epsilon=1.23e-07"
+    assert search.ends(config, [], ("beta_1",)) == [
+        {"learning_rate": 0.0001, "beta_1": 0.999}, {"learning_rate": 1.0, "beta_1": 0.0}
+    ]  # fmt: skip
+    study = search.create_study(config, [], per_epoch=4)
+    assert isinstance(study.sampler, optuna.samplers.QMCSampler)
+
+
+def load_params_section() -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(__file__).parents[1].joinpath("params.yaml").read_text())["tune"]
+
+
+def test_the_best_trial_is_a_complete_one_and_a_tie_goes_to_the_smaller_rate() -> None:
+    from mnist_optimizers import search
+    from mnist_optimizers.errors import PipelineError
+
+    def trial(rate: float, accuracy: float, pruned: bool = False, diverged: bool = False) -> dict:
+        return {"learning_rate": rate, "hyperparameters": {"learning_rate": rate, "beta_1": 0.9},
+                "val_accuracy": accuracy, "pruned": pruned, "diverged": diverged,
+                "stopped": "why"}  # fmt: skip
+
+    trials = [trial(0.1, 0.99, pruned=True), trial(0.01, 0.9), trial(0.001, 0.9),
+              trial(1.0, None, diverged=True), trial(0.003, 0.8)]  # fmt: skip
+    assert search.best_hyperparameters(trials, "adam") == {"learning_rate": 0.001, "beta_1": 0.9}
+    with pytest.raises(PipelineError, match="tune@adam: every trial diverged or was pruned "
+                       r"\(lr=0.1 beta_1=0.9: why, lr=1 beta_1=0.9: why\)"):
+        search.best_hyperparameters([trials[0], trials[3]], "adam")
