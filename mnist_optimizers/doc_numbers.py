@@ -235,8 +235,8 @@ def across(results: Results) -> str:
 def full_space(results: Results) -> str:
     """The full search space against the learning rate alone, from results/full_space/."""
     evaluate = results.params["evaluate"]
-    return spaces.markdown(results.root, results.params["optimizers"],
-                           1 - evaluate["confidence"], evaluate["margin"])  # fmt: skip
+    return spaces.summary(results.root, results.params["optimizers"],
+                          1 - evaluate["confidence"], evaluate["margin"])  # fmt: skip
 
 
 BLOCKS: dict[str, Callable[[Results], str]] = {
@@ -252,6 +252,7 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
     "champion": champion,
     "cost": cost,
     "full-space": full_space,
+    "full-space-details": lambda r: spaces.details(r.root),
 }
 
 

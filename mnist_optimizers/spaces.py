@@ -9,7 +9,8 @@ each inclusion Choi et al. state holds within the intervals (the more general op
 never significantly worse than one it can express); how easy each space was to tune (the
 expected best validation accuracy after one trial and after all of them).
 
-    python -m mnist_optimizers.spaces keep   # after the experiment, in its workspace
+    python -m mnist_optimizers.spaces keep [SETTING ...]   # in the experiment's workspace,
+                                                         # with the -S settings it ran with
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Mapping
@@ -125,52 +127,75 @@ def inclusion_verdicts(
     return out
 
 
-def markdown(root: Path, specs: Mapping[str, Mapping[str, Any]], alpha: float,
-             margin: float) -> str:  # fmt: skip
-    """The README's block: for each workload kept in results/full_space/, the table and
-    what it says."""
+def easiest(tunability_csv: Path) -> str:
+    """The optimizer whose search gives the best expected validation accuracy after one
+    trial in a random order."""
+    table = read_csv(tunability_csv)
+    first = table[table["trials"] == 1]
+    return str(first.loc[first["expected_best_val_accuracy"].idxmax(), "optimizer"])
+
+
+def summary(root: Path, specs: Mapping[str, Mapping[str, Any]], alpha: float,
+            margin: float) -> str:  # fmt: skip
+    """The README's block: one table over the workloads kept in results/full_space/, and per
+    workload the rankings, Choi et al.'s inclusions and the easiest to tune."""
     kept = root / KEPT
     experiment = read_json(kept / "experiment.json")
-    parts = [
-        f"Full space: {experiment['trials']} quasi-random trials per optimizer "
-        f"(`dvc exp run {' '.join('-S ' + s for s in experiment['set'])}`, "
-        f"{experiment['machine']}, {experiment['date']}); learning rate alone: the default "
-        f"{experiment['grid_points']}-point grid. Mean tuned test accuracy over "
-        f"{experiment['seeds']} seeds, %; verdict on full - rate alone (margin {margin:g} "
-        "points).\n"
-    ]
+    command = " ".join("-S " + shlex.quote(s) for s in experiment["set"])
+    rows = ["| workload | optimizer | rate alone | full space | full - rate alone | verdict |",
+            "|---|---|---:|---:|---:|---|"]  # fmt: skip
+    notes = []
     for workload in experiment["workloads"]:
-        folder = kept / workload
-        full_runs = read_csv(folder / "runs.csv")
-        rate_runs = read_csv(root / reports_dir(workload) / "runs.csv")
-        table = space_table(rate_runs, full_runs, alpha, margin)
-        lines = [f"**{workload}**\n", "| optimizer | rate alone | full space | full - rate "
-                 "alone | verdict |", "|---|---:|---:|---:|---|"]  # fmt: skip
-        for _, row in table.iterrows():
-            lines.append(f"| {row['optimizer']} | {row['rate_only_%']:.2f} | {row['full_%']:.2f} "
-                         f"| {row['difference']:+.2f} | {row['verdict']} |")  # fmt: skip
+        folder, default = kept / workload, root / reports_dir(workload)
+        table = space_table(read_csv(default / "runs.csv"), read_csv(folder / "runs.csv"),
+                            alpha, margin)  # fmt: skip
+        rows += [
+            f"| {workload} | {r['optimizer']} | {r['rate_only_%']:.2f} | {r['full_%']:.2f} "
+            f"| {r['difference']:+.2f} | {r['verdict']} |"
+            for _, r in table.iterrows()
+        ]
         pairs = inclusions({o: specs[o] for o in table["optimizer"]})
         held = [
-            f"{g} vs {s}: {v} ({'holds' if v != 'worse' else 'broken'})"
+            f"{g} vs {s} {v} ({'holds' if v != 'worse' else 'broken'})"
             for g, s, v in inclusion_verdicts(read_csv(folder / "significance.csv"), pairs)
         ]
+        notes.append(
+            f"- {workload}: ranking {ranking(table, 'rate_only_%')} with the rate alone, "
+            f"{ranking(table, 'full_%')} with the full space; Choi et al.'s inclusions in the "
+            f"full space: {', '.join(held) or 'none among these optimizers'}; easiest to tune "
+            f"(best expected after one trial): {easiest(default / 'tunability.csv')} with the "
+            f"rate alone, {easiest(folder / 'tunability.csv')} with the full space."
+        )
+    lead = (
+        f"{experiment['trials']} quasi-random trials per optimizer (`dvc exp run {command}`, "
+        f"{experiment['machine']}, {experiment['date']}) against the default "
+        f"{experiment['grid_points']}-point grid of learning rates: mean tuned test accuracy "
+        f"over {experiment['seeds']} seeds (%), and the verdict on the difference (Welch and "
+        f"TOST at a margin of {margin:g} points, Holm over the optimizers)."
+    )
+    return "\n".join([lead, "", *rows, "", *notes]) + "\n"
+
+
+def details(root: Path) -> str:
+    """docs/results.md's block: per kept workload, what the full space chose, how easy each
+    search was to tune, and what the experiment cost."""
+    kept = root / KEPT
+    experiment = read_json(kept / "experiment.json")
+    lines = []
+    for workload in experiment["workloads"]:
+        folder, cost = kept / workload, experiment["cost"][workload]
         lines += [
+            f"**{workload}**",
             "",
-            f"- Ranking, rate alone: {ranking(table, 'rate_only_%')}; full space: "
-            f"{ranking(table, 'full_%')}.",
-            f"- Choi et al.'s inclusions, full space (the general one's verdict): "
-            f"{'; '.join(held) or 'none among these optimizers'}.",
             f"- Chosen by the full space: {tables.chosen_words(read_csv(folder / 'tuning.csv'))}.",
             "- Rate alone: "
             + tunability.lead(read_csv(root / reports_dir(workload) / "tunability.csv")),
             "- Full space: " + tunability.lead(read_csv(folder / "tunability.csv")),
-            f"- Cost here: searches {experiment['cost'][workload]['tune_seconds']:.0f} s, "
-            f"tuned training {experiment['cost'][workload]['train_tuned_seconds']:.0f} s "
-            "(fit seconds of the runs it trained).",
+            f"- Cost ({experiment['machine']}): the searches {cost['tune_seconds']:.0f} s, the "
+            f"tuned runs {cost['train_tuned_seconds']:.0f} s of fit.",
             "",
         ]
-        parts.append("\n".join(lines))
-    return "\n".join(parts)
+    return "\n".join(lines)
 
 
 def keep(root: Path, settings: list[str], params: dict[str, Any]) -> Path:

@@ -87,22 +87,32 @@ def test_the_readme_block_reads_the_kept_experiment_beside_the_default_results(
         runs(accuracies).assign(train_seconds=10.0).to_csv(folder / "runs.csv", index=False)
         tunability.to_csv(folder / "tunability.csv", index=False)
     tuning.to_csv(kept / "tuning.csv", index=False)
+    # In the full space sgd is the easier to tune: 97% after one trial, against adam's 95%.
+    tunability.assign(expected_best_val_accuracy=[0.97, 0.99, 0.95, 0.98]).to_csv(
+        kept / "tunability.csv", index=False)
     significance.to_csv(kept / "significance.csv", index=False)
     (kept.parent / "experiment.json").write_text(json.dumps({
-        "set": ["tune.space=full"], "workloads": ["mnist_cnn"], "trials": 16, "grid_points": 9,
-        "seeds": 3, "machine": "CPU (a test), 2 cores", "date": "2026-12-07",
+        "set": ["tune.space=full", "compare_workloads=[mnist_cnn]"], "workloads": ["mnist_cnn"],
+        "trials": 16, "grid_points": 9, "seeds": 3, "machine": "CPU (a test), 2 cores",
+        "date": "2026-12-07",
         "cost": {"mnist_cnn": {"tune_seconds": 120.4, "train_tuned_seconds": 3000.0}},
     }))  # fmt: skip
-    text = spaces.markdown(tmp_path, SPECS, alpha=0.05, margin=0.3)
-    assert text.startswith("Full space: 16 quasi-random trials per optimizer (`dvc exp run -S "
-                           "tune.space=full`, CPU (a test), 2 cores, 2026-12-07)")  # fmt: skip
-    assert "| sgd | 98.10 | 99.00 | +0.90 | better |" in text
-    assert "| adam | 99.00 | 99.00 | +0.00 | equivalent |" in text
-    assert "- Ranking, rate alone: adam > sgd; full space: sgd > adam." in text
-    assert "adam vs sgd: inconclusive (holds)" in text
+    text = spaces.summary(tmp_path, SPECS, alpha=0.05, margin=0.3)
+    # The command as a user would paste it: a setting with brackets quoted for the shell.
+    assert text.startswith("16 quasi-random trials per optimizer (`dvc exp run -S tune.space=full "
+                           "-S 'compare_workloads=[mnist_cnn]'`, CPU (a test), 2 cores, "
+                           "2026-12-07) against the default 9-point grid")  # fmt: skip
+    assert "| mnist_cnn | sgd | 98.10 | 99.00 | +0.90 | better |" in text
+    assert "| mnist_cnn | adam | 99.00 | 99.00 | +0.00 | equivalent |" in text
+    assert ("- mnist_cnn: ranking adam > sgd with the rate alone, sgd > adam with the full space; "
+            "Choi et al.'s inclusions in the full space: adam vs sgd inconclusive (holds); "
+            "easiest to tune (best expected after one trial): adam with the rate alone, sgd "
+            "with the full space.") in text  # fmt: skip
+    text = spaces.details(tmp_path)
     assert "- Chosen by the full space: sgd lr=0.1; adam lr=0.003 beta_1=0.95." in text
-    assert "the easiest to tune (the best after one trial): adam" in text
-    assert "- Cost here: searches 120 s, tuned training 3000 s" in text
+    assert "the easiest to tune (the best after one trial): adam" in text  # rate alone
+    assert "the easiest to tune (the best after one trial): sgd" in text  # full space
+    assert "the searches 120 s, the tuned runs 3000 s of fit" in text
 
 
 def test_keep_copies_the_experiment_s_tables_and_measures_its_cost(tmp_path: Path) -> None:
