@@ -78,7 +78,7 @@ def test_dvc_repro_runs_every_stage(reproduced) -> None:
         assert ran.index(f"tune@{WORKLOAD}-{name}") < ran.index(f"train_tuned@{WORKLOAD}-{name}-42")
     # The commands carry no item: DVC's stage name gives it (`tune@mnist_cnn-adam`,
     # `train@mnist_cnn-adam-42`).
-    assert "tune@mnist_cnn-adam: best learning rate" in output and "train@mnist_cnn-adam-42: val_accuracy" in output
+    assert "tune@mnist_cnn-adam: best lr=" in output and "train@mnist_cnn-adam-42: val_accuracy" in output
     # Every stage that trains sized TensorFlow's threads before TensorFlow started (the tune
     # stage once built its optimizers first, and trained with TensorFlow's defaults).
     assert "TensorFlow already started" not in output
