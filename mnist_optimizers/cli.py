@@ -41,10 +41,10 @@ def setup_logging() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    # MLflow's own INFO lines (a new store's "Creating initial MLflow database tables...")
-    # say nothing a person acts on, nor do Keras' progress lines, which go to absl's logger
-    # off a terminal (mlflow_logs.log_model); their warnings still show.
-    for noisy in ("mlflow", "absl"):
+    # MLflow's own INFO lines (a new store's "Creating initial MLflow database tables..."),
+    # absl's and JAX's ("Unable to initialize backend 'tpu'") say nothing a person acts on;
+    # their warnings still show.
+    for noisy in ("mlflow", "absl", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

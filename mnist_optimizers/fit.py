@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 from mnist_optimizers import runtime
+from mnist_optimizers.backend import DEFAULT as DEFAULT_BACKEND
+from mnist_optimizers.backend import gpus, validate_backend
 from mnist_optimizers.errors import ParamsError, shown
 from mnist_optimizers.files import atomic_path, write_json_atomic
 from mnist_optimizers.architecture import ModelConfig
@@ -47,12 +49,13 @@ class TrainConfig:
     seeds: tuple[int, ...]  # one training run per optimizer and seed
     precision: str = "float32"  # auto, or a Keras dtype policy: float32, mixed_bfloat16
     resume: bool = False  # keep an epoch checkpoint and continue from it after a stop
+    backend: str = DEFAULT_BACKEND  # the Keras backend: tensorflow or jax
 
 
 def validate_train(section: Any) -> TrainConfig:
     """Check the `train` section: positive epochs and batch size, a list of distinct
-    non-negative integer seeds, a precision."""
-    keys = ("epochs", "batch_size", "seeds", "precision", "resume")
+    non-negative integer seeds, a precision, a backend."""
+    keys = ("epochs", "batch_size", "seeds", "precision", "resume", "backend")
     check_keys(section, keys, "train", ("epochs", "batch_size", "seeds"))
     seeds = section["seeds"]
     if not isinstance(seeds, list) or not seeds:
@@ -75,6 +78,7 @@ def validate_train(section: Any) -> TrainConfig:
         seeds=tuple(seeds),
         precision=precision,
         resume=resume,
+        backend=validate_backend(section.get("backend", DEFAULT_BACKEND)),
     )
 
 
@@ -83,11 +87,11 @@ def effective_precision(requested: str) -> str:
     bfloat16 fast (``runtime.cpu_bf16_is_fast``, a GPU of compute capability 8.0 or later),
     float32 elsewhere (on a GPU machine, the GPU decides). ``mixed_bfloat16`` on a CPU
     without BF16 instructions: float32, with a warning. ``float32``: float32."""
-    if requested == "auto":  # on a GPU, where TensorFlow trains, the GPU decides
-        on_gpu = bool(runtime.gpus())
+    if requested == "auto":  # on a GPU, where the model trains, the GPU decides
+        on_gpu = bool(gpus())
         fast = runtime.gpu_has_bf16() if on_gpu else runtime.cpu_bf16_is_fast()
         return "mixed_bfloat16" if fast else "float32"
-    if requested != "mixed_bfloat16" or runtime.cpu_has_bf16() or runtime.gpus():
+    if requested != "mixed_bfloat16" or runtime.cpu_has_bf16() or gpus():
         return requested
     log.warning(
         "train.precision: mixed_bfloat16 needs a CPU with BF16 instructions (avx512_bf16, "

@@ -3,7 +3,9 @@ and files and metrics added to a finished run."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -40,9 +42,14 @@ class KerasFlavor:
 
 
 def model_requirements() -> list[str]:
-    """Pinned requirements for the logged model, without MLflow's slow inference subprocess."""
-    backend = "tensorflow"
-    for dist in ("tensorflow-cpu", "tensorflow"):
+    """Pinned requirements for the logged model, without MLflow's slow inference subprocess:
+    MLflow, Keras and the backend it was trained on (TensorFlow's CPU or CUDA build, JAX)."""
+    import keras
+
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    dists = ("tensorflow-cpu", "tensorflow") if on_tensorflow else ("jax",)
+    backend = dists[-1]
+    for dist in dists:
         try:
             backend = f"{dist}=={metadata.version(dist)}"
             break
@@ -54,14 +61,14 @@ def model_requirements() -> list[str]:
 def log_model(model: keras.Model, example: np.ndarray) -> None:
     """Log ``model`` to the active run as `model/`, with its signature and an input example.
     MLflow checks the example by predicting it with Keras' default verbosity: its progress
-    bars are kept off the log unless stdout is a terminal."""
-    import keras
+    bars are kept off the log unless stdout is a terminal. Not by Keras' switch
+    (disable_interactive_logging): it holds for the calling thread only, and on JAX Keras
+    draws the bars from a callback thread."""
     from mlflow.models import infer_signature
 
-    bars = sys.stdout.isatty()
-    if not bars:
-        keras.utils.disable_interactive_logging()  # progress lines go to absl's log instead
-    try:
+    terminal = sys.stdout.isatty()
+    bars = contextlib.nullcontext() if terminal else contextlib.redirect_stdout(io.StringIO())
+    with bars:
         mlflow.models.Model.log(
             artifact_path=None,
             name="model",
@@ -72,9 +79,6 @@ def log_model(model: keras.Model, example: np.ndarray) -> None:
             input_example=example,
             pip_requirements=model_requirements(),
         )
-    finally:
-        if not bars:
-            keras.utils.enable_interactive_logging()
 
 
 def datasets(data: dict[str, np.ndarray], data_summary: dict[str, Any]) -> list[tuple[Any, str]]:

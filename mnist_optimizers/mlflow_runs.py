@@ -26,6 +26,7 @@ DIVERGED_TAG = "pipeline.diverged"  # on a run whose loss went NaN or infinite
 PARALLEL_TASK_ENV, PARALLEL_TASK_TAG = "PIPELINE_PARALLEL_TASK", "pipeline.parallel_task"
 # Where a training or search run trained: "CPU", or "GPU:0 (<model>, compute capability 9.0)".
 DEVICE_TAG = "train.device"
+BACKEND_TAG = "backend"  # the Keras backend a run trained on: tensorflow or jax
 
 log = logging.getLogger(__name__)
 

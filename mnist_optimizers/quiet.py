@@ -1,7 +1,8 @@
-"""TensorFlow and Keras, loaded without their start-up noise: a stage that trains or loads
-a model imports this module before anything that imports TensorFlow, so that its output is
-what a person reads (what it does, one line per epoch, the result) and a warning means that
-something is wrong.
+"""Keras on the backend params.yaml names (`train.backend`, mnist_optimizers.backend), loaded
+without its start-up noise: a stage that trains or loads a model imports this module before
+anything that imports Keras, so that its output is what a person reads (what it does, one
+line per epoch, the result) and a warning means that something is wrong. On JAX, TensorFlow
+is not loaded at all (JAX's CPU backend starts without a line; where it prints one, it shows).
 
 What silences what, with TensorFlow 2.21 and Keras 3.15 (tests/test_train.py counts the
 lines of a training stage that are not the pipeline's own):
@@ -22,11 +23,10 @@ lines of a training stage that are not the pipeline's own):
   hidden while Keras loads (Keras then leaves those features off), and load as usual for
   whatever imports them afterwards (the report's figures).
 - Keras' progress bars show only on a terminal: `fit` is verbose only there
-  (mnist_optimizers/fit.py; the stage logs one line per epoch anyway), and the `predict` that
-  MLflow runs on a logged model's input example runs with Keras' interactive logging off
-  (mlflow_logs.log_model), which sends its progress lines to absl's logger, kept at WARNING
-  (cli.setup_logging). Not a process-wide switch: `keras.backend.clear_session()`, which
-  the search calls before each trial, turns it back on.
+  (mnist_optimizers/fit.py; the stage logs one line per epoch anyway), and what the `predict`
+  that MLflow runs on a logged model's input example prints is dropped off a terminal
+  (mlflow_logs.log_model).
+- JAX logs at INFO that it found no TPU: its logger is kept at WARNING (cli.setup_logging).
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
+
+from mnist_optimizers import backend
 
 # INFO lines of TensorFlow's C++ log ("I0000 00:00:... port.cc:153] ...") and the notice
 # absl prints before its first line.
@@ -72,11 +75,13 @@ def hidden(packages: tuple[str, ...]) -> Iterator[None]:
                 del sys.modules[name]
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow and Keras with descriptor 2 captured, then write what was captured,
-    less the start-up noise, to stderr (also when the import fails)."""
+def import_keras_quietly() -> None:
+    """Set the backend from params.yaml, import Keras (and TensorFlow, when it is the backend)
+    with descriptor 2 captured, then write what was captured, less the start-up noise, to
+    stderr (also when the import fails)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
+    backend.select()
+    if "keras" in sys.modules:
         return
     sys.stderr.flush()
     saved = os.dup(2)
@@ -84,8 +89,14 @@ def import_tensorflow_quietly() -> None:
         os.dup2(captured.fileno(), 2)
         try:
             with hidden(UNUSED_BY_KERAS):
-                import keras  # noqa: F401
-            import tensorflow  # noqa: F401
+                import keras
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow  # noqa: F401
+            else:
+                # JAX warns at every fork of a process it runs in. The stages fork only in
+                # subprocess (git, for MLflow's source tags), whose child execs at once and
+                # takes none of JAX's threads' locks.
+                warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -94,4 +105,4 @@ def import_tensorflow_quietly() -> None:
             sys.stderr.flush()
 
 
-import_tensorflow_quietly()
+import_keras_quietly()

@@ -1,9 +1,11 @@
-"""The hardware a stage runs on: TensorFlow's thread pools, sized from the cores this process
-may use and the number of stages that run at once ($PIPELINE_JOBS), and what the CPU and GPUs
-can do (bfloat16, the device a model trains on).
+"""The hardware a stage runs on: the backend's threads, sized from the cores this process may
+use and the number of stages that run at once ($PIPELINE_JOBS), and what the CPU and GPUs can
+do (bfloat16, the device a model trains on).
 
 Thread counts change how oneDNN splits its sums, so they change a model's weights in the last
 bits: two runs compare bit for bit only with the same `intra_op` count (docs/benchmarks.md).
+TensorFlow sizes its pools when told; JAX (XLA) sizes its pool from the process's CPU
+affinity, so on JAX a stage that shares the machine is pinned to its share of the cores.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mnist_optimizers import backend
 from mnist_optimizers.errors import ParamsError, shown
 
 JOBS_ENV = "PIPELINE_JOBS"
@@ -86,7 +89,52 @@ def thread_settings(cores: int, jobs: int) -> Threads:
     return Threads(intra_op=max(1, cores // jobs), inter_op=1)
 
 
+def start(wanted_backend: str) -> Threads:
+    """Before a stage's first op: check that Keras runs on ``wanted_backend`` (`train.backend`),
+    size the threads, make ops deterministic; return the thread counts."""
+    backend.check(wanted_backend)
+    threads = configure_threads()
+    backend.deterministic_ops()
+    return threads
+
+
 def configure_threads() -> Threads:
+    """Size the backend's threads before any op runs; return the counts in use."""
+    jobs = parallel_jobs()
+    cores = available_cores()
+    wanted = thread_settings(cores, jobs)
+    if backend.name() == "jax":
+        threads = pin_cores(wanted)
+    else:
+        threads = configure_tensorflow_threads(wanted)
+    log.info(
+        "threads: %d intra-op, %d inter-op (%d cores, %d parallel jobs)",
+        threads.intra_op,
+        threads.inter_op,
+        cores,
+        jobs,
+    )
+    return threads
+
+
+def pin_cores(wanted: Threads) -> Threads:
+    """JAX: XLA's CPU pool has one thread per core of the process's affinity, so a share
+    smaller than those cores pins the process to that many of them (chosen by process id,
+    so that stages started side by side spread over the cores). Must run before JAX starts.
+    inter_op is 0 in the result: XLA runs one compiled step at a time, with no such pool."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if wanted.intra_op < len(allowed):
+        start = os.getpid() % len(allowed)
+        share = [allowed[(start + i) % len(allowed)] for i in range(wanted.intra_op)]
+        os.sched_setaffinity(0, share)
+        log.info("threads: on JAX, pinned to cores %s (its pool follows the affinity)", share)
+    for env in (TF_INTRA_ENV, TF_INTER_ENV):
+        if os.environ.get(env):
+            log.info("threads: $%s is TensorFlow's and is ignored on JAX", env)
+    return Threads(intra_op=min(wanted.intra_op, len(allowed)), inter_op=0)
+
+
+def configure_tensorflow_threads(wanted: Threads) -> Threads:
     """Size TensorFlow's thread pools before any op runs; return the counts in use.
 
     $TF_NUM_INTRAOP_THREADS / $TF_NUM_INTEROP_THREADS, when set, are left to TensorFlow. Where
@@ -94,9 +142,6 @@ def configure_threads() -> Threads:
     they are, with a warning, and 0 in the result means TensorFlow's default (one per core)."""
     import tensorflow as tf
 
-    jobs = parallel_jobs()
-    cores = available_cores()
-    wanted = thread_settings(cores, jobs)
     pools = {
         "intra_op": (
             TF_INTRA_ENV,
@@ -122,29 +167,7 @@ def configure_threads() -> Threads:
                 pool.replace("_", "-"),
             )
         used[pool] = getter()
-    threads = Threads(**used)
-    log.info(
-        "threads: %d intra-op, %d inter-op (%d cores, %d parallel jobs)",
-        threads.intra_op,
-        threads.inter_op,
-        cores,
-        jobs,
-    )
-    return threads
-
-
-def gpus() -> list:
-    """The GPUs TensorFlow sees (CUDA_VISIBLE_DEVICES decides which)."""
-    import tensorflow as tf
-
-    return tf.config.list_physical_devices("GPU")
-
-
-def gpu_details(gpu: Any) -> dict[str, Any]:
-    """TensorFlow's facts about ``gpu``: `device_name`, `compute_capability`."""
-    import tensorflow as tf
-
-    return tf.config.experimental.get_device_details(gpu)
+    return Threads(**used)
 
 
 def cpuinfo() -> str:
@@ -174,9 +197,9 @@ def cpu_bf16_is_fast() -> bool:
 
 
 def gpu_has_bf16() -> bool:
-    """True when every GPU TensorFlow sees computes bfloat16 natively (CUDA compute
+    """True when every GPU the backend sees computes bfloat16 natively (CUDA compute
     capability 8.0 or later: Ampere, Hopper, ...); False without a GPU."""
-    capabilities = [gpu_details(gpu).get("compute_capability") for gpu in gpus()]
+    capabilities = [backend.gpu_details(gpu).get("compute_capability") for gpu in backend.gpus()]
     return bool(capabilities) and all(c is not None and tuple(c) >= (8, 0) for c in capabilities)
 
 
@@ -188,23 +211,22 @@ def cpu_name() -> str:
 
 
 def describe_device(name: str | None, details: dict[str, Any]) -> str:
-    """``name`` (TensorFlow's `/physical_device:GPU:0`) as a person reads it, with the GPU's
-    model and compute capability where TensorFlow knows them; for None, the CPU and its
-    model (`CPU (Intel(R) Xeon(R) Processor)`)."""
+    """``name`` (`GPU:0`) as a person reads it, with the GPU's model and compute capability
+    where the backend knows them; for None, the CPU and its model (`CPU (Intel(R) Xeon(R)
+    Processor)`)."""
     if name is None:
         return f"CPU ({cpu_name()})"
-    label = name.removeprefix("/physical_device:")
     facts = [details.get("device_name")]
     if capability := details.get("compute_capability"):
         facts.append(f"compute capability {'.'.join(str(part) for part in capability)}")
     facts = [fact for fact in facts if fact]
-    return f"{label} ({', '.join(facts)})" if facts else label
+    return f"{name} ({', '.join(facts)})" if facts else name
 
 
 def training_device() -> str:
-    """Where this process trains: TensorFlow places the model's ops on the first GPU it sees
-    (CUDA_VISIBLE_DEVICES decides which those are), else on the CPU."""
-    visible = gpus()
+    """Where this process trains: both backends place the model's ops on the first GPU they
+    see (CUDA_VISIBLE_DEVICES decides which those are), else on the CPU."""
+    visible = backend.gpus()
     if not visible:
         return describe_device(None, {})
-    return describe_device(visible[0].name, gpu_details(visible[0]))
+    return describe_device(backend.gpu_name(visible[0]), backend.gpu_details(visible[0]))

@@ -13,7 +13,7 @@ they read and nothing else: a comment edited in params.yaml reruns this stage al
 
 from __future__ import annotations
 
-import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
+import mnist_optimizers.quiet  # noqa: F401  first: loads Keras on train.backend, quietly
 import logging
 from typing import Any
 

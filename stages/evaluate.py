@@ -26,7 +26,7 @@ set in large batches, and writes, in reports/workloads/<workload>/:
 
 from __future__ import annotations
 
-import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
+import mnist_optimizers.quiet  # noqa: F401  first: loads Keras on train.backend, quietly
 import logging
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,7 @@ def evaluate(name: str, params: dict[str, Any]) -> list[str]:
     train_config = validate_train(params["train"])
     config = validate_evaluate(params["evaluate"])
     mlflow_store.connect()  # fail fast, before any model is loaded
-    runtime.configure_threads()
+    runtime.start(train_config.backend)
     keys = [(o, seed, tuned) for tuned in SETTINGS for o in names for seed in train_config.seeds]
     train_metrics = {
         k: files.read_json(paths.train_metrics_file(name, run_key(*k)), *TRAIN_KEYS)

@@ -13,19 +13,18 @@ MLflow run; the report stage draws it.
 
 from __future__ import annotations
 
-import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
+import mnist_optimizers.quiet  # noqa: F401  first: loads Keras on train.backend, quietly
 import logging
 from typing import Any
 
 import keras
 import mlflow
 import pandas as pd
-import tensorflow as tf
 
 from mnist_optimizers import mlflow_runs, mlflow_store, runtime, workloads
 from mnist_optimizers.cli import run_stage
 from mnist_optimizers.files import load_training_data, write_csv
-from mnist_optimizers.fit import fit_model
+from mnist_optimizers.fit import fit_model, validate_train
 from mnist_optimizers.model import build_model
 from mnist_optimizers.optimizers import build_optimizer, validate_optimizer_names
 from mnist_optimizers.params import load_params
@@ -51,8 +50,8 @@ def gd_variants(params: dict[str, Any]) -> pd.DataFrame:
     config = validate_gd(params["gd_variants"], specs, params["workloads"])
     model_config = workloads.workload(params, config.workload).model
     experiment_name = mlflow_store.validate_mlflow(params["mlflow"])
-    runtime.configure_threads()
-    tf.config.experimental.enable_op_determinism()
+    keras_backend = validate_train(params["train"]).backend
+    runtime.start(keras_backend)
     experiment_id = mlflow_store.setup_experiment(experiment_name)
     data = load_training_data(config.workload, model_config.num_classes, config.images)
     images = len(data["x_train"])
@@ -62,8 +61,11 @@ def gd_variants(params: dict[str, Any]) -> pd.DataFrame:
         keras.utils.set_random_seed(config.seed)
         model = build_model(model_config, data["x_train"].shape[1:])
         optimizer = build_optimizer(config.optimizer, specs[config.optimizer])
-        tags = mlflow_runs.run_tags("gd_variants") | {"gd_variant": variant,
-                                                      "workload": config.workload}  # fmt: skip
+        tags = mlflow_runs.run_tags("gd_variants") | {
+            "gd_variant": variant,
+            "workload": config.workload,
+            mlflow_runs.BACKEND_TAG: keras_backend,
+        }
         with mlflow_runs.tracked_run(experiment_id, f"gd {variant}", tags):
             mlflow.log_params(
                 {"gd_variant": variant, "batch_size": batch_size, "images": images}

@@ -11,7 +11,7 @@ tagged as both settings'.
 
 from __future__ import annotations
 
-import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
+import mnist_optimizers.quiet  # noqa: F401  first: loads Keras on train.backend, quietly
 import logging
 import shutil
 import time
@@ -20,7 +20,6 @@ from typing import Any
 
 import keras
 import mlflow
-import tensorflow as tf
 
 from mnist_optimizers import fit, mlflow_logs, mlflow_runs, mlflow_store, paths, runtime, workloads
 from mnist_optimizers.cli import run_stage, stage_args
@@ -58,9 +57,11 @@ def train(workload: str, name: str, seed: int, params: dict[str, Any], tuned: bo
         SETTING_TAGS[True]: str(tuned).lower(),
         "configuration": configuration,
         mlflow_runs.DEVICE_TAG: runtime.training_device(),
+        mlflow_runs.BACKEND_TAG: job.config.backend,
     }
     precision = job.logged["train.effective_precision"]
-    log.info("%s: training on %s in %s", job.stage, tags[mlflow_runs.DEVICE_TAG], precision)
+    log.info("%s: training on %s with %s in %s", job.stage, tags[mlflow_runs.DEVICE_TAG],
+             job.config.backend, precision)  # fmt: skip
     with mlflow_runs.tracked_run(job.experiment_id, f"{workload}/{job.key}", tags) as run:
         history = fit_and_log(job)
         last, diverged = history[-1], diverged_at(history)
@@ -106,9 +107,8 @@ def prepare(
     if seed not in train_config.seeds:
         raise ParamsError(f"train.seeds: {seed} is not one of {list(train_config.seeds)}")
     experiment_name = mlflow_store.validate_mlflow(params["mlflow"])
-    threads = runtime.configure_threads()  # before the first TensorFlow op
+    threads = runtime.start(train_config.backend)  # before the first op
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
     optimizer = build_optimizer(name, spec)
     experiment_id = mlflow_store.setup_experiment(experiment_name)
     key = run_key(name, seed, tuned)

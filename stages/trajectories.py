@@ -12,7 +12,7 @@ optimizer, x, y, loss: the data behind `dvc plots`), and logs them to MLflow.
 
 from __future__ import annotations
 
-import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
+import mnist_optimizers.quiet  # noqa: F401  first: loads Keras on train.backend, quietly
 import logging
 import math
 from typing import Any

@@ -14,7 +14,7 @@ best) and metrics/tuned/<workload>/<optimizer>.json (the chosen hyperparameters 
 
 from __future__ import annotations
 
-import mnist_optimizers.quiet  # noqa: F401  first: loads TensorFlow without its start-up log
+import mnist_optimizers.quiet  # noqa: F401  first: loads Keras on train.backend, quietly
 import contextlib
 import logging
 import math
@@ -25,7 +25,6 @@ from typing import Any
 import keras
 import mlflow
 import optuna
-import tensorflow as tf
 
 from mnist_optimizers import (mlflow_logs, mlflow_runs, mlflow_store, paths, runtime, search, stats,
                               workloads)
@@ -120,14 +119,13 @@ def prepare(workload: str, name: str, params: dict[str, Any]) -> Search:
     config = validate_tune(params["tune"])
     experiment_name = mlflow_store.validate_mlflow(params["mlflow"])
     grid = stats.log_grid(config.low, config.high, config.points)
-    runtime.configure_threads()  # before the first TensorFlow op: building an optimizer
+    runtime.start(train_config.backend)  # before the first op: building an optimizer
     search.quiet_retracing_notices()
     searched = ()
     if config.space == "full":
         searched = searched_arguments(build_optimizer(name, spec), spec)
     for hyperparameters in search.ends(config, grid, searched):  # fail before any training
         build_optimizer(name, spec | hyperparameters)
-    tf.config.experimental.enable_op_determinism()
     experiment_id = mlflow_store.setup_experiment(experiment_name)
     data = load_training_data(workload, model_config.num_classes, config.images)
     precision = set_precision(train_config.precision)
@@ -136,6 +134,7 @@ def prepare(workload: str, name: str, params: dict[str, Any]) -> Search:
         "workload": workload,
         "optimizer": name,
         mlflow_runs.DEVICE_TAG: runtime.training_device(),
+        mlflow_runs.BACKEND_TAG: train_config.backend,
     }
     return Search(item, name, spec, model_config, train_config.batch_size, config, grid, searched,
                   data, precision, experiment_id, tags)  # fmt: skip

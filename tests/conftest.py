@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import filelock
+import keras  # before any stage module: the suite runs on $KERAS_BACKEND's backend, not params.yaml's
 import numpy as np
 import pytest
 import yaml
@@ -84,15 +85,17 @@ def tiny_mnist_contents(n_train: int = 200, n_test: int = 50, seed: int = 0) -> 
     }
 
 
+def pytest_report_header() -> str:
+    return f"keras backend: {keras.backend.backend()} (set $KERAS_BACKEND to run on another)"
+
+
 @pytest.fixture(scope="session", autouse=True)
-def tensorflow_threads() -> None:
-    """Size TensorFlow's thread pools as a stage does, before any test runs an op: a process
-    can size them only once, and the in-process stage tests expect the stages' setting."""
+def backend_threads() -> None:
+    """Size the backend's threads as a stage does, before any test runs an op: a process can
+    size them only once, and the in-process stage tests expect the stages' setting."""
     os.environ.pop(runtime.JOBS_ENV, None)
     runtime.configure_threads()
-    import tensorflow as tf
-
-    tf.zeros(1)  # start TensorFlow: from here on its pools are fixed for this process
+    keras.ops.zeros(1)  # start the backend: from here on its threads are fixed for this process
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +117,7 @@ def tiny_params(sha256: dict[str, str]) -> dict[str, Any]:
     params["train"]["epochs"] = 1
     params["train"]["batch_size"] = 32
     params["train"]["seeds"] = [42]
+    params["train"]["backend"] = keras.backend.backend()
     params["tune"] |= {"low": 0.001, "high": 0.1, "points": 3, "images": 100, "epochs": 2}
     params["gd_variants"] |= {"images": 64, "epochs": 1, "mini_batch": 16}
     params["evaluate"]["batch_size"] = 64

@@ -8,9 +8,8 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from mnist_optimizers import files, fit, runtime
+from mnist_optimizers import backend, files, fit, runtime
 from mnist_optimizers.architecture import ModelConfig
 from mnist_optimizers.model import build_model
 
@@ -21,7 +20,7 @@ def test_mixed_bfloat16_falls_back_to_float32_without_bf16_instructions(
     monkeypatch, caplog
 ) -> None:
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    show_gpus(monkeypatch, [])
     assert fit.effective_precision("mixed_bfloat16") == "float32"
     assert "this one has none; training in float32 instead" in caplog.text
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
@@ -46,6 +45,33 @@ def test_bfloat16_is_fast_on_amx_amd_and_arm_not_on_intel_avx512_alone(
     assert runtime.cpu_has_bf16() is (cpuinfo.count("bf16") > 0)
 
 
+class FakeGpu:
+    """A GPU as either backend lists it: TensorFlow's PhysicalDevice and its details, or
+    JAX's Device (platform, id, device_kind, compute_capability as "9.0")."""
+
+    def __init__(self, index: int, capability: tuple[int, int] | None, model: str | None) -> None:
+        self.name, self.platform, self.id = f"/physical_device:GPU:{index}", "gpu", index
+        self.device_kind = model
+        self.compute_capability = ".".join(map(str, capability)) if capability else None
+        self.details = {"device_name": model, "compute_capability": capability}
+        self.details = {key: value for key, value in self.details.items() if value}
+
+
+def show_gpus(monkeypatch: pytest.MonkeyPatch, gpus: list[FakeGpu]) -> None:
+    """Make the backend of this process list ``gpus`` (none: the CPU alone), as its own
+    device listing would."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: list(gpus))
+        monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: d.details)
+    else:
+        import jax
+
+        cpus = jax.local_devices(backend="cpu")  # not jax.devices: patched by an earlier call
+        monkeypatch.setattr(jax, "devices", lambda *args: list(gpus) or cpus)
+
+
 @pytest.mark.parametrize(
     ("cpu", "gpus", "expected"),
     [(True, [], "mixed_bfloat16"), (False, [], "float32"), (True, [(7, 5)], "float32"),
@@ -55,35 +81,21 @@ def test_bfloat16_is_fast_on_amx_amd_and_arm_not_on_intel_avx512_alone(
 def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(
     monkeypatch, caplog, cpu: bool, gpus: list[tuple[int, int]], expected: str
 ) -> None:
-    devices = [f"GPU:{i}" for i in range(len(gpus))]
     monkeypatch.setattr(runtime, "cpu_bf16_is_fast", lambda: cpu)
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: devices)
-    monkeypatch.setattr(
-        tf.config.experimental,
-        "get_device_details",
-        lambda device: {"compute_capability": gpus[devices.index(device)]},
-    )
+    show_gpus(monkeypatch, [FakeGpu(i, c, "NVIDIA") for i, c in enumerate(gpus)])
     assert fit.effective_precision("auto") == expected
     assert "instead" not in caplog.text  # auto is not a request that failed: no warning
 
 
-class FakeDevice:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
 def test_a_run_names_the_gpu_it_trains_on_and_the_cpu_without_one(monkeypatch) -> None:
-    """The GPU path, tested on a CPU: TensorFlow places a model on the first GPU it sees,
-    and the stages name that one (tag train.device); with none, the CPU."""
-    gpus = [FakeDevice("/physical_device:GPU:0"), FakeDevice("/physical_device:GPU:1")]
-    details = {"device_name": "NVIDIA H200", "compute_capability": (9, 0)}
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus)
-    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: details)
+    """The GPU path, tested on a CPU: both backends place a model on the first GPU they see,
+    and the stages name that one (tag train.device) the same way; with none, the CPU."""
+    show_gpus(monkeypatch, [FakeGpu(0, (9, 0), "NVIDIA H200"), FakeGpu(1, (9, 0), "NVIDIA H200")])
     assert runtime.training_device() == "GPU:0 (NVIDIA H200, compute capability 9.0)"
     assert fit.effective_precision("auto") == "mixed_bfloat16"  # compute capability 9.0
-    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: {})
-    assert runtime.training_device() == "GPU:0"  # TensorFlow knows nothing more of it
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    show_gpus(monkeypatch, [FakeGpu(0, None, None)])
+    assert runtime.training_device() == "GPU:0"  # the backend knows nothing more of it
+    show_gpus(monkeypatch, [])
     assert runtime.training_device().startswith("CPU (")
 
 
@@ -101,7 +113,7 @@ def train_tiny(checkpoint: Path | None) -> list[np.ndarray]:
 def test_a_checkpoint_that_does_not_load_is_discarded_and_training_starts_over(
     project: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tf.config.experimental.enable_op_determinism()
+    backend.deterministic_ops()
     uninterrupted = train_tiny(None)
     folder = project / ".checkpoints" / "adam-42-0123456789abcdef"
     train_tiny(folder)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import pytest
 
 from mnist_optimizers import runtime
@@ -87,6 +88,27 @@ def test_tensorflows_own_variables_win() -> None:
     assert configured_in_fresh_process(env) == "3 2 0 0"
 
 
+def test_on_jax_a_stage_sharing_the_machine_is_pinned_to_its_share_of_the_cores() -> None:
+    """XLA sizes its CPU pool from the affinity: with two jobs, each gets half the cores."""
+    code = (
+        "import os, keras; from mnist_optimizers import runtime; t = runtime.configure_threads(); "
+        "keras.ops.zeros(1); print(keras.backend.backend(), t.intra_op, t.inter_op, "
+        "len(os.sched_getaffinity(0)))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "KERAS_BACKEND": "jax", "PIPELINE_JOBS": "2"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    half = max(1, runtime.available_cores() // 2)
+    assert result.stdout.split("\n")[-2] == f"jax {half} 0 {half}"
+
+
+# TensorFlow's pools and variables: on JAX, the affinity above does their job.
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TensorFlow's thread pools"
+)
+
+
+@tensorflow_only
 def test_pools_fixed_earlier_in_the_process_stay_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -102,6 +124,7 @@ def test_pools_fixed_earlier_in_the_process_stay_with_a_warning(
     )
 
 
+@tensorflow_only
 @pytest.mark.parametrize("variable", ["TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"])
 def test_a_thread_count_that_is_not_a_number_is_one_clear_error(
     monkeypatch: pytest.MonkeyPatch, variable: str

@@ -85,9 +85,12 @@ def test_training_writes_outputs_and_logs_a_complete_mlflow_run(processed: Path)
     } <= set(run.data.metrics)
     assert run.data.tags["dvc.stage"] == "train@mnist_cnn-adam-42"
     assert run.data.tags["optimizer"] == "adam" and run.data.tags["seed"] == "42"
+    # The backend it trained on: a tag to filter by in the UI, and a param of its configuration.
+    assert run.data.tags["backend"] == params["train.backend"] == keras.backend.backend()
     # The thread counts change the weights' last bits: both the run and the metrics say them.
     cores = runtime.available_cores()
-    assert metrics["threads"] == {"intra_op": cores, "inter_op": 1}
+    inter_op = 1 if keras.backend.backend() == "tensorflow" else 0  # XLA has no such pool
+    assert metrics["threads"] == {"intra_op": cores, "inter_op": inter_op}
     assert params["runtime.intra_op_threads"] == str(cores)
 
     logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
@@ -160,8 +163,10 @@ def test_an_experiment_name_a_person_cannot_read_is_refused(
 
 @pytest.mark.parametrize(
     "change",
-    [{"optimizers.sgd.learning_rate": 1e6}, {"optimizers.sgd.learning_rate": 1e30}],
-    ids=["lr-1e6", "lr-1e30"],
+    [pytest.param({"optimizers.sgd.learning_rate": 1e6}, id="lr-1e6", marks=pytest.mark.skipif(
+        keras.backend.backend() == "jax", reason="on JAX this loss saturates at the clipped "
+        "cross-entropy (about 15) and stays finite: a bad result, not a divergence")),
+     pytest.param({"optimizers.sgd.learning_rate": 1e30}, id="lr-1e30")],
 )  # fmt: skip
 def test_a_run_whose_loss_went_nan_is_recorded_as_diverged_not_as_a_result(
     processed: Path, change: dict

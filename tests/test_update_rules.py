@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
@@ -34,6 +34,18 @@ CASES: list[tuple[str, Callable[..., rules.Rule], dict]] = [
     ("Adam", rules.adam, dict(amsgrad=True)),
     ("Adam", rules.adam, dict(learning_rate=0.02, beta_2=0.99, amsgrad=True)),
 ]
+
+
+@pytest.fixture(autouse=True)
+def float64() -> Iterator[None]:
+    """Float64 weights on either backend: JAX computes in float32 unless x64 is on."""
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+
+    with jax.enable_x64(True):
+        yield
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,10 @@ confirmed by those tests):
   keeps the running maximum of the *uncorrected* ``v``.
 - SGD's momentum keeps a velocity that already includes the learning rate
   (``v = momentum * v - lr * g``); Nesterov then steps by ``momentum * v - lr * g``.
-- Precision: the learning rate lives in a float32 variable, and ``ops.cast`` of a Python
-  float goes through float32, so SGD's momentum and Adam's beta powers are float32-rounded
-  even for float64 weights (``as_keras_casts``).
+- Precision: the learning rate lives in a float32 variable. On TensorFlow, ``ops.cast`` of
+  a Python float goes through float32, so SGD's momentum and Adam's beta powers are
+  float32-rounded even for float64 weights; on JAX (with float64 on) the cast is exact
+  (``as_keras_casts``).
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import keras
 import numpy as np
 
 State = dict[str, np.ndarray]
 
 
 def as_keras_casts(value: float) -> float:
-    """``value`` as Keras' ``ops.cast(value, "float64")`` gives it: a Python float becomes a
-    float32 tensor first, so the result is float32-rounded (0.9 -> 0.8999999761581421)."""
-    return float(np.float32(value))
+    """``value`` as Keras' ``ops.cast(value, "float64")`` gives it on the backend of this
+    process. TensorFlow makes a Python float a float32 tensor first, so the result is
+    float32-rounded (0.9 -> 0.8999999761581421); JAX casts it exactly."""
+    return float(np.float32(value)) if keras.backend.backend() == "tensorflow" else value
 
 
 @dataclass(frozen=True)
