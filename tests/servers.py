@@ -63,15 +63,24 @@ def tail(log: Path, chars: int = 4000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
 
 
+# How long a server may take to stop after TERM before it is killed. A tracking server stops
+# in about 2 s on an idle machine; a KILL skips what its script cleans up on exit (the auth
+# configuration), so the grace is wide for a machine the whole suite keeps busy.
+STOP_GRACE_SECONDS = 60
+
+
 def stop(process: subprocess.Popen) -> None:
-    """Stop a server and everything it started (its process group): TERM, then KILL."""
+    """Stop a server and everything it started (its process group): TERM, then KILL after
+    STOP_GRACE_SECONDS, saying so on stderr (what it would have cleaned up stays)."""
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=15)
+        process.wait(timeout=STOP_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
+        print(f"server {process.args}: still running {STOP_GRACE_SECONDS} s after TERM: killed",
+              file=sys.stderr)  # fmt: skip
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=15)
