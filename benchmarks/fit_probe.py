@@ -3,15 +3,19 @@ thread settings and input paths side by side.
 
     python -m benchmarks.fit_probe --images 20000 --intra 1 --inter 1 --out probe.json
     python -m benchmarks.fit_probe --input tf.data --out probe.json
+    python -m benchmarks.fit_probe --backend jax --precision mixed_bfloat16 --epochs 2 --out p.json
 
-`--intra/--inter 0` leaves TensorFlow's default; `--pipeline-threads` sizes both the way the
-train stage does (mnist_optimizers.runtime), from the cores and $PIPELINE_JOBS.
+`--intra/--inter 0` leaves TensorFlow's default; `--pipeline-threads` sizes the threads the way
+the train stage does (mnist_optimizers.runtime), from the cores and $PIPELINE_JOBS. The
+backend's and precision's effect is measured per epoch (`epoch_seconds`): the first epoch
+includes compiling the step.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,11 +31,15 @@ def main() -> None:
     parser.add_argument("--inter", type=int, default=0)
     parser.add_argument("--pipeline-threads", action="store_true")
     parser.add_argument("--input", choices=INPUTS, default="arrays")
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow")
+    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.backend == "jax" and (args.intra or args.inter or args.input == "tf.data"):
+        parser.error("--intra, --inter and --input tf.data are TensorFlow's")
 
+    os.environ["KERAS_BACKEND"] = args.backend  # before Keras loads
     import keras
-    import tensorflow as tf
 
     from mnist_optimizers.files import load_arrays
     from mnist_optimizers.architecture import validate_model
@@ -40,12 +48,15 @@ def main() -> None:
     from mnist_optimizers.paths import PARAMS_FILE
     from mnist_optimizers.runtime import configure_threads
 
-    if args.pipeline_threads:
-        configure_threads()
-    if args.intra:
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra)
-    if args.inter:
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter)
+    threads = configure_threads() if args.pipeline_threads else None
+    if args.backend == "tensorflow":
+        import tensorflow as tf
+
+        if args.intra:
+            tf.config.threading.set_intra_op_parallelism_threads(args.intra)
+        if args.inter:
+            tf.config.threading.set_inter_op_parallelism_threads(args.inter)
+    keras.mixed_precision.set_global_policy(args.precision)
     keras.utils.set_random_seed(42)
     x_train, y_train, x_val, y_val = load_arrays(args.data, "x_train", "y_train", "x_val", "y_val")
     if args.images:
@@ -64,21 +75,49 @@ def main() -> None:
         fit_args: dict = {"x": train, "validation_data": val, "shuffle": False}
     else:
         fit_args = {"x": x_train, "y": y_train, "validation_data": (x_val, y_val)}
+    epochs = epoch_timer()
     start = time.perf_counter()
     model.fit(
         **fit_args,
         batch_size=None if args.input == "tf.data" else 128,
         epochs=args.epochs,
         verbose=0,
+        callbacks=[epochs],
     )
     fit_seconds = time.perf_counter() - start
+    if args.backend == "tensorflow":
+        intra = tf.config.threading.get_intra_op_parallelism_threads()
+        inter = tf.config.threading.get_inter_op_parallelism_threads()
+    else:  # XLA's pool follows the CPU affinity (mnist_optimizers.runtime.pin_cores)
+        intra, inter = (threads.intra_op, threads.inter_op) if threads else (0, 0)
     result = {
         "fit_seconds": fit_seconds,
+        "epoch_seconds": epochs.seconds,
         "train_images": len(x_train) * args.epochs,
-        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        "intra_op": intra,
+        "inter_op": inter,
+        "backend": args.backend,
+        "precision": args.precision,
     }
     args.out.write_text(json.dumps(result))
+
+
+def epoch_timer():
+    """A Keras callback whose `seconds` get each epoch's wall time (Keras loads first)."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds: list[float] = []
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            self.seconds.append(time.perf_counter() - self.start)
+
+    return EpochTimer()
 
 
 if __name__ == "__main__":

@@ -250,6 +250,30 @@ def bench_threads(clone: Path, runs: int, log: Path) -> dict:
     return rows
 
 
+# The probes of part `backends`: fewer images per epoch than the other probes, since JAX's
+# CPU epochs and emulated bfloat16 ones take several times as long.
+BACKEND_PROBE = ["--pipeline-threads", "--images", "10000", "--epochs", "2"]
+
+
+def bench_backends(clone: Path, runs: int, log: Path) -> dict:
+    """Seconds per epoch of the CNN on TensorFlow and on JAX, in float32 and mixed_bfloat16,
+    the backends alternating (which goes first swaps each run); 2 epochs each, the first
+    with the compilation of the step."""
+    rows: list[dict] = []
+    for run in range(runs):
+        for precision in ("float32", "mixed_bfloat16"):
+            order = ("tensorflow", "jax") if run % 2 == 0 else ("jax", "tensorflow")
+            row: dict = {"precision": precision}
+            for backend in order:
+                out = clone / "probe.json"
+                flags = [*BACKEND_PROBE, "--backend", backend, "--precision", precision]
+                # A later --images wins: the backends' probes are smaller than PROBE_IMAGES.
+                measure(probe(out, *flags), clone, log)
+                row[backend] = json.loads(out.read_text())["epoch_seconds"]
+            rows.append(row)
+    return {"runs": rows, "images_per_epoch": 10000}
+
+
 def bench_input(clone: Path, runs: int, log: Path) -> dict:
     """Keras' own input path from NumPy arrays against a tf.data pipeline, alternating."""
     rows = []

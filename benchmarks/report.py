@@ -210,10 +210,39 @@ def part_cluster(results: dict) -> list[str]:
     return lines
 
 
+def part_backends(results: dict) -> list[str]:
+    """TensorFlow against JAX: seconds per epoch in each precision, and their ratio."""
+    part = results["backends"]
+    lines = [
+        f"## TensorFlow against JAX (the CNN, epochs of {part['images_per_epoch']:,} images)",
+        "",
+        "`python -m benchmarks.fit_probe --backend ... --precision ...`, the backends "
+        "alternating (which goes first swaps each run), each in its own process with the "
+        "stage's threads. The first epoch includes compiling the training step; the second is "
+        "the steady state. Each epoch also validates on the 6,000 validation images.",
+        "",
+        "| precision | epoch | TensorFlow s | JAX s | JAX / TensorFlow |",
+        "|---|---|---|---|---|",
+    ]
+    for precision in ("float32", "mixed_bfloat16"):
+        rows = [row for row in part["runs"] if row["precision"] == precision]
+        for epoch, label in ((0, "first"), (1, "second")):
+            tf_s = [row["tensorflow"][epoch] for row in rows]
+            jax_s = [row["jax"][epoch] for row in rows]
+            ratios = [j / t for j, t in zip(jax_s, tf_s, strict=True)]
+            lines.append(
+                f"| {precision} | {label} | {fmt(summary(tf_s), 1)} | {fmt(summary(jax_s), 1)} | "
+                f"{fmt(summary(ratios), 2)}x |"
+            )
+    lines.append("")
+    return lines
+
+
 PARTS = {
     "pipeline": part_pipeline, "noop": part_noop, "memory": part_memory, "flops": part_flops,
     "precision": part_precision, "search": part_search, "threads": part_threads,
-    "input": part_input, "runcache": part_runcache, "cluster": part_cluster,
+    "input": part_input, "backends": part_backends, "runcache": part_runcache,
+    "cluster": part_cluster,
 }  # fmt: skip
 
 

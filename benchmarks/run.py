@@ -25,6 +25,7 @@ from pathlib import Path
 from benchmarks.harness import ROOT, cpu_info, make_clone, versions
 from benchmarks.cluster import bench_cluster
 from benchmarks.parts import (
+    bench_backends,
     bench_flops,
     bench_input,
     bench_memory,
@@ -46,6 +47,7 @@ PARTS = (
     "search",
     "threads",
     "input",
+    "backends",
     "runcache",
     "cluster",
 )
@@ -100,6 +102,7 @@ def main() -> None:
             "search": lambda: bench_search(clone, log),
             "threads": lambda: bench_threads(clone, args.runs, log),
             "input": lambda: bench_input(clone, args.runs, log),
+            "backends": lambda: bench_backends(clone, args.runs, log),
             "runcache": lambda: bench_runcache(clone, args.runs, log),
             "cluster": lambda: bench_cluster(log),
         }
