@@ -38,6 +38,7 @@ SLOWEST_FIRST = [
     "test_parallel",
     "test_faults",
     "test_pipeline_changes",  # it waits for test_pipeline's `reproduced` at first
+    "test_backends",  # the unit tests again on JAX, and an experiment on JAX
     "test_evaluate",
     "test_train",
     "test_team",
