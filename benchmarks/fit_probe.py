@@ -26,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data/processed/mnist_cnn"))
     parser.add_argument("--images", type=int, default=0, help="first N training images; 0: all")
+    parser.add_argument("--val-images", type=int, default=0, help="first N validation images")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--intra", type=int, default=0)
     parser.add_argument("--inter", type=int, default=0)
@@ -61,6 +62,8 @@ def main() -> None:
     x_train, y_train, x_val, y_val = load_arrays(args.data, "x_train", "y_train", "x_val", "y_val")
     if args.images:
         x_train, y_train = x_train[: args.images], y_train[: args.images]
+    if args.val_images:
+        x_val, y_val = x_val[: args.val_images], y_val[: args.val_images]
     config = validate_model(load_params(PARAMS_FILE)["workloads"]["mnist_cnn"]["model"])
     model = build_model(config, x_train.shape[1:])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])

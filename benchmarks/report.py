@@ -219,7 +219,7 @@ def part_backends(results: dict) -> list[str]:
         "`python -m benchmarks.fit_probe --backend ... --precision ...`, the backends "
         "alternating (which goes first swaps each run), each in its own process with the "
         "stage's threads. The first epoch includes compiling the training step; the second is "
-        "the steady state. Each epoch also validates on the 6,000 validation images.",
+        f"the steady state. Each epoch also validates on {part['val_images']:,} images.",
         "",
         "| precision | epoch | TensorFlow s | JAX s | JAX / TensorFlow |",
         "|---|---|---|---|---|",
@@ -238,10 +238,46 @@ def part_backends(results: dict) -> list[str]:
     return lines
 
 
+def part_backend_accuracy(results: dict) -> list[str]:
+    """The four optimizers' test accuracy on each backend, Welch and Holm per optimizer."""
+    from benchmarks.backends import compare
+
+    part = results["backend_accuracy"]
+    lines = [
+        f"## TensorFlow against JAX: test accuracy (the CNN, the first {part['subset']:,} "
+        "training and test images, float32, 5 epochs)",
+        "",
+        "`python -m benchmarks.run --only backend_accuracy`: each backend's `dvc repro` of the "
+        "training stages in its own clone (`-S train.backend=...`), the test accuracy of each "
+        "saved model measured on its own backend. Mean over the seeds; Welch's t-test per "
+        "optimizer, Holm-corrected over the four.",
+        "",
+        "| optimizer | TensorFlow % | JAX % | JAX - TensorFlow (points) | p | p (Holm) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in compare(part):
+        tf_mean = sum(row["tensorflow"]) / len(row["tensorflow"])
+        jax_mean = sum(row["jax"]) / len(row["jax"])
+        lines.append(
+            f"| {row['optimizer']} | {tf_mean:.2f} | {jax_mean:.2f} | {row['difference']:+.2f} "
+            f"| {row['p']:.3f} | {row['p_holm']:.3f} |"
+        )
+    seconds = {b: part["backends"][b]["repro_seconds"] for b in part["backends"]}
+    runs = sum(len(by_seed) for by_seed in part["backends"]["jax"]["test_accuracy"].values())
+    lines += [
+        "",
+        f"Wall time of the {runs} training stages: TensorFlow {seconds['tensorflow']:.0f} s, JAX "
+        f"{seconds['jax']:.0f} s ({seconds['jax'] / seconds['tensorflow']:.2f}x; one run each).",
+        "",
+    ]
+    return lines
+
+
 PARTS = {
     "pipeline": part_pipeline, "noop": part_noop, "memory": part_memory, "flops": part_flops,
     "precision": part_precision, "search": part_search, "threads": part_threads,
-    "input": part_input, "backends": part_backends, "runcache": part_runcache,
+    "input": part_input, "backends": part_backends,
+    "backend_accuracy": part_backend_accuracy, "runcache": part_runcache,
     "cluster": part_cluster,
 }  # fmt: skip
 

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.backends import bench_backend_accuracy
 from benchmarks.harness import ROOT, cpu_info, make_clone, versions
 from benchmarks.cluster import bench_cluster
 from benchmarks.parts import (
@@ -48,6 +49,7 @@ PARTS = (
     "threads",
     "input",
     "backends",
+    "backend_accuracy",
     "runcache",
     "cluster",
 )
@@ -103,6 +105,7 @@ def main() -> None:
             "threads": lambda: bench_threads(clone, args.runs, log),
             "input": lambda: bench_input(clone, args.runs, log),
             "backends": lambda: bench_backends(clone, args.runs, log),
+            "backend_accuracy": lambda: bench_backend_accuracy(workdir, log),
             "runcache": lambda: bench_runcache(clone, args.runs, log),
             "cluster": lambda: bench_cluster(log),
         }
