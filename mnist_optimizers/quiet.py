@@ -93,9 +93,9 @@ def import_keras_quietly() -> None:
             if keras.backend.backend() == "tensorflow":
                 import tensorflow  # noqa: F401
             else:
-                # JAX warns at every fork of a process it runs in. The stages fork only in
-                # subprocess (git, for MLflow's source tags), whose child execs at once and
-                # takes none of JAX's threads' locks.
+                # JAX warns at every fork of a process it runs in. What forks in a stage is
+                # subprocess (for the libraries' helper commands), whose child execs at once
+                # and takes none of JAX's threads' locks.
                 warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
         finally:
             os.dup2(saved, 2)

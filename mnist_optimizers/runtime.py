@@ -10,11 +10,13 @@ affinity, so on JAX a stage that shares the machine is pinned to its share of th
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
 import platform
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,21 +119,47 @@ def configure_threads() -> Threads:
     return threads
 
 
+# Where stages on JAX claim the cores they pin themselves to: one lock file per core, held
+# (flock) for the process's life, so the kernel frees it however the process ends.
+CORE_LOCKS = Path(tempfile.gettempdir()) / "mnist-optimizers-cores"
+_held_cores: list[int] = []  # the open lock files of this process (their descriptors)
+
+
 def pin_cores(wanted: Threads) -> Threads:
     """JAX: XLA's CPU pool has one thread per core of the process's affinity, so a share
-    smaller than those cores pins the process to that many of them (chosen by process id,
-    so that stages started side by side spread over the cores). Must run before JAX starts.
-    inter_op is 0 in the result: XLA runs one compiled step at a time, with no such pool."""
+    smaller than those cores pins the process to that many of them: cores no other stage on
+    this machine holds (CORE_LOCKS), then, where too few are free, the lowest of the rest.
+    Must run before JAX starts. inter_op is 0 in the result: XLA has no such pool."""
     allowed = sorted(os.sched_getaffinity(0))
     if wanted.intra_op < len(allowed):
-        start = os.getpid() % len(allowed)
-        share = [allowed[(start + i) % len(allowed)] for i in range(wanted.intra_op)]
+        share: list[int] = []
+        for core in allowed:
+            if len(share) < wanted.intra_op and claim_core(core):
+                share.append(core)
+        share += [core for core in allowed if core not in share][: wanted.intra_op - len(share)]
         os.sched_setaffinity(0, share)
         log.info("threads: on JAX, pinned to cores %s (its pool follows the affinity)", share)
     for env in (TF_INTRA_ENV, TF_INTER_ENV):
         if os.environ.get(env):
             log.info("threads: $%s is TensorFlow's and is ignored on JAX", env)
     return Threads(intra_op=min(wanted.intra_op, len(allowed)), inter_op=0)
+
+
+def claim_core(core: int) -> bool:
+    """Hold ``core``'s lock file for the rest of this process; False if another holds it
+    (or the lock folder cannot be used: another user's)."""
+    try:
+        CORE_LOCKS.mkdir(parents=True, exist_ok=True)
+        fd = os.open(CORE_LOCKS / f"{core}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _held_cores.append(fd)
+    return True
 
 
 def configure_tensorflow_threads(wanted: Threads) -> Threads:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -88,18 +89,36 @@ def test_tensorflows_own_variables_win() -> None:
     assert configured_in_fresh_process(env) == "3 2 0 0"
 
 
-def test_on_jax_a_stage_sharing_the_machine_is_pinned_to_its_share_of_the_cores() -> None:
-    """XLA sizes its CPU pool from the affinity: with two jobs, each gets half the cores."""
+@pytest.mark.skipif(runtime.available_cores() < 2, reason="one core: nothing to share")
+def test_on_jax_stages_sharing_the_machine_are_pinned_to_their_own_cores(tmp_path: Path) -> None:
+    """XLA sizes its CPU pool from the affinity: with two jobs, each stage gets half the
+    cores, and a second stage started while the first runs gets the other half."""
     code = (
-        "import os, keras; from mnist_optimizers import runtime; t = runtime.configure_threads(); "
-        "keras.ops.zeros(1); print(keras.backend.backend(), t.intra_op, t.inter_op, "
-        "len(os.sched_getaffinity(0)))"
+        "import os, sys, keras; from mnist_optimizers import runtime; "
+        "t = runtime.configure_threads(); keras.ops.zeros(1); "
+        "print(keras.backend.backend(), t.intra_op, t.inter_op, "
+        "sorted(os.sched_getaffinity(0)), flush=True); sys.stdin.read()"
     )
-    env = {"PATH": "/usr/bin:/bin", "KERAS_BACKEND": "jax", "PIPELINE_JOBS": "2"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env,
-                            capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
-    half = max(1, runtime.available_cores() // 2)
-    assert result.stdout.split("\n")[-2] == f"jax {half} 0 {half}"
+    # TMPDIR: this test's own core locks, whatever else runs on the machine.
+    env = {"PATH": "/usr/bin:/bin", "KERAS_BACKEND": "jax", "PIPELINE_JOBS": "2",
+           "TMPDIR": str(tmp_path)}  # fmt: skip
+    half = runtime.available_cores() // 2
+    stages = [subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+              for _ in range(2)]  # fmt: skip
+    try:
+        first = stages[0].stdout.readline().split(" ", 3)  # it holds its cores until stdin ends
+        second = stages[1].stdout.readline().split(" ", 3)
+    finally:
+        for stage in stages:
+            try:
+                stage.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                stage.kill()
+                stage.communicate()
+    assert first[:3] == second[:3] == ["jax", str(half), "0"]
+    cores = [set(json.loads(line[3])) for line in (first, second)]
+    assert len(cores[0]) == len(cores[1]) == half and not cores[0] & cores[1]
 
 
 # TensorFlow's pools and variables: on JAX, the affinity above does their job.
