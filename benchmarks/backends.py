@@ -8,7 +8,7 @@ the first `SUBSET` training and test images (a full run on JAX takes several tim
 on TensorFlow on a CPU). The test accuracy of each saved model is then measured in a process on
 that model's backend:
 
-    python -m benchmarks.run --only backend_accuracy     # both clones: about 30 minutes here
+    python -m benchmarks.run --only backend_accuracy     # both clones: about 40 minutes here
     python -m benchmarks.backends evaluate --out acc.json  # in a clone: its models' test accuracy
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks.harness import OPTIMIZERS, ROOT, WORKLOAD, dvc, dvc_command, measure, set_params
 
-SUBSET = 10000
+SUBSET = 5000
 BACKENDS = ("tensorflow", "jax")
 
 

@@ -262,14 +262,7 @@ def part_backend_accuracy(results: dict) -> list[str]:
             f"| {row['optimizer']} | {tf_mean:.2f} | {jax_mean:.2f} | {row['difference']:+.2f} "
             f"| {row['p']:.3f} | {row['p_holm']:.3f} |"
         )
-    seconds = {b: part["backends"][b]["repro_seconds"] for b in part["backends"]}
-    runs = sum(len(by_seed) for by_seed in part["backends"]["jax"]["test_accuracy"].values())
-    lines += [
-        "",
-        f"Wall time of the {runs} training stages: TensorFlow {seconds['tensorflow']:.0f} s, JAX "
-        f"{seconds['jax']:.0f} s ({seconds['jax'] / seconds['tensorflow']:.2f}x; one run each).",
-        "",
-    ]
+    lines.append("")  # the speed: the part above (these stages shared the machine with others)
     return lines
 
 
