@@ -32,7 +32,7 @@ def test_the_model_fit_update_rule_and_stage_tests_pass_on_jax() -> None:
     """The same tests in a process whose Keras runs on JAX (tests/conftest.py reads
     $KERAS_BACKEND before any stage module loads)."""
     env = os.environ | {"KERAS_BACKEND": "jax"}
-    command = [sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", *ON_BOTH]
+    command = [sys.executable, "-m", "pytest", "-n0", "-p", "no:cacheprovider", *ON_BOTH]
     try:
         done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True,
                               text=True, timeout=900)  # fmt: skip
@@ -79,7 +79,11 @@ def test_dvc_exp_run_on_jax_trains_every_stage_on_jax_and_tags_its_runs(workspac
     jax`, and DVC records the param of each training stage."""
     root, env = workspace
     client = client_for(root)
-    before = {run.info.run_id for run in client.search_runs(search_all_experiments=True)}
+
+    def all_runs() -> list:
+        return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+    before = {run.info.run_id for run in all_runs()}
     output = dvc(root, env, "exp", "run", "-n", "on-jax", "-S", "train.backend=jax",
                  "-S", "compare=[adam]")  # fmt: skip
     ran = set(model_stages_run(output))
@@ -87,8 +91,7 @@ def test_dvc_exp_run_on_jax_trains_every_stage_on_jax_and_tags_its_runs(workspac
                 f"train_tuned@{WORKLOAD}-adam-42", "gd_variants", f"evaluate@{WORKLOAD}"}  # fmt: skip
     assert training <= ran, ran
     assert f"train@{WORKLOAD}-adam-42: training on CPU (" in output and " with jax in " in output
-    new = [run for run in client.search_runs(search_all_experiments=True)
-           if run.info.run_id not in before]  # fmt: skip
+    new = [run for run in all_runs() if run.info.run_id not in before]
     stages = {run.data.tags.get("dvc.stage") for run in new}
     assert {f"train@{WORKLOAD}-adam-42", f"tune@{WORKLOAD}-adam", "gd_variants"} <= stages
     trained = [run for run in new if run.data.tags.get("dvc.stage", "").startswith(
