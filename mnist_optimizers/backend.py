@@ -61,6 +61,11 @@ def select(path: Path = PARAMS_FILE) -> None:
               "ignored", file=sys.stderr)  # fmt: skip  # before logging is set up
     os.environ[ENV] = wanted
     if wanted == "jax":
+        try:
+            import jax  # noqa: F401  Keras would fail on it with a traceback
+        except ImportError:
+            raise SystemExit("train.backend: jax, but JAX is not installed here: pip install "
+                             "-r requirements.txt (jax[cpu]; requirements-gpu.txt: jax[cuda12])")
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_gpu_deterministic_ops" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} {XLA_DETERMINISM}".strip()

@@ -64,6 +64,23 @@ def test_params_choose_the_backend_before_keras_loads_over_keras_backend(tmp_pat
             "is ignored" in done.stderr  # fmt: skip
 
 
+def test_jax_missing_is_named_with_how_to_install_it(tmp_path: Path) -> None:
+    from .conftest import tiny_params
+
+    params = tiny_params({})
+    params["train"]["backend"] = "jax"
+    write_params(tmp_path, params)
+    code = "import sys; sys.modules['jax'] = None; import mnist_optimizers.quiet"  # not installed
+    env = os.environ | {"PYTHONPATH": str(PROJECT_ROOT)}
+    env.pop("KERAS_BACKEND", None)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("train.backend: jax, but JAX is not installed here: pip "
+                                   "install -r requirements.txt (jax[cpu]; requirements-gpu.txt: "
+                                   "jax[cuda12])")  # fmt: skip
+
+
 def test_a_stage_on_another_backend_than_its_params_stops_with_why() -> None:
     running = keras.backend.backend()
     assert backend.check(running) == running
