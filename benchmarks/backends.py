@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.harness import OPTIMIZERS, ROOT, WORKLOAD, dvc, dvc_command, measure, set_params
+from benchmarks.harness import OPTIMIZERS, WORKLOAD, dvc_command, make_clone, measure, set_params
 
 SUBSET = 5000
 BACKENDS = ("tensorflow", "jax")
@@ -29,10 +29,7 @@ BACKENDS = ("tensorflow", "jax")
 
 def backend_clone(workdir: Path, backend: str) -> Path:
     """A clone of the committed project sharing the DVC cache, set to train on ``backend``."""
-    clone = workdir / backend
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    dvc(clone, "cache", "dir", "--local", str(ROOT / ".dvc" / "cache"))
-    dvc(clone, "checkout", "-q", "--allow-missing")
+    clone = make_clone(workdir, backend)
     set_params(clone, train__backend=backend, train__precision="float32",
                compare_workloads=[WORKLOAD], preprocess__subset=SUBSET)  # fmt: skip
     return clone

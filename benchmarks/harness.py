@@ -67,10 +67,10 @@ def fmt(stats: dict[str, float], digits: int = 2, unit: str = "") -> str:
 # --------------------------------------------------------------------------- the clone
 
 
-def make_clone(workdir: Path) -> Path:
+def make_clone(workdir: Path, name: str = "project") -> Path:
     """A clone of the committed project sharing this project's DVC cache, the outputs the
     cache holds checked out (a part that needs a missing one says so when it runs)."""
-    clone = workdir / "project"
+    clone = workdir / name
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     dvc(clone, "cache", "dir", "--local", str(ROOT / ".dvc" / "cache"))
     dvc(clone, "checkout", "-q", "--allow-missing")
